@@ -1,0 +1,1 @@
+"""Prefect blocks of twoway: integration-account credentials and one endpoint block per system kind."""

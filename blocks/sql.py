@@ -1,0 +1,465 @@
+"""The SQL-table endpoint block: a table in SQLite, PostgreSQL or MariaDB through SQLAlchemy.
+
+Incremental reads page by ``(modified_at, key)`` (keyset, never OFFSET) from the cursor
+minus an overlap window; hard deletes are found by listing keys. Writes run in one
+transaction per batch, stamp ``modified_at``/``modified_by``, and update with a
+compare-and-set on ``modified_at`` so a concurrent edit is never overwritten.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from prefect.blocks.core import Block
+from pydantic import Field, PrivateAttr, SecretStr
+from sqlalchemy.engine import make_url
+
+from blocks.base import endpoint_from_definition
+from blocks.credentials import IntegrationAccountCredentials
+from twoway.contract import (
+    ChangeSet,
+    Create,
+    Delete,
+    Endpoint,
+    Op,
+    RawRecord,
+    Update,
+    WriteResult,
+    chunks,
+)
+from twoway.definition import SqlSystem
+from twoway.errors import Fatal, PreconditionFailed, Retriable, Skippable
+from twoway.values import format_timestamp, parse_timestamp
+
+
+def safe_url(url: str) -> str:
+    """A database URL with its password masked, for messages."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "<unparseable database URL>"
+
+
+class SqlTable(Block, Endpoint):
+    """A database table kept in step by twoway.
+
+    Example:
+        ```python
+        from blocks.sql import SqlTable
+        table = SqlTable.load("crm-contacts")
+        ```
+    """
+
+    _block_type_name = "twoway SQL Table"
+    _block_type_slug = "twoway-sql-table"
+    _description = "A table in SQLite, PostgreSQL or MariaDB that twoway keeps in step."
+
+    url: SecretStr | None = Field(None, description="SQLAlchemy URL (may hold a password)")
+    table: str | None = Field(None, description="Table name")
+    db_schema: str | None = Field(None, description="Database schema of the table")
+    key: str = Field("id", description="Primary-key column")
+    modified_at: str | None = Field(None, description="Column holding the last change time")
+    modified_by: str | None = Field(None, description="Column holding the last modifier")
+    integration_account: str | None = Field(None, description="Account twoway writes as")
+    columns_to_sync: list[str] = Field(default_factory=list, description="Data columns to read")
+    page_size: int = Field(5000, ge=1, description="Rows per read page")
+    overlap_seconds: float = Field(300.0, ge=0, description="Look-back window of incremental reads")
+    credentials: IntegrationAccountCredentials | None = Field(
+        None, description="Database user and password, when not in the URL"
+    )
+
+    _engine: sa.Engine | None = PrivateAttr(None)
+    _table: sa.Table | None = PrivateAttr(None)
+    _clock: Callable[[], datetime] | None = PrivateAttr(None)
+
+    @classmethod
+    def from_definition(cls, name: str, system: SqlSystem, columns: list[str]) -> SqlTable:
+        """The endpoint for one ``kind: sql`` system of a definition."""
+        settings = {
+            "url": SecretStr(system.url) if system.url else None,
+            "table": system.table,
+            "db_schema": system.db_schema,
+            "key": system.key,
+            "modified_at": system.modified_at,
+            "modified_by": system.modified_by,
+            "integration_account": system.integration_account,
+            "columns_to_sync": columns,
+            "overlap_seconds": system.overlap_seconds,
+        }
+        return endpoint_from_definition(cls, settings, system.block, f"systems.{name}")
+
+    # -- plumbing ---------------------------------------------------------------------
+
+    def use_clock(self, clock: Callable[[], datetime]) -> None:
+        """Take write timestamps from ``clock`` (tests run on virtual time)."""
+        self._clock = clock
+
+    def _url(self) -> sa.URL:
+        if self.url is None:
+            raise Fatal("no database URL configured")
+        url = make_url(self.url.get_secret_value())
+        creds = self.credentials
+        if creds is not None:
+            if creds.username and not url.username:
+                url = url.set(username=creds.username)
+            if creds.password and not url.password:
+                url = url.set(password=creds.password.get_secret_value())
+        return url
+
+    def _where(self) -> str:
+        return f"table {self.table!r} in {safe_url(str(self._url()))}"
+
+    def engine(self) -> sa.Engine:
+        """The block's engine, created on first use."""
+        if self._engine is None:
+            url = self._url()
+            kwargs: dict[str, Any] = {"pool_pre_ping": True}
+            if url.get_backend_name() == "sqlite":
+                kwargs["connect_args"] = {"timeout": 30}
+            self._engine = sa.create_engine(url, **kwargs)
+        return self._engine
+
+    def sa_table(self) -> sa.Table:
+        """The reflected table; a clear error when it does not exist."""
+        if self._table is None:
+            if not self.table:
+                raise Fatal("no table configured")
+            try:
+                self._table = sa.Table(
+                    self.table, sa.MetaData(), autoload_with=self.engine(), schema=self.db_schema
+                )
+            except sa.exc.NoSuchTableError:
+                raise Fatal(f"{self._where()} does not exist") from None
+            except sa.exc.OperationalError as exc:
+                raise Retriable(f"cannot reach {self._where()}: {_short(exc)}") from None
+            except sa.exc.ArgumentError as exc:
+                raise Fatal(f"cannot open {self._where()}: {_short(exc)}") from None
+        return self._table
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+        self._engine = None
+        self._table = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        private = dict(state.get("__pydantic_private__") or {})
+        private.update({"_engine": None, "_table": None})
+        state["__pydantic_private__"] = private
+        return state
+
+    # -- the contract -----------------------------------------------------------------
+
+    def columns(self) -> set[str]:
+        return set(self.sa_table().c.keys())
+
+    def _col(self, name: str) -> sa.Column:
+        table = self.sa_table()
+        if name not in table.c:
+            raise Fatal(f"column {name!r} does not exist in {self._where()}")
+        return table.c[name]
+
+    def _select(self) -> sa.Select:
+        cols = [self._col(self.key)]
+        cols += [self._col(c) for c in self.columns_to_sync if c != self.key]
+        for extra in (self.modified_at, self.modified_by):
+            if extra and extra not in self.columns_to_sync and extra != self.key:
+                cols.append(self._col(extra))
+        return sa.select(*cols)
+
+    def _record(self, row: sa.Row) -> RawRecord:
+        data = row._mapping
+        stamp = data[self.modified_at] if self.modified_at else None
+        return RawRecord(
+            key=str(data[self.key]),
+            values={c: data[c] for c in self.columns_to_sync},
+            modified_at=parse_timestamp(stamp),
+            modified_by=(
+                str(data[self.modified_by])
+                if self.modified_by and data[self.modified_by] is not None
+                else None
+            ),
+            version=self._version(stamp),
+        )
+
+    def _version(self, stamp: Any) -> str | None:
+        if stamp is None:
+            return None
+        return format_timestamp(stamp) if isinstance(stamp, datetime) else str(stamp)
+
+    def _stamp_value(self, when: datetime) -> Any:
+        """``when`` in the modified_at column's own type."""
+        col = self._col(self.modified_at)  # type: ignore[arg-type]
+        if isinstance(col.type, sa.DateTime):
+            return when if col.type.timezone else when.astimezone(UTC).replace(tzinfo=None)
+        return format_timestamp(when)
+
+    def _version_param(self, version: str) -> Any:
+        col = self._col(self.modified_at)  # type: ignore[arg-type]
+        if isinstance(col.type, sa.DateTime):
+            parsed = parse_timestamp(version)
+            return parsed if col.type.timezone else parsed.replace(tzinfo=None)  # type: ignore[union-attr]
+        return version
+
+    def _key_param(self, key: str) -> Any:
+        col = self._col(self.key)
+        try:
+            python_type = col.type.python_type
+        except NotImplementedError:
+            return key
+        if python_type is int:
+            try:
+                return int(key)
+            except ValueError:
+                return None
+        return key
+
+    def read_changes(self, cursor: str | None) -> ChangeSet:
+        table = self.sa_table()
+        key = table.c[self.key]
+        requests = 0
+        if self.modified_at is None:
+            records = self._read_all_by_key()
+            pages = len(records) // self.page_size + 1
+            return ChangeSet(records=records, cursor="full", full=True, requests=pages)
+        stamp = self._col(self.modified_at)
+        with self._connect() as conn:
+            signpost = conn.execute(sa.select(sa.func.max(stamp))).scalar()
+            requests += 1
+        since = parse_timestamp(cursor) if cursor else None
+        records: list[RawRecord] = []
+        if since is None:
+            records = self._read_all_by_key()
+            requests += len(records) // self.page_size + 1
+        else:
+            lower = self._stamp_value(since - timedelta(seconds=self.overlap_seconds))
+            base = self._select().where(sa.or_(stamp >= lower, stamp.is_(None)))
+            last: tuple[Any, Any] | None = None
+            with self._connect() as conn:
+                while True:
+                    query = base
+                    if last is not None:
+                        query = query.where(
+                            sa.or_(stamp > last[0], sa.and_(stamp == last[0], key > last[1]))
+                        )
+                    query = query.order_by(stamp, key).limit(self.page_size)
+                    rows = conn.execute(query).all()
+                    requests += 1
+                    records.extend(self._record(r) for r in rows)
+                    if len(rows) < self.page_size or rows[-1]._mapping[self.modified_at] is None:
+                        break
+                    last = (rows[-1]._mapping[self.modified_at], rows[-1]._mapping[self.key])
+        newest = parse_timestamp(signpost)
+        if since is not None and (newest is None or newest < since):
+            newest = since
+        next_cursor = format_timestamp(newest) if newest else cursor
+        return ChangeSet(records=records, cursor=next_cursor, full=since is None, requests=requests)
+
+    def _read_all_by_key(self) -> list[RawRecord]:
+        key = self.sa_table().c[self.key]
+        records: list[RawRecord] = []
+        last = None
+        with self._connect() as conn:
+            while True:
+                query = self._select()
+                if last is not None:
+                    query = query.where(key > last)
+                rows = conn.execute(query.order_by(key).limit(self.page_size)).all()
+                records.extend(self._record(r) for r in rows)
+                if len(rows) < self.page_size:
+                    return records
+                last = rows[-1]._mapping[self.key]
+
+    def read(self, keys: Sequence[str]) -> list[RawRecord]:
+        key = self.sa_table().c[self.key]
+        wanted = [k for k in (self._key_param(k) for k in keys) if k is not None]
+        out: list[RawRecord] = []
+        with self._connect() as conn:
+            for part in chunks(wanted, 500):
+                out.extend(
+                    self._record(r) for r in conn.execute(self._select().where(key.in_(part)))
+                )
+        return out
+
+    def list_keys(self) -> set[str]:
+        key = self.sa_table().c[self.key]
+        with self._connect() as conn:
+            return {str(k) for k in conn.execute(sa.select(key)).scalars()}
+
+    def max_batch(self) -> int:
+        return 2000
+
+    def write(self, ops: Sequence[Op]) -> list[WriteResult]:
+        if not ops:
+            return []
+        now = self._clock() if self._clock else datetime.now(UTC)
+        try:
+            with self._connect() as conn, conn.begin():
+                return self._apply(conn, ops, now)
+        except _BatchFailed:
+            pass
+        except sa.exc.OperationalError as exc:
+            raise Retriable(f"writing to {self._where()} failed: {_short(exc)}") from None
+        # a record in the batch was refused: apply each op on its own to isolate it
+        results = []
+        for op in ops:
+            try:
+                with self._connect() as conn, conn.begin():
+                    results.extend(self._apply(conn, [op], now))
+            except _BatchFailed as failed:
+                results.append(WriteResult(op=op, error=Skippable(failed.message)))
+            except sa.exc.OperationalError as exc:
+                raise Retriable(f"writing to {self._where()} failed: {_short(exc)}") from None
+        return results
+
+    def _connect(self) -> sa.Connection:
+        try:
+            return self.engine().connect()
+        except sa.exc.OperationalError as exc:
+            raise Retriable(f"cannot reach {self._where()}: {_short(exc)}") from None
+
+    def _stamps(self, now: datetime) -> dict[str, Any]:
+        stamps: dict[str, Any] = {}
+        if self.modified_at:
+            stamps[self.modified_at] = self._stamp_value(now)
+        if self.modified_by and self.integration_account:
+            stamps[self.modified_by] = self.integration_account
+        return stamps
+
+    def _apply(self, conn: sa.Connection, ops: Sequence[Op], now: datetime) -> list[WriteResult]:
+        """Apply ops in the open transaction; raise _BatchFailed when the database refuses one."""
+        stamps = self._stamps(now)
+        outcome: dict[int, tuple[str | None, Exception | None]] = {}
+        try:
+            creates = [(i, op) for i, op in enumerate(ops) if isinstance(op, Create)]
+            if creates:
+                keys = self._insert(conn, [op.values for _, op in creates], stamps)
+                for (i, _), new_key in zip(creates, keys, strict=True):
+                    outcome[i] = (new_key, None)
+            for i, op in enumerate(ops):
+                if isinstance(op, Update):
+                    outcome[i] = self._update(conn, op, stamps)
+                elif isinstance(op, Delete):
+                    outcome[i] = self._delete(conn, op)
+        except (sa.exc.IntegrityError, sa.exc.DataError, sa.exc.ProgrammingError) as exc:
+            raise _BatchFailed(_short(exc)) from None
+        except sa.exc.OperationalError as exc:
+            if _is_data_error(exc):
+                raise _BatchFailed(_short(exc)) from None
+            raise
+        written = [
+            k
+            for i, (k, err) in outcome.items()
+            if err is None and k and not isinstance(ops[i], Delete)
+        ]
+        stored = {r.key: r for r in self._read_in(conn, written)}
+        results = []
+        for i, op in enumerate(ops):
+            new_key, error = outcome[i]
+            if error is not None:
+                results.append(WriteResult(op=op, key=new_key, error=error))  # type: ignore[arg-type]
+                continue
+            record = stored.get(new_key) if new_key else None
+            results.append(
+                WriteResult(
+                    op=op,
+                    key=new_key,
+                    version=record.version if record else None,
+                    values=record.values if record else None,
+                )
+            )
+        return results
+
+    def _read_in(self, conn: sa.Connection, keys: list[str]) -> list[RawRecord]:
+        key = self.sa_table().c[self.key]
+        out = []
+        for part in chunks([self._key_param(k) for k in keys], 500):
+            out.extend(self._record(r) for r in conn.execute(self._select().where(key.in_(part))))
+        return out
+
+    def _insert(
+        self, conn: sa.Connection, rows: list[dict[str, Any]], stamps: dict[str, Any]
+    ) -> list[str]:
+        table = self.sa_table()
+        key = table.c[self.key]
+        generated = not (
+            key.autoincrement is True
+            or (key.autoincrement == "auto" and isinstance(key.type, sa.Integer))
+            or key.server_default is not None
+        )
+        params = []
+        for values in rows:
+            row = {**values, **stamps}
+            if generated and self.key not in row:
+                row[self.key] = uuid.uuid4().hex
+            params.append(row)
+        if generated:
+            conn.execute(table.insert(), params)
+            return [str(p[self.key]) for p in params]
+        if conn.dialect.insert_executemany_returning_sort_by_parameter_order:
+            stmt = table.insert().returning(key, sort_by_parameter_order=True)
+            return [str(k) for k in conn.execute(stmt, params).scalars()]
+        return [str(conn.execute(table.insert(), p).inserted_primary_key[0]) for p in params]
+
+    def _update(
+        self, conn: sa.Connection, op: Update, stamps: dict[str, Any]
+    ) -> tuple[str | None, Exception | None]:
+        table = self.sa_table()
+        key = table.c[self.key]
+        key_value = self._key_param(op.key)
+        cond = key == key_value
+        if op.version is not None and self.modified_at:
+            cond = sa.and_(cond, table.c[self.modified_at] == self._version_param(op.version))
+        result = conn.execute(table.update().where(cond).values({**op.values, **stamps}))
+        if result.rowcount == 1:
+            return op.key, None
+        return op.key, self._why_not(conn, key_value, op.key)
+
+    def _delete(self, conn: sa.Connection, op: Delete) -> tuple[str | None, Exception | None]:
+        table = self.sa_table()
+        key = table.c[self.key]
+        key_value = self._key_param(op.key)
+        cond = key == key_value
+        if op.version is not None and self.modified_at:
+            cond = sa.and_(cond, table.c[self.modified_at] == self._version_param(op.version))
+        if conn.execute(table.delete().where(cond)).rowcount == 1:
+            return op.key, None
+        exists = conn.execute(sa.select(key).where(key == key_value)).first()
+        if exists is None:
+            return op.key, None  # already gone: the delete's goal holds
+        return op.key, PreconditionFailed(
+            f"record {op.key} in {self.table} changed since it was read"
+        )
+
+    def _why_not(self, conn: sa.Connection, key_value: Any, key: str) -> Exception:
+        table = self.sa_table()
+        exists = conn.execute(
+            sa.select(table.c[self.key]).where(table.c[self.key] == key_value)
+        ).first()
+        if exists is None:
+            return Skippable(f"record {key} does not exist in {self.table}")
+        return PreconditionFailed(f"record {key} in {self.table} changed since it was read")
+
+
+class _BatchFailed(Exception):
+    def __init__(self, message: str):
+        self.message = message
+        super().__init__(message)
+
+
+def _short(exc: BaseException) -> str:
+    """The driver's message without the SQL statement and parameters (they may hold data)."""
+    orig = getattr(exc, "orig", None)
+    text = str(orig if orig is not None else exc).strip().splitlines()[0]
+    return text[:300]
+
+
+def _is_data_error(exc: sa.exc.OperationalError) -> bool:
+    """MariaDB reports bad values (1366 incorrect string, 1406 too long) as OperationalError."""
+    code = getattr(getattr(exc, "orig", None), "args", [None])[0]
+    return code in (1264, 1265, 1292, 1366, 1406, 1048, 1364)

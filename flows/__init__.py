@@ -1,0 +1,1 @@
+"""The Prefect flows of twoway: what deployments point at."""

@@ -1,0 +1,164 @@
+"""Step: settle the write results into state, and commit it in one transaction.
+
+The merge base of a field moves only when every system that had to take the new value
+took it; a failed or deferred write leaves the base where it was and parks the record as
+a dead letter, so the next run tries again and nothing is lost.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from prefect import task
+
+from tasks.common import TASK_OPTIONS, Extract, PlannedOp
+from tasks.delta import Plan
+from tasks.idmap import Mapping
+from twoway.contract import Create, Delete, Update, WriteResult
+from twoway.definition import Definition
+from twoway.errors import PreconditionFailed
+from twoway.state import Link, Member, StateChanges, StateStore
+from twoway.values import canonical, values_hash
+
+
+def settle(
+    definition: Definition,
+    mapping: Mapping,
+    plan: Plan,
+    results: dict[str, list[WriteResult]],
+    extracts: dict[str, Extract],
+    due_letters: list[dict[str, Any]],
+    scope: str,
+    now: datetime,
+) -> tuple[StateChanges, dict[str, dict[str, int]]]:
+    """The state changes of a run and its per-system write counts."""
+    changes = StateChanges()
+    counts = {
+        s: {"created": 0, "updated": 0, "deleted": 0, "failed": 0, "deferred": 0}
+        for s in definition.systems
+    }
+    outcome: dict[str, list[tuple[PlannedOp, WriteResult]]] = {}
+    for system, planned in plan.ops.items():
+        for p, r in zip(planned, results.get(system, []), strict=False):
+            outcome.setdefault(p.link_id, []).append((p, r))
+    failed_links: set[str] = set()
+    members_by_link = mapping.members
+
+    for link_id, lp in plan.links.items():
+        live = {m.system: m for m in members_by_link.get(link_id, []) if m.deleted_at is None}
+        failed: set[str] = set()
+        updated: dict[str, Member] = {}
+        for system, record in lp.observed.items():
+            if system in live:
+                updated[system] = Member(
+                    system, record.key, link_id, record.values, record.hash, record.version, None
+                )
+        for p, r in outcome.get(link_id, []):
+            kind = (
+                "created"
+                if isinstance(p.op, Create)
+                else "updated"
+                if isinstance(p.op, Update)
+                else "deleted"
+            )
+            if not r.ok:
+                failed.add(p.system)
+                deferred = isinstance(r.error, PreconditionFailed)
+                counts[p.system]["deferred" if deferred else "failed"] += 1
+                changes.dead_letters.append(
+                    {
+                        "system": p.system,
+                        "link_id": link_id,
+                        "external_id": getattr(p.op, "key", None),
+                        "operation": kind[:-1] if kind != "created" else "create",
+                        "kind": "deferred" if deferred else "failed",
+                        "error": str(r.error),
+                        "payload": p.fields,
+                    }
+                )
+                continue
+            counts[p.system][kind] += 1
+            stored = _canonical_stored(definition, p.system, r.values)
+            if isinstance(p.op, Delete):
+                member = live[p.system]
+                updated[p.system] = Member(
+                    p.system,
+                    member.external_id,
+                    link_id,
+                    member.seen,
+                    member.seen_hash,
+                    member.version,
+                    now,
+                )
+            elif isinstance(p.op, Create):
+                seen = stored if stored is not None else dict(p.fields)
+                updated[p.system] = Member(
+                    p.system, str(r.key), link_id, seen, values_hash(seen), r.version, None
+                )
+            else:
+                prior = updated.get(p.system) or live[p.system]
+                seen = (
+                    stored if stored is not None else {**lp.current.get(p.system, {}), **p.fields}
+                )
+                updated[p.system] = Member(
+                    p.system, prior.external_id, link_id, seen, values_hash(seen), r.version, None
+                )
+        for system in lp.deleted_now:
+            member = live[system]
+            updated[system] = Member(
+                system,
+                member.external_id,
+                link_id,
+                member.seen,
+                member.seen_hash,
+                member.version,
+                now,
+            )
+        changes.members.extend(updated.values())
+
+        base = dict(lp.base)
+        for fname, value in lp.proposed.items():
+            if not (lp.needs.get(fname, set()) & failed):
+                base[fname] = value
+        link = mapping.links.get(link_id)
+        gone = lp.delete_link and not failed
+        deleted_at = (
+            (link.deleted_at if link and link.deleted_at else now) if lp.delete_link else None
+        )
+        if lp.delete_link or base != lp.base or link is None or link.match_key != lp.match_key:
+            changes.links.append(
+                Link(link_id, base, lp.match_key if not gone else None, deleted_at)
+            )
+        if failed:
+            failed_links.add(link_id)
+
+    linked_now = {(m.system, m.external_id) for m in changes.members}
+    parked_now = {(p["system"], p["external_id"]) for p in mapping.parked}
+    for letter in due_letters:
+        if letter["link_id"]:
+            if letter["link_id"] in plan.links and letter["link_id"] not in failed_links:
+                changes.resolved_dead_letters.append(letter["id"])
+        elif (letter["system"], letter["external_id"]) in linked_now - parked_now:
+            changes.resolved_dead_letters.append(letter["id"])
+    changes.dead_letters.extend(mapping.parked)
+    changes.conflicts.extend(plan.conflicts)
+    for system, extract in extracts.items():
+        changes.cursors[(system, scope)] = extract.cursor
+    return changes, counts
+
+
+def _canonical_stored(
+    definition: Definition, system: str, values: dict[str, Any] | None
+) -> dict[str, Any] | None:
+    if values is None:
+        return None
+    return {f: canonical(values.get(col)) for f, col in definition.fields_of(system).items()}
+
+
+def commit_state(store: StateStore, sync: str, changes: StateChanges, run_id: str) -> None:
+    """Write ID map, merge bases, cursors, conflicts and dead letters in one transaction."""
+    store.commit(sync, changes, run_id)
+
+
+commit_state_task = task(commit_state, name="commit state", **TASK_OPTIONS)

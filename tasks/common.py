@@ -1,0 +1,71 @@
+"""Types the steps of a run hand to each other, and the Prefect task options they share."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from prefect.cache_policies import NO_CACHE
+
+from twoway.contract import Op
+from twoway.retry import RetryPolicy, prefect_retry_condition
+
+#: The one retry policy, as Prefect task options (backoff with jitter, transient errors only).
+_POLICY = RetryPolicy()
+TASK_OPTIONS: dict[str, Any] = {
+    "retries": 3,
+    "retry_delay_seconds": [_POLICY.base_delay * 2**i for i in range(3)],
+    "retry_jitter_factor": _POLICY.jitter,
+    "retry_condition_fn": prefect_retry_condition,
+    "cache_policy": NO_CACHE,
+    "persist_result": False,
+}
+
+
+@dataclass(slots=True)
+class Observed:
+    """A record read in this run, in canonical form (canonical field -> value)."""
+
+    system: str
+    key: str
+    values: dict[str, Any]
+    hash: str
+    modified_at: datetime | None
+    modified_by: str | None
+    version: str | None
+
+
+@dataclass(slots=True)
+class Extract:
+    """What one system returned: changed records, keys known deleted, the next cursor."""
+
+    system: str
+    records: list[Observed]
+    deleted: set[str]
+    cursor: str | None
+    full: bool
+    requests: int = 0
+
+
+@dataclass(slots=True)
+class Filtered:
+    """One system's changes after echoes and unchanged records were dropped."""
+
+    system: str
+    changed: list[Observed]
+    deleted: set[str]
+    extracted: int = 0
+    echo_skipped: int = 0
+    unchanged: int = 0
+
+
+@dataclass(slots=True)
+class PlannedOp:
+    """One write of the plan: which link it serves and the canonical fields it sets."""
+
+    link_id: str
+    system: str
+    op: Op
+    fields: dict[str, Any] = field(default_factory=dict)
+    before: dict[str, Any] = field(default_factory=dict)  # the target's values it replaces

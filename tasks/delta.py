@@ -1,0 +1,261 @@
+"""Step: compute field deltas against the merge base and plan the writes.
+
+Per link and field, every system whose value differs from the merge base (the last
+converged value) proposes its value. One distinct proposal wins outright; different
+proposals are a conflict, settled by the policy: last writer wins by modification time,
+prefer a system, or manual (the field is held and the conflict recorded for a person).
+Different fields changed on different systems merge. Writes go only where the value
+differs and the field's direction allows it; the plan is a pure function of its inputs.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from prefect import task
+
+from tasks.common import TASK_OPTIONS, Observed, PlannedOp
+from tasks.idmap import Mapping, match_key
+from twoway.contract import Create, Delete, Update
+from twoway.definition import Definition
+
+_MISSING = object()
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@dataclass
+class LinkPlan:
+    """What a run intends for one link; settled into state once the writes are done."""
+
+    link_id: str
+    base: dict[str, Any]  # the merge base before this run
+    proposed: dict[str, Any]  # field -> value the base moves to when its writes succeed
+    needs: dict[str, set[str]]  # field -> systems that must accept a write first
+    current: dict[str, dict[str, Any]]  # system -> values it holds now (read or last seen)
+    observed: dict[str, Observed]  # records read this run
+    deleted_now: set[str]  # systems whose record was deleted this run
+    delete_link: bool = False
+    match_key: str | None = None
+
+
+@dataclass
+class Plan:
+    """Every write a run intends, the conflicts it found, and what each link moves to."""
+
+    ops: dict[str, list[PlannedOp]] = field(default_factory=dict)
+    links: dict[str, LinkPlan] = field(default_factory=dict)
+    conflicts: list[dict[str, Any]] = field(default_factory=list)
+
+    def count(self, system: str, kind: type) -> int:
+        return sum(isinstance(p.op, kind) for p in self.ops.get(system, []))
+
+
+def _same(a: Any, b: Any) -> bool:
+    return a is b or (a == b and type(a) is type(b)) or json.dumps(a) == json.dumps(b)
+
+
+def compute_deltas(
+    definition: Definition,
+    mapping: Mapping,
+    *,
+    sources: set[str],
+    targets: set[str],
+    open_conflicts: set[tuple[str, str]],
+) -> Plan:
+    """Plan the writes for every touched link (pure: reads nothing, writes nothing)."""
+    plan = Plan(ops={s: [] for s in definition.systems})
+    policy, preferred = definition.policy
+    for link_id in sorted(mapping.observed.keys() | mapping.deleted.keys()):
+        link = mapping.links.get(link_id)
+        observed = mapping.observed.get(link_id, {})
+        members = mapping.members.get(link_id, [])
+        live = {m.system: m for m in members if m.deleted_at is None}
+        tombstoned = {m.system for m in members if m.deleted_at is not None}
+        deleted_now = mapping.deleted.get(link_id, set()) & live.keys()
+        base = dict(link.base) if link else {}
+        current = {
+            s: (observed[s].values if s in observed else (m.seen or {})) for s, m in live.items()
+        }
+        lp = LinkPlan(
+            link_id=link_id,
+            base=base,
+            proposed={},
+            needs={},
+            current=current,
+            observed=observed,
+            deleted_now=deleted_now,
+        )
+        plan.links[link_id] = lp
+        link_gone = link is not None and link.deleted_at is not None
+
+        if link_gone or (deleted_now and definition.deletes == "propagate"):
+            lp.delete_link = True
+            for system, member in sorted(live.items()):
+                if system in deleted_now or system not in targets:
+                    continue
+                version = observed[system].version if system in observed else member.version
+                plan.ops[system].append(
+                    PlannedOp(
+                        link_id, system, Delete(member.external_id, version), before=current[system]
+                    )
+                )
+                edits = _changed_fields(definition, base, current[system], system)
+                if edits and system in observed:
+                    plan.conflicts.append(
+                        {
+                            "link_id": link_id,
+                            "field": "(record)",
+                            "status": "resolved",
+                            "policy": "delete wins over edit",
+                            "winner": sorted(deleted_now)[0] if deleted_now else None,
+                            "candidates": {system: edits, **{s: "(deleted)" for s in deleted_now}},
+                            "chosen": "(deleted)",
+                        }
+                    )
+            continue
+        for system in deleted_now:  # deletes: ignore — forget the record, keep the link
+            current.pop(system)
+            live.pop(system)
+            tombstoned.add(system)
+
+        for fname, fmap in definition.field_maps.items():
+            proposals: dict[str, Any] = {}
+            for system, values in current.items():
+                if system not in sources or system not in fmap.columns:
+                    continue
+                if fmap.source is not None and system != fmap.source:
+                    continue  # a one-way field never flows backwards
+                value = values.get(fname)
+                prior = base.get(fname, _MISSING)
+                if prior is _MISSING and value is None:
+                    continue  # no value yet is not a change: never write a blank over data
+                if prior is _MISSING or not _same(value, prior):
+                    proposals[system] = value
+            if not proposals:
+                continue
+            distinct = {json.dumps(v, sort_keys=True) for v in proposals.values()}
+            if len(distinct) == 1:
+                winner = sorted(proposals)[0]
+            else:
+                winner = _settle(policy, preferred, proposals, observed)
+                conflict = {
+                    "link_id": link_id,
+                    "field": fname,
+                    "policy": definition.conflicts,
+                    "candidates": proposals,
+                    "winner": winner,
+                    "chosen": proposals[winner] if winner else None,
+                    "status": "resolved" if winner else "open",
+                }
+                if winner is None and (link_id, fname) in open_conflicts:
+                    continue  # held and already waiting for a person
+                plan.conflicts.append(conflict)
+                if winner is None:
+                    continue  # manual: hold the field everywhere
+            value = proposals[winner]
+            lp.proposed[fname] = value
+            lp.needs[fname] = set()
+            for target, values in current.items():
+                if (
+                    target in targets
+                    and fmap.flows(winner, target)
+                    and not _same(values.get(fname), value)
+                ):
+                    lp.needs[fname].add(target)
+
+        lp.match_key = (
+            match_key(definition, {**base, **lp.proposed}) if definition.match_on else None
+        )
+        _plan_writes(definition, plan, lp, live, tombstoned, targets)
+    return plan
+
+
+def _changed_fields(
+    definition: Definition, base: dict[str, Any], values: dict[str, Any], system: str
+) -> dict[str, Any]:
+    return {
+        f: v
+        for f, v in values.items()
+        if f in definition.field_maps and f in base and not _same(base[f], v)
+    }
+
+
+def _settle(
+    policy: str, preferred: str | None, proposals: dict[str, Any], observed: dict[str, Observed]
+) -> str | None:
+    """The system whose value wins a conflict, or None to hold it for a person."""
+    if policy == "manual":
+        return None
+    if policy == "prefer" and preferred in proposals:
+        return preferred
+
+    def when(system: str) -> tuple[datetime, str]:
+        record = observed.get(system)
+        stamp = record.modified_at if record and record.modified_at else _EPOCH
+        return stamp, system
+
+    # last writer wins; equal times fall to the system name, so every run decides alike
+    return max(proposals, key=when)
+
+
+def _plan_writes(
+    definition: Definition,
+    plan: Plan,
+    lp: LinkPlan,
+    live: dict,
+    tombstoned: set[str],
+    targets: set[str],
+) -> None:
+    merged = {**lp.base, **lp.proposed}
+    for system, member in live.items():
+        fields = {f: lp.proposed[f] for f, need in lp.needs.items() if system in need}
+        if not fields:
+            continue
+        columns = definition.fields_of(system)
+        version = lp.observed[system].version if system in lp.observed else member.version
+        plan.ops[system].append(
+            PlannedOp(
+                lp.link_id,
+                system,
+                Update(member.external_id, {columns[f]: v for f, v in fields.items()}, version),
+                fields=fields,
+                before={f: lp.current[system].get(f) for f in fields},
+            )
+        )
+    if not lp.current:
+        return
+    for system in definition.systems:
+        if system in live or system in tombstoned or system not in targets:
+            continue
+        columns = definition.fields_of(system)
+        fields = {}
+        for fname in columns:
+            fmap = definition.field_maps[fname]
+            senders = [s for s in lp.current if fmap.flows(s, system)]
+            if not senders:
+                continue
+            if fmap.source is not None:
+                value = lp.current[fmap.source].get(fname) if fmap.source in lp.current else None
+            else:
+                value = merged.get(fname)
+            if value is not None:
+                fields[fname] = value
+        if not fields:
+            continue
+        for fname in fields:
+            lp.needs.setdefault(fname, set()).add(system)
+            lp.proposed.setdefault(fname, fields[fname])
+        plan.ops[system].append(
+            PlannedOp(
+                lp.link_id,
+                system,
+                Create(lp.link_id, {columns[f]: v for f, v in fields.items()}),
+                fields=fields,
+            )
+        )
+
+
+compute_deltas_task = task(compute_deltas, name="compute field deltas", **TASK_OPTIONS)

@@ -1,0 +1,60 @@
+"""Step: extract changed records from one system since its cursor, in canonical form."""
+
+from __future__ import annotations
+
+from prefect import task
+
+from tasks.common import TASK_OPTIONS, Extract, Observed
+from twoway.contract import Endpoint, RawRecord
+from twoway.definition import Definition
+from twoway.values import canonical, values_hash
+
+
+def canonicalise(definition: Definition, system: str, record: RawRecord) -> Observed:
+    """A system's record as canonical fields (names per the mapping, values normalised)."""
+    values = {
+        f: canonical(record.values.get(col)) for f, col in definition.fields_of(system).items()
+    }
+    return Observed(
+        system=system,
+        key=record.key,
+        values=values,
+        hash=values_hash(values),
+        modified_at=record.modified_at,
+        modified_by=record.modified_by,
+        version=record.version,
+    )
+
+
+def extract_changes(
+    definition: Definition,
+    system: str,
+    endpoint: Endpoint,
+    cursor: str | None,
+    known_live: set[str],
+) -> Extract:
+    """Records changed since ``cursor`` and the keys deleted since.
+
+    Deletions come from the system's change feed where it has one; otherwise the keys we
+    know to be live are compared with the system's key list (hard deletes).
+    """
+    changes = endpoint.read_changes(cursor)
+    records = [canonicalise(definition, system, r) for r in changes.records]
+    deleted = set(changes.deleted)
+    if changes.full:
+        deleted |= known_live - {r.key for r in records}
+    keys = endpoint.list_keys()
+    if keys is not None:
+        deleted |= known_live - keys
+    deleted &= known_live | set(changes.deleted)
+    return Extract(
+        system=system,
+        records=records,
+        deleted=deleted,
+        cursor=changes.cursor,
+        full=changes.full,
+        requests=changes.requests,
+    )
+
+
+extract_changes_task = task(extract_changes, name="extract changed records", **TASK_OPTIONS)

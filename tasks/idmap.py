@@ -1,0 +1,149 @@
+"""Step: map records to links through the ID map; link unknown records on ``match_on``.
+
+Unknown records are matched on every run (not only the first), so a record that a crashed
+run created is found and linked rather than created twice. Several candidates for one
+match key link nothing: they are parked as ambiguous and reported.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from prefect import task
+
+from tasks.common import TASK_OPTIONS, Filtered, Observed
+from twoway.definition import Definition
+from twoway.state import Link, Member, StateStore
+from twoway.values import values_hash
+
+
+@dataclass
+class Mapping:
+    """The links a run touches, with what each system reported for them."""
+
+    observed: dict[str, dict[str, Observed]] = field(
+        default_factory=dict
+    )  # link -> system -> record
+    deleted: dict[str, set[str]] = field(default_factory=dict)  # link -> systems that deleted it
+    members: dict[str, list[Member]] = field(default_factory=dict)  # link -> id_map rows
+    links: dict[str, Link] = field(default_factory=dict)  # existing merge bases
+    new_links: set[str] = field(default_factory=set)
+    parked: list[dict[str, Any]] = field(default_factory=list)  # ambiguous matches
+
+
+def match_key(definition: Definition, values: dict[str, Any]) -> str | None:
+    """Hash of the ``match_on`` values (text compared case- and space-insensitively)."""
+    if not definition.match_on:
+        return None
+    parts = []
+    for f in definition.match_on:
+        value = values.get(f)
+        if isinstance(value, str):
+            value = " ".join(value.split()).casefold()
+        if value is None or value == "":
+            return None
+        parts.append(value)
+    return values_hash({"m": parts})
+
+
+def map_ids(
+    definition: Definition,
+    filtered: dict[str, Filtered],
+    known: dict[str, dict[str, Member]],
+    store: StateStore,
+    new_link_id: Callable[[], str],
+    pending_links: set[str],
+) -> Mapping:
+    """Group this run's changes by link, creating links for new records."""
+    sync = definition.name
+    out = Mapping()
+    unlinked: dict[str, dict[str, list[Observed]]] = {}  # match key -> system -> records
+    loners: list[Observed] = []
+    for system, batch in filtered.items():
+        for record in batch.changed:
+            member = known[system].get(record.key)
+            if member is not None:
+                out.observed.setdefault(member.link_id, {})[system] = record
+                continue
+            key = match_key(definition, record.values)
+            if key is None:
+                loners.append(record)
+            else:
+                unlinked.setdefault(key, {}).setdefault(system, []).append(record)
+        for key in batch.deleted:
+            member = known[system].get(key)
+            if member is not None and member.deleted_at is None:
+                out.deleted.setdefault(member.link_id, set()).add(system)
+
+    existing = store.links_by_match_key(sync, unlinked) if unlinked else {}
+    candidates_members = store.members_of(sync, {lid for ids in existing.values() for lid in ids})
+    joined: list[Member] = []
+    for key, by_system in unlinked.items():
+        links = existing.get(key, [])
+        crowded = [s for s, recs in by_system.items() if len(recs) > 1]
+        if crowded or len(links) > 1:
+            reason = (
+                f"several records in {', '.join(sorted(crowded))} share the match_on values"
+                if crowded
+                else f"{len(links)} linked records share the match_on values"
+            )
+            for records in by_system.values():
+                out.parked += [_ambiguous(r, reason) for r in records]
+            continue
+        if links:
+            link_id = links[0]
+            taken = {m.system for m in candidates_members.get(link_id, []) if m.deleted_at is None}
+        else:
+            link_id, taken = new_link_id(), set()
+            out.new_links.add(link_id)
+        for system, (record,) in by_system.items():
+            if system in taken:
+                out.parked.append(
+                    _ambiguous(record, "a linked record with the same match_on values exists")
+                )
+                continue
+            out.observed.setdefault(link_id, {})[system] = record
+            joined.append(_new_member(record, link_id))
+    for record in loners:
+        link_id = new_link_id()
+        out.new_links.add(link_id)
+        out.observed[link_id] = {record.system: record}
+        joined.append(_new_member(record, link_id))
+
+    touched = set(out.observed) | set(out.deleted) | set(pending_links)
+    out.members = store.members_of(sync, touched - out.new_links)
+    out.links = store.links(sync, touched - out.new_links)
+    for member in joined:
+        out.members.setdefault(member.link_id, []).append(member)
+    for link_id in pending_links:
+        out.observed.setdefault(link_id, {})
+    return out
+
+
+def _new_member(record: Observed, link_id: str) -> Member:
+    return Member(
+        system=record.system,
+        external_id=record.key,
+        link_id=link_id,
+        seen=None,
+        seen_hash=None,
+        version=record.version,
+        deleted_at=None,
+    )
+
+
+def _ambiguous(record: Observed, reason: str) -> dict[str, Any]:
+    return {
+        "system": record.system,
+        "external_id": record.key,
+        "link_id": None,
+        "operation": "link",
+        "kind": "ambiguous",
+        "error": f"ambiguous match: {reason}; link them by hand or change match_on",
+        "payload": record.values,
+    }
+
+
+map_ids_task = task(map_ids, name="map IDs via the table", **TASK_OPTIONS)

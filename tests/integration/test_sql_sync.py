@@ -1,0 +1,198 @@
+"""Two-way and N-way sync of real SQL tables (SQLite, PostgreSQL, MariaDB)."""
+
+from __future__ import annotations
+
+import pytest
+import sqlalchemy as sa
+
+from tests.syncrig import sync_rig
+
+BACKENDS = ["sqlite", "postgres", "mariadb"]
+
+
+def writes(report) -> int:
+    return sum(c["created"] + c["updated"] + c["deleted"] for c in report.systems.values())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_first_sync_links_matches_and_creates_the_rest(tmp_path, backend):
+    with sync_rig(tmp_path, backend) as rig:
+        rig.add("s0", "both@example.com", "Ann", "Lee", "111")
+        rig.add("s1", "BOTH@example.com ", "Ann", "Lee")
+        rig.add("s0", "crm-only@example.com", "Bo", "Crm", "222")
+        rig.add("s1", "portal-only@example.com", "Cy", "Portal")
+        report = rig.run()
+        assert report.status == "completed"
+        assert report.systems["s0"]["created"] == 1 and report.systems["s1"]["created"] == 1
+        emails0 = [r["email"] for r in rig.rows("s0")]
+        emails1 = [r["email"] for r in rig.rows("s1")]
+        assert len(emails0) == len(set(emails0)) == 3
+        assert len(emails1) == 3
+        assert rig.row("s1", "crm-only@example.com")["phone"] == "222"
+        assert rig.row("s1", "crm-only@example.com")["_by"] == "svc-sync"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_run_after_a_run_writes_nothing(tmp_path, backend):
+    with sync_rig(tmp_path, backend) as rig:
+        for i in range(7):
+            rig.add("s0" if i % 2 else "s1", f"p{i}@example.com", f"F{i}", f"L{i}")
+        first = rig.run()
+        assert writes(first) == 7
+        second = rig.run()
+        assert writes(second) == 0
+        assert second.systems["s0"]["echo_skipped"] + second.systems["s1"]["echo_skipped"] >= 7
+        assert writes(rig.run()) == 0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_field_changes_merge_and_conflicts_follow_last_writer(tmp_path, backend):
+    with sync_rig(tmp_path, backend) as rig:
+        rig.add("s0", "m@example.com", "Max", "Muster", "1")
+        rig.run()
+        rig.edit("s0", "m@example.com", first_name="Maxi")
+        rig.edit("s1", "m@example.com", last_name="Mustermann")
+        report = rig.run()
+        assert report.conflicts == 0
+        for system in ("s0", "s1"):
+            row = rig.row(system, "m@example.com")
+            assert (row["first_name"], row["last_name"]) == ("Maxi", "Mustermann")
+        rig.edit("s1", "m@example.com", first_name="Early")
+        rig.edit("s0", "m@example.com", first_name="Late")  # edited last: wins
+        report = rig.run()
+        assert report.conflicts == 1
+        assert rig.row("s0", "m@example.com")["first_name"] == "Late"
+        assert rig.row("s1", "m@example.com")["first_name"] == "Late"
+        assert writes(rig.run()) == 0
+
+
+def test_prefer_policy_and_manual_hold(tmp_path):
+    with sync_rig(tmp_path, conflicts="prefer s1") as rig:
+        rig.add("s0", "p@example.com", "A", "B")
+        rig.run()
+        rig.edit("s1", "p@example.com", first_name="FromS1")
+        rig.edit("s0", "p@example.com", first_name="FromS0")
+        rig.run()
+        assert rig.row("s0", "p@example.com")["first_name"] == "FromS1"
+    with (
+        sync_rig(tmp_path / "m", conflicts="manual")
+        if (tmp_path / "m").mkdir() is None
+        else None as rig
+    ):
+        rig.add("s0", "q@example.com", "A", "B")
+        rig.run()
+        rig.edit("s1", "q@example.com", first_name="One", last_name="Merged")
+        rig.edit("s0", "q@example.com", first_name="Two")
+        report = rig.run()
+        assert report.conflicts == 1
+        assert rig.row("s0", "q@example.com")["first_name"] == "Two"  # held: nobody overwritten
+        assert rig.row("s1", "q@example.com")["first_name"] == "One"
+        assert rig.row("s0", "q@example.com")["last_name"] == "Merged"  # other fields still merge
+        again = rig.run()
+        assert again.conflicts == 0 and writes(again) == 0  # recorded once, still held
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_one_way_field_never_flows_backwards(tmp_path, backend):
+    with sync_rig(tmp_path, backend, phone_direction="s0 -> s1") as rig:
+        rig.add("s0", "o@example.com", "O", "W", "100")
+        rig.add("s1", "dest@example.com", "D", "S", "555")
+        rig.run()
+        assert rig.row("s1", "o@example.com")["phone"] == "100"
+        assert rig.row("s0", "dest@example.com")["phone"] is None  # not sent backwards on create
+        assert rig.row("s1", "dest@example.com")["phone"] == "555"  # and not blanked
+        rig.edit("s1", "o@example.com", phone="999")  # destination-side drift
+        report = rig.run()
+        assert writes(report) == 0
+        assert rig.row("s0", "o@example.com")["phone"] == "100"
+        rig.edit("s0", "o@example.com", phone="101")
+        rig.run()
+        assert rig.row("s1", "o@example.com")["phone"] == "101"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_delete_propagates_and_never_comes_back(tmp_path, backend):
+    with sync_rig(tmp_path, backend) as rig:
+        rig.add("s0", "d@example.com", "D", "E")
+        rig.add("s0", "keep@example.com", "K", "E")
+        rig.run()
+        rig.delete("s1", "d@example.com")
+        report = rig.run()
+        assert report.systems["s0"]["deleted"] == 1
+        assert rig.row("s0", "d@example.com") is None
+        assert writes(rig.run()) == 0
+        assert rig.row("s1", "d@example.com") is None
+        assert rig.row("s0", "keep@example.com") is not None
+
+
+def test_deletes_ignore_keeps_the_other_side(tmp_path):
+    with sync_rig(tmp_path, deletes="ignore") as rig:
+        rig.add("s0", "i@example.com", "I", "G")
+        rig.run()
+        rig.delete("s1", "i@example.com")
+        assert writes(rig.run()) == 0
+        assert rig.row("s0", "i@example.com") is not None
+        rig.edit("s0", "i@example.com", first_name="Changed")
+        assert writes(rig.run()) == 0  # not recreated in s1
+        assert rig.row("s1", "i@example.com") is None
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_integration_account_edit_with_other_values_is_a_real_change(tmp_path, backend):
+    with sync_rig(tmp_path, backend) as rig:
+        rig.add("s0", "lu@example.com", "Lost", "Update")
+        rig.run()
+        # someone using the integration account's name edits after our write
+        table, engine = rig.tables["s1"], rig.engines["s1"]
+        key_col = rig.layout["s1"][0]
+        with engine.begin() as conn:
+            conn.execute(
+                table.update()
+                .where(table.c[key_col] == int(rig.key_of("s1", "lu@example.com")))
+                .values(
+                    {
+                        rig.col("s1", "first_name"): "Kept",
+                        "editor": "svc-sync",
+                        "modified": sa.func.current_timestamp(),
+                    }
+                )
+            )
+        report = rig.run()
+        assert report.systems["s0"]["updated"] == 1
+        assert rig.row("s0", "lu@example.com")["first_name"] == "Kept"
+
+
+def test_dry_run_writes_nothing_anywhere(tmp_path):
+    with sync_rig(tmp_path) as rig:
+        rig.add("s0", "a@example.com")
+        rig.add("s1", "b@example.com")
+        before = (rig.rows("s0"), rig.rows("s1"))
+        report = rig.run(dry_run=True)
+        assert report.systems["s1"]["created"] == 1 and report.systems["s0"]["created"] == 1
+        assert (rig.rows("s0"), rig.rows("s1")) == before
+        state = sa.create_engine(rig.doc["state"])
+        with state.connect() as conn:
+            for table in ("id_map", "shadow", "cursors", "dead_letters", "conflicts"):
+                assert conn.execute(sa.text(f"select count(*) from {table}")).scalar() == 0, table
+        state.dispose()
+        report = rig.run()
+        assert report.systems["s1"]["created"] == 1
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_three_systems_converge(tmp_path, backend):
+    with sync_rig(tmp_path, backend, systems=3) as rig:
+        rig.add("s0", "x@example.com", "X", "Zero")
+        rig.add("s1", "y@example.com", "Y", "One")
+        rig.add("s2", "z@example.com", "Z", "Two")
+        rig.add("s2", "x@example.com", "X", "Zero")
+        rig.run()
+        rig.edit("s2", "y@example.com", first_name="Yvonne")
+        rig.edit("s1", "x@example.com", last_name="Ones")
+        rig.delete("s0", "z@example.com")
+        rig.run()
+        assert rig.data("s0") == rig.data("s1") == rig.data("s2")
+        assert [r["email"] for r in rig.rows("s0")] == ["x@example.com", "y@example.com"]
+        assert rig.row("s0", "y@example.com")["first_name"] == "Yvonne"
+        assert rig.row("s2", "x@example.com")["last_name"] == "Ones"
+        assert writes(rig.run()) == 0

@@ -1,0 +1,28 @@
+"""Which endpoint block serves which ``kind`` of system, and opening one from a definition."""
+
+from __future__ import annotations
+
+import importlib
+
+from twoway.contract import Endpoint
+from twoway.definition import Definition
+
+ENDPOINT_CLASSES = {
+    "sql": "blocks.sql:SqlTable",
+    "sharepoint": "blocks.sharepoint:SharePointList",
+    "salesforce": "blocks.salesforce:SalesforceObject",
+    "rest": "blocks.rest:RestCollection",
+}
+
+
+def endpoint_class(kind: str) -> type:
+    """The block class for a kind of system."""
+    module, _, name = ENDPOINT_CLASSES[kind].partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def open_endpoint(definition: Definition, system: str) -> Endpoint:
+    """Build the endpoint of one system of a definition (no I/O until it is used)."""
+    spec = definition.systems[system]
+    columns = sorted(set(definition.fields_of(system).values()))
+    return endpoint_class(spec.kind).from_definition(system, spec, columns)

@@ -1,0 +1,147 @@
+"""The endpoint contract every connector (SQL table, SharePoint list, Salesforce object,
+REST collection) implements, and the small types that cross it.
+
+Glossary:
+- *key*: a record's id in its own system, always a string (``external_id`` in the state).
+- *values*: a record's data keyed by the system's own column or field names, plain Python
+  values (str, int, float, Decimal, bool, datetime, date, None).
+- *version*: an opaque token that changes on every write (eTag, SystemModstamp,
+  modified_at as stored). Writes carry the version they read; a mismatch raises
+  :class:`~twoway.errors.PreconditionFailed` for that record instead of overwriting it.
+- *cursor*: an opaque string the endpoint returns from :meth:`Endpoint.read_changes` and
+  gets back next run; ``None`` means "read everything".
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from twoway.errors import SyncError
+
+
+@dataclass(frozen=True, slots=True)
+class RawRecord:
+    """One record as a system holds it."""
+
+    key: str
+    values: dict[str, Any]
+    modified_at: datetime | None = None  # timezone-aware UTC
+    modified_by: str | None = None
+    version: str | None = None
+
+
+@dataclass(slots=True)
+class ChangeSet:
+    """What changed in a system since a cursor.
+
+    ``deleted`` holds keys the system itself reported as deleted (delta feeds).
+    ``cursor`` is what to pass next time, stored only after the run commits.
+    ``full`` is True when every live record was returned (a read with no cursor), so a
+    key of ours that is absent is known to be deleted.
+    """
+
+    records: list[RawRecord]
+    deleted: list[str] = field(default_factory=list)
+    cursor: str | None = None
+    full: bool = False
+    requests: int = 0  # calls made to the system for this read (benchmarks, reports)
+
+
+@dataclass(frozen=True, slots=True)
+class Create:
+    """Create a record; ``ref`` is the link id, usable as an idempotency key."""
+
+    ref: str
+    values: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Update:
+    """Change only the given fields of ``key``, if its version is still ``version``."""
+
+    key: str
+    values: dict[str, Any]
+    version: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Delete:
+    """Delete ``key``, if its version is still ``version`` (None: unconditionally)."""
+
+    key: str
+    version: str | None = None
+
+
+Op = Create | Update | Delete
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    """The outcome of one operation of a batch, in the batch's order."""
+
+    op: Op
+    key: str | None = None  # the record's key (the new key for a create)
+    version: str | None = None  # the record's version after the write
+    values: dict[str, Any] | None = None  # values as stored, when the system rewrote them
+    error: SyncError | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+class Endpoint(abc.ABC):
+    """A collection of records in one system, seen through a handful of verbs.
+
+    Implementations own their client (engine, HTTP client), open it lazily and release it
+    in :meth:`close`. Writes stamp the system's integration account as the modifier.
+    """
+
+    #: name of the integration account this endpoint writes as (set by each implementation)
+    integration_account: str | None
+
+    @abc.abstractmethod
+    def columns(self) -> set[str]:
+        """The column or field names the collection has (for ``twoway check``)."""
+
+    @abc.abstractmethod
+    def read_changes(self, cursor: str | None) -> ChangeSet:
+        """Records changed since ``cursor`` (all records when None), deletions if reported."""
+
+    @abc.abstractmethod
+    def read(self, keys: Sequence[str]) -> list[RawRecord]:
+        """The current state of the given records; missing keys are left out."""
+
+    @abc.abstractmethod
+    def list_keys(self) -> set[str] | None:
+        """Every live key, to find hard deletes; None when the change feed reports deletions."""
+
+    @abc.abstractmethod
+    def write(self, ops: Sequence[Op]) -> list[WriteResult]:
+        """Apply a batch; per-record failures come back in the results, never raised.
+
+        Raises only for errors that concern the whole batch (retriable or fatal).
+        """
+
+    def max_batch(self) -> int:
+        """The most operations one :meth:`write` call should carry."""
+        return 1000
+
+    def close(self) -> None:
+        """Release the client; the endpoint reopens it when used again."""
+
+    def __enter__(self) -> Endpoint:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    """Consecutive slices of at most ``size`` items."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

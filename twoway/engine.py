@@ -1,0 +1,393 @@
+"""The run, step by step: lock, extract, filter echoes, map IDs, compute deltas, load,
+commit state, report. The flows call :func:`run_sync` with Prefect task steps; tests and
+the randomized harness call it with plain steps, their own clock, random source, sleep and
+connectors.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from tasks.commit import commit_state, commit_state_task, settle
+from tasks.common import Extract, Filtered
+from tasks.delta import Plan, compute_deltas, compute_deltas_task
+from tasks.echo import filter_echoes, filter_echoes_task
+from tasks.extract import canonicalise, extract_changes, extract_changes_task
+from tasks.idmap import map_ids, map_ids_task
+from tasks.load import load_changes, load_changes_task
+from twoway.connectors import open_endpoint
+from twoway.contract import Delete, Endpoint, Update
+from twoway.definition import Definition
+from twoway.errors import MassChangeRefused, TwowayError
+from twoway.retry import RetryPolicy
+from twoway.state import StateStore
+
+SCOPE_ALL = "*"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Steps:
+    """Runs each step either as a plain function or as a Prefect task (inside a flow)."""
+
+    def __init__(self, prefect: bool = False):
+        self.prefect = prefect
+
+    def __call__(self, plain: Callable, wrapped: Any, name: str, *args: Any, **kwargs: Any) -> Any:
+        if not self.prefect:
+            return plain(*args, **kwargs)
+        from prefect.utilities.annotations import quote
+
+        return wrapped.with_options(task_run_name=name)(
+            *[quote(a) for a in args], **{k: quote(v) for k, v in kwargs.items()}
+        )
+
+
+@dataclass
+class Runtime:
+    """What a run depends on, passed in so tests can replace every part."""
+
+    clock: Callable[[], datetime] = utcnow
+    rng: random.Random = field(default_factory=random.Random)
+    sleep: Callable[[float], Any] = time.sleep
+    endpoints: dict[str, Endpoint] | None = None
+    store: StateStore | None = None
+    steps: Steps = field(default_factory=Steps)
+    logger: logging.Logger | logging.LoggerAdapter | None = None
+    on_progress: Callable[[str, int, int], Any] | None = None  # (system, done, total)
+    lease_ttl: float = 60.0
+
+
+@dataclass
+class RunReport:
+    """The outcome of a run: what ``--json`` prints and the run artifact shows."""
+
+    sync: str
+    run_id: str
+    status: str = "completed"
+    dry_run: bool = False
+    conflicts: int = 0
+    systems: dict[str, dict[str, int]] = field(default_factory=dict)
+    error: str | None = None
+    plan: Plan | None = None
+    conflict_list: list[dict[str, Any]] = field(default_factory=list)
+    failures: list[dict[str, Any]] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "sync": self.sync,
+            "status": self.status,
+            "dry_run": self.dry_run,
+            "conflicts": self.conflicts,
+            "systems": self.systems,
+        }
+        if self.error is not None:
+            out["error"] = self.error
+        out["run_id"] = self.run_id
+        return out
+
+
+def _counts() -> dict[str, int]:
+    return {
+        "extracted": 0,
+        "echo_skipped": 0,
+        "created": 0,
+        "updated": 0,
+        "deleted": 0,
+        "failed": 0,
+        "deferred": 0,
+    }
+
+
+class _LeaseKeeper:
+    """Renews the run's lease in the background so a long step does not lose it."""
+
+    def __init__(self, store: StateStore, sync: str, holder: str, ttl: float):
+        self.store, self.sync, self.holder, self.ttl = store, sync, holder, ttl
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=f"lease-{sync}", daemon=True)
+
+    def __enter__(self) -> _LeaseKeeper:
+        self.store.acquire_lease(self.sync, self.holder, self.ttl)
+        self._thread.start()
+        return self
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.ttl / 3):
+            try:
+                self.store.renew_lease(self.sync, self.holder, self.ttl)
+            except Exception:  # the next renewal tries again; expiry is the safety net
+                continue
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.store.release_lease(self.sync, self.holder)
+
+
+def open_store(definition: Definition, clock: Callable[[], datetime] | None = None) -> StateStore:
+    store = StateStore(definition.state or "", clock=clock)
+    store.migrate()
+    return store
+
+
+def run_sync(
+    definition: Definition,
+    runtime: Runtime | None = None,
+    *,
+    dry_run: bool = False,
+    full: bool = False,
+    sources: set[str] | None = None,
+    targets: set[str] | None = None,
+    allow_mass_change: bool = False,
+) -> RunReport:
+    """One run of a sync. With ``sources``/``targets`` it is a one-direction run.
+
+    Raises :class:`~twoway.errors.AlreadyRunning` when another run holds the lease; any
+    other error is caught, recorded in the run history and reported as a failed run.
+    """
+    rt = runtime or Runtime()
+    log = rt.logger or logging.getLogger("twoway")
+    run_id = uuid.UUID(int=rt.rng.getrandbits(128)).hex
+    store = rt.store or open_store(definition, rt.clock)
+    owns_store = rt.store is None
+    endpoints = rt.endpoints or {s: open_endpoint(definition, s) for s in definition.systems}
+    owns_endpoints = rt.endpoints is None
+    for endpoint in endpoints.values():
+        if hasattr(endpoint, "use_clock"):
+            endpoint.use_clock(rt.clock)
+    all_systems = set(definition.systems)
+    one_way = sources is not None or targets is not None
+    sources = set(sources or all_systems)
+    targets = set(targets or all_systems)
+    scope = SCOPE_ALL if not one_way else "->" + ",".join(sorted(targets))
+    report = RunReport(sync=definition.name, run_id=run_id, dry_run=dry_run)
+    report.systems = {s: _counts() for s in definition.systems}
+    try:
+        store.migrate()
+        if dry_run:
+            _run(
+                definition,
+                rt,
+                store,
+                endpoints,
+                report,
+                sources,
+                targets,
+                scope,
+                full,
+                allow_mass_change,
+                log,
+            )
+        else:
+            with _LeaseKeeper(store, definition.name, run_id, rt.lease_ttl):
+                store.start_run(run_id, definition.name, dry_run)
+                try:
+                    _run(
+                        definition,
+                        rt,
+                        store,
+                        endpoints,
+                        report,
+                        sources,
+                        targets,
+                        scope,
+                        full,
+                        allow_mass_change,
+                        log,
+                    )
+                except Exception as exc:
+                    report.status = "failed"
+                    report.error = _describe(exc)
+                    store.finish_run(run_id, "failed", report.as_json(), report.error)
+                    raise
+                store.finish_run(run_id, "completed", report.as_json())
+    finally:
+        if owns_endpoints:
+            for endpoint in endpoints.values():
+                endpoint.close()
+        if owns_store:
+            store.close()
+    return report
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, TwowayError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _run(
+    definition: Definition,
+    rt: Runtime,
+    store: StateStore,
+    endpoints: dict[str, Endpoint],
+    report: RunReport,
+    sources: set[str],
+    targets: set[str],
+    scope: str,
+    full: bool,
+    allow_mass_change: bool,
+    log: Any,
+) -> None:
+    sync = definition.name
+    steps = rt.steps
+    due = store.due_dead_letters(sync)
+    extracts: dict[str, Extract] = {}
+    for system in sorted(sources):
+        cursor = None if full else store.cursor(sync, system, scope)
+        known_live = set(store.live_keys(sync, system))
+        extracts[system] = steps(
+            extract_changes,
+            extract_changes_task,
+            f"extract {system}",
+            definition,
+            system,
+            endpoints[system],
+            cursor,
+            known_live,
+        )
+    _reread_parked(definition, endpoints, extracts, due)
+
+    filtered: dict[str, Filtered] = {}
+    known = {}
+    for system, extract in extracts.items():
+        keys = {r.key for r in extract.records} | extract.deleted
+        known[system] = store.members_by_key(sync, system, keys)
+        account = definition.systems[system].integration_account
+        filtered[system] = steps(
+            filter_echoes,
+            filter_echoes_task,
+            f"filter echoes {system}",
+            extract,
+            account,
+            known[system],
+        )
+        counts = report.systems[system]
+        counts["extracted"] = filtered[system].extracted
+        counts["echo_skipped"] = filtered[system].echo_skipped
+
+    pending = {d["link_id"] for d in due if d["link_id"]}
+    new_link = lambda: uuid.UUID(int=rt.rng.getrandbits(128)).hex  # noqa: E731
+    mapping = steps(
+        map_ids, map_ids_task, "map IDs", definition, filtered, known, store, new_link, pending
+    )
+    open_conflicts = {
+        (c["link_id"], c["field"]) for c in store.open_conflicts(sync, mapping.observed.keys())
+    }
+    plan = steps(
+        compute_deltas,
+        compute_deltas_task,
+        "compute field deltas",
+        definition,
+        mapping,
+        sources=sources,
+        targets=targets,
+        open_conflicts=open_conflicts,
+    )
+    report.plan = plan
+    report.conflicts = len(plan.conflicts)
+    report.conflict_list = plan.conflicts
+    if not allow_mass_change:
+        _guard_mass_change(definition, store, plan)
+    log.debug(
+        "%s: planned %s",
+        sync,
+        ", ".join(f"{s}: {len(ops)} writes" for s, ops in sorted(plan.ops.items())),
+    )
+    if report.dry_run:
+        for system, planned in plan.ops.items():
+            counts = report.systems[system]
+            for p in planned:
+                kind = (
+                    "deleted"
+                    if isinstance(p.op, Delete)
+                    else "updated"
+                    if isinstance(p.op, Update)
+                    else "created"
+                )
+                counts[kind] += 1
+        return
+
+    results = {}
+    policy_for = {
+        s: RetryPolicy(attempts=definition.systems[s].retry_attempts) for s in definition.systems
+    }
+    for system, planned in plan.ops.items():
+        if not planned:
+            continue
+        total = len(planned)
+        progress = (
+            (lambda done, s=system, t=total: rt.on_progress(s, done, t)) if rt.on_progress else None
+        )
+        results[system] = steps(
+            load_changes,
+            load_changes_task,
+            f"load {system}",
+            endpoints[system],
+            planned,
+            policy_for[system],
+            rt.sleep,
+            rt.rng,
+            progress,
+        )
+    changes, counts = settle(definition, mapping, plan, results, extracts, due, scope, store.now())
+    for system, c in counts.items():
+        report.systems[system].update(c)
+    report.failures = [
+        {k: v for k, v in letter.items() if k != "payload"} for letter in changes.dead_letters
+    ]
+    steps(commit_state, commit_state_task, "commit state", store, sync, changes, report.run_id)
+    log.info(
+        "%s: %s; %d conflicts",
+        sync,
+        "; ".join(
+            f"{s}: {c['extracted']} read, {c['echo_skipped']} echoes, +{c['created']} ~{c['updated']} "
+            f"-{c['deleted']}, {c['failed']} failed, {c['deferred']} deferred"
+            for s, c in sorted(report.systems.items())
+        ),
+        report.conflicts,
+    )
+
+
+def _reread_parked(
+    definition: Definition,
+    endpoints: dict[str, Endpoint],
+    extracts: dict[str, Extract],
+    due: list[dict[str, Any]],
+) -> None:
+    """Records parked before linking (ambiguous matches) are read again and retried."""
+    wanted: dict[str, list[str]] = {}
+    for letter in due:
+        if letter["link_id"] is None and letter["external_id"] and letter["system"] in extracts:
+            wanted.setdefault(letter["system"], []).append(letter["external_id"])
+    for system, keys in wanted.items():
+        have = {r.key for r in extracts[system].records}
+        fresh = [k for k in keys if k not in have]
+        for record in endpoints[system].read(fresh):
+            extracts[system].records.append(canonicalise(definition, system, record))
+
+
+def _guard_mass_change(definition: Definition, store: StateStore, plan: Plan) -> None:
+    """Refuse a run that would delete more than the allowed share of a system's records."""
+    linked = store.counts(definition.name)["linked"]
+    limit = definition.mass_change_limit
+    for system in definition.systems:
+        deletes = plan.count(system, Delete)
+        live = linked.get(system, 0)
+        if deletes >= 10 and deletes > limit * live:
+            raise MassChangeRefused(
+                f"the run would delete {deletes} of {live} records in {system} "
+                f"(more than {limit:.0%}); nothing was written. If that is intended, "
+                "run again with --allow-mass-change"
+            )

@@ -1,0 +1,77 @@
+"""One error model for every connector: what is retried, what stops the run, what is parked.
+
+Glossary: *retriable* errors are transient (locked record, throttling, timeouts); *fatal*
+errors stop the run before more damage (auth, bad definition, unreachable system);
+*skippable* errors concern one record, which is parked in the dead-letter table while the
+others go on; *precondition failed* means the record changed since we read it (stale eTag
+or version): never overwrite, re-read and recompute instead.
+"""
+
+from __future__ import annotations
+
+
+class TwowayError(Exception):
+    """Base of every error twoway raises on purpose; its message is safe to print."""
+
+
+class DefinitionError(TwowayError):
+    """A sync definition (or the command line) is wrong; one line per problem."""
+
+    def __init__(self, problems: list[str] | str):
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+class AlreadyRunning(TwowayError):
+    """Another run of the same sync holds the lease."""
+
+
+class MassChangeRefused(TwowayError):
+    """A run would delete or overwrite more than the allowed share of a system's records."""
+
+
+class SyncError(TwowayError):
+    """An error talking to a system; the subclass says what to do about it."""
+
+    def __init__(self, message: str, *, system: str | None = None, status: int | None = None):
+        self.system = system
+        self.status = status
+        super().__init__(message)
+
+
+class Retriable(SyncError):
+    """Transient: retry with backoff (honouring ``retry_after`` seconds when the system gave one)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        system: str | None = None,
+        status: int | None = None,
+        retry_after: float | None = None,
+    ):
+        super().__init__(message, system=system, status=status)
+        self.retry_after = retry_after
+
+
+class Fatal(SyncError):
+    """Stops the run: authentication, permissions, other 4xx, a broken endpoint."""
+
+
+class Skippable(SyncError):
+    """One record cannot be applied; park it and go on with the others."""
+
+
+class PreconditionFailed(SyncError):
+    """The record's version is not the one we read (412, stale eTag, changed modified_at)."""
+
+
+def is_retriable(exc: BaseException) -> bool:
+    """True for errors worth another attempt: our Retriable and raw network timeouts/resets."""
+    if isinstance(exc, Retriable):
+        return True
+    try:
+        import httpx
+    except ImportError:  # pragma: no cover - httpx is a dependency
+        return False
+    return isinstance(exc, httpx.TimeoutException | httpx.NetworkError | httpx.RemoteProtocolError)

@@ -1,0 +1,689 @@
+"""The state store: what twoway has observed, kept in one SQL database per deployment.
+
+Tables (every row carries the sync's name, so one database can serve many syncs):
+
+- ``id_map``: one row per record we know in a system: ``(sync, system, external_id) ->
+  link_id``, with what we last saw or wrote there (``seen`` values, their hash and the
+  record's version), and ``deleted_at`` once the record is gone (a tombstone).
+- ``shadow``: one row per link: the last converged canonical values (the merge base), the
+  hash of its ``match_on`` values, and ``deleted_at`` when the link was deleted.
+- ``cursors``, ``conflicts``, ``dead_letters``, ``runs``, ``leases``.
+
+The store holds observations, never queued work: any run can be re-derived after a crash.
+The schema is versioned; :data:`MIGRATIONS` upgrades an older store in place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
+from twoway.contract import chunks
+from twoway.errors import AlreadyRunning, Fatal
+
+metadata = sa.MetaData()
+S = sa.String(120)
+KEY = sa.String(255)
+
+schema_version = sa.Table(
+    "twoway_schema",
+    metadata,
+    sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("applied_at", sa.DateTime, nullable=False),
+)
+id_map = sa.Table(
+    "id_map",
+    metadata,
+    sa.Column("sync", S, primary_key=True),
+    sa.Column("system", S, primary_key=True),
+    sa.Column("external_id", KEY, primary_key=True),
+    sa.Column("link_id", sa.String(36), nullable=False),
+    sa.Column("seen", sa.Text, nullable=True),
+    sa.Column("seen_hash", sa.String(32), nullable=True),
+    sa.Column("version", sa.String(255), nullable=True),
+    sa.Column("deleted_at", sa.DateTime, nullable=True),
+    sa.Index("ix_id_map_link", "sync", "link_id"),
+)
+shadow = sa.Table(
+    "shadow",
+    metadata,
+    sa.Column("sync", S, primary_key=True),
+    sa.Column("link_id", sa.String(36), primary_key=True),
+    sa.Column("base", sa.Text, nullable=False),
+    sa.Column("base_hash", sa.String(32), nullable=False),
+    sa.Column("match_key", sa.String(32), nullable=True),
+    sa.Column("deleted_at", sa.DateTime, nullable=True),
+    sa.Column("updated_at", sa.DateTime, nullable=False),
+    sa.Index("ix_shadow_match", "sync", "match_key"),
+)
+cursors = sa.Table(
+    "cursors",
+    metadata,
+    sa.Column("sync", S, primary_key=True),
+    sa.Column("system", S, primary_key=True),
+    sa.Column("scope", S, primary_key=True),
+    sa.Column("cursor", sa.Text, nullable=True),
+    sa.Column("updated_at", sa.DateTime, nullable=False),
+)
+conflicts = sa.Table(
+    "conflicts",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("sync", S, nullable=False),
+    sa.Column("link_id", sa.String(36), nullable=False),
+    sa.Column("field", S, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),  # open | resolved
+    sa.Column("policy", S, nullable=False),
+    sa.Column("winner", S, nullable=True),  # system whose value was kept
+    sa.Column("candidates", sa.Text, nullable=False),  # {system: value}
+    sa.Column("chosen", sa.Text, nullable=True),  # the value kept, as JSON
+    sa.Column("run_id", sa.String(36), nullable=True),
+    sa.Column("detected_at", sa.DateTime, nullable=False),
+    sa.Column("resolved_at", sa.DateTime, nullable=True),
+    sa.Index("ix_conflicts_open", "sync", "status", "link_id"),
+)
+dead_letters = sa.Table(
+    "dead_letters",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("sync", S, nullable=False),
+    sa.Column("system", S, nullable=False),
+    sa.Column("link_id", sa.String(36), nullable=True),
+    sa.Column("external_id", KEY, nullable=True),
+    sa.Column("operation", sa.String(16), nullable=False),
+    sa.Column("payload", sa.Text, nullable=True),
+    sa.Column("error", sa.Text, nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),  # failed | deferred | ambiguous
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("first_seen", sa.DateTime, nullable=False),
+    sa.Column("last_seen", sa.DateTime, nullable=False),
+    sa.Column("next_attempt_at", sa.DateTime, nullable=False),
+    sa.Column("resolved_at", sa.DateTime, nullable=True),
+    sa.Index("ix_dead_letters_open", "sync", "resolved_at"),
+)
+runs = sa.Table(
+    "runs",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("sync", S, nullable=False),
+    sa.Column("started_at", sa.DateTime, nullable=False),
+    sa.Column("finished_at", sa.DateTime, nullable=True),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("dry_run", sa.Boolean, nullable=False),
+    sa.Column("summary", sa.Text, nullable=True),
+    sa.Column("error", sa.Text, nullable=True),
+    sa.Index("ix_runs_sync", "sync", "started_at"),
+)
+leases = sa.Table(
+    "leases",
+    metadata,
+    sa.Column("sync", S, primary_key=True),
+    sa.Column("holder", sa.String(64), nullable=False),
+    sa.Column("host", sa.String(255), nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("acquired_at", sa.DateTime, nullable=False),
+    sa.Column("expires_at", sa.DateTime, nullable=False),
+)
+
+
+def _initial(conn: sa.Connection) -> None:
+    metadata.create_all(conn)
+
+
+#: ordered schema migrations; number N brings a store from version N-1 to N
+MIGRATIONS: list[Callable[[sa.Connection], None]] = [_initial]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def _naive(when: datetime) -> datetime:
+    """UTC without tzinfo: the form stored in every DateTime column of the state."""
+    return when.astimezone(UTC).replace(tzinfo=None) if when.tzinfo else when
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+@dataclass(slots=True)
+class Member:
+    """One record of a link in one system, as the state knows it."""
+
+    system: str
+    external_id: str
+    link_id: str
+    seen: dict[str, Any] | None
+    seen_hash: str | None
+    version: str | None
+    deleted_at: datetime | None
+
+
+@dataclass(slots=True)
+class Link:
+    """The merge base of a link."""
+
+    link_id: str
+    base: dict[str, Any]
+    match_key: str | None
+    deleted_at: datetime | None
+
+
+@dataclass
+class StateChanges:
+    """Everything one run commits, in one transaction."""
+
+    members: list[Member] = field(default_factory=list)  # upserted by (system, external_id)
+    links: list[Link] = field(default_factory=list)  # upserted by link_id
+    cursors: dict[tuple[str, str], str | None] = field(default_factory=dict)  # (system, scope)
+    conflicts: list[dict[str, Any]] = field(default_factory=list)
+    dead_letters: list[dict[str, Any]] = field(default_factory=list)
+    resolved_dead_letters: list[int] = field(default_factory=list)
+    resolved_conflicts: list[int] = field(default_factory=list)
+
+
+class StateStore:
+    """The state of every sync kept in one database (SQLite file by default)."""
+
+    def __init__(self, url: str, *, clock: Callable[[], datetime] | None = None):
+        self.url = url
+        self.clock = clock or (lambda: datetime.now(UTC))
+        parsed = make_url(url)
+        kwargs: dict[str, Any] = {"pool_pre_ping": True}
+        if parsed.get_backend_name() == "sqlite":
+            db = parsed.database
+            if db and db != ":memory:":
+                Path(db).parent.mkdir(parents=True, exist_ok=True)
+            kwargs["connect_args"] = {"timeout": 30}
+        self.engine = sa.create_engine(parsed, **kwargs)
+        if parsed.get_backend_name() == "sqlite":
+            sa.event.listen(self.engine, "connect", _sqlite_pragmas)
+        self._migrated = False
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def now(self) -> datetime:
+        return _naive(self.clock())
+
+    # -- schema -----------------------------------------------------------------------
+
+    def migrate(self) -> int:
+        """Bring the schema to :data:`SCHEMA_VERSION`; returns the version found before."""
+        if self._migrated:
+            return SCHEMA_VERSION
+        try:
+            with self.engine.begin() as conn:
+                inspector = sa.inspect(conn)
+                if inspector.has_table("twoway_schema"):
+                    found = (
+                        conn.execute(sa.select(sa.func.max(schema_version.c.version))).scalar() or 0
+                    )
+                else:
+                    found = 0
+                if found > SCHEMA_VERSION:
+                    raise Fatal(
+                        f"the state store is at schema version {found}, newer than this twoway "
+                        f"({SCHEMA_VERSION}); upgrade twoway"
+                    )
+                for number in range(found + 1, SCHEMA_VERSION + 1):
+                    MIGRATIONS[number - 1](conn)
+                    conn.execute(
+                        schema_version.insert().values(version=number, applied_at=self.now())
+                    )
+        except sa.exc.OperationalError as exc:
+            raise Fatal(
+                f"cannot open the state store {_safe(self.url)}: {_first_line(exc)}"
+            ) from None
+        self._migrated = True
+        return found
+
+    # -- reads ------------------------------------------------------------------------
+
+    def members_by_key(self, sync: str, system: str, keys: Iterable[str]) -> dict[str, Member]:
+        """The id_map rows of the given records of one system (tombstones included)."""
+        out: dict[str, Member] = {}
+        keys = list(keys)
+        with self.engine.connect() as conn:
+            for part in chunks(keys, 500):
+                query = sa.select(id_map).where(
+                    id_map.c.sync == sync, id_map.c.system == system, id_map.c.external_id.in_(part)
+                )
+                for row in conn.execute(query):
+                    out[row.external_id] = _member(row)
+        return out
+
+    def members_of(self, sync: str, link_ids: Iterable[str]) -> dict[str, list[Member]]:
+        """Every id_map row of the given links, grouped by link."""
+        out: dict[str, list[Member]] = {}
+        with self.engine.connect() as conn:
+            for part in chunks(list(link_ids), 500):
+                query = sa.select(id_map).where(id_map.c.sync == sync, id_map.c.link_id.in_(part))
+                for row in conn.execute(query):
+                    out.setdefault(row.link_id, []).append(_member(row))
+        return out
+
+    def links(self, sync: str, link_ids: Iterable[str]) -> dict[str, Link]:
+        out: dict[str, Link] = {}
+        with self.engine.connect() as conn:
+            for part in chunks(list(link_ids), 500):
+                query = sa.select(shadow).where(shadow.c.sync == sync, shadow.c.link_id.in_(part))
+                for row in conn.execute(query):
+                    out[row.link_id] = _link(row)
+        return out
+
+    def links_by_match_key(self, sync: str, match_keys: Iterable[str]) -> dict[str, list[str]]:
+        """Live links per match key."""
+        out: dict[str, list[str]] = {}
+        with self.engine.connect() as conn:
+            for part in chunks(list(match_keys), 500):
+                query = sa.select(shadow.c.match_key, shadow.c.link_id).where(
+                    shadow.c.sync == sync,
+                    shadow.c.match_key.in_(part),
+                    shadow.c.deleted_at.is_(None),
+                )
+                for match_key, link_id in conn.execute(query):
+                    out.setdefault(match_key, []).append(link_id)
+        return out
+
+    def live_keys(self, sync: str, system: str) -> dict[str, str]:
+        """external_id -> link_id of every record of a system not known to be deleted."""
+        query = sa.select(id_map.c.external_id, id_map.c.link_id).where(
+            id_map.c.sync == sync, id_map.c.system == system, id_map.c.deleted_at.is_(None)
+        )
+        with self.engine.connect() as conn:
+            return dict(conn.execute(query).all())
+
+    def cursor(self, sync: str, system: str, scope: str) -> str | None:
+        query = sa.select(cursors.c.cursor).where(
+            cursors.c.sync == sync, cursors.c.system == system, cursors.c.scope == scope
+        )
+        with self.engine.connect() as conn:
+            return conn.execute(query).scalar()
+
+    def due_dead_letters(self, sync: str) -> list[dict[str, Any]]:
+        """Unresolved dead letters whose next attempt is due."""
+        query = (
+            sa.select(dead_letters)
+            .where(
+                dead_letters.c.sync == sync,
+                dead_letters.c.resolved_at.is_(None),
+                dead_letters.c.next_attempt_at <= self.now(),
+            )
+            .order_by(dead_letters.c.id)
+        )
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(query)]
+
+    def open_dead_letters(self, sync: str) -> list[dict[str, Any]]:
+        query = (
+            sa.select(dead_letters)
+            .where(dead_letters.c.sync == sync, dead_letters.c.resolved_at.is_(None))
+            .order_by(dead_letters.c.id)
+        )
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(query)]
+
+    def open_conflicts(
+        self, sync: str, link_ids: Iterable[str] | None = None
+    ) -> list[dict[str, Any]]:
+        query = sa.select(conflicts).where(conflicts.c.sync == sync, conflicts.c.status == "open")
+        rows: list[dict[str, Any]] = []
+        with self.engine.connect() as conn:
+            if link_ids is None:
+                rows = [dict(r._mapping) for r in conn.execute(query.order_by(conflicts.c.id))]
+            else:
+                for part in chunks(list(link_ids), 500):
+                    rows += [
+                        dict(r._mapping)
+                        for r in conn.execute(query.where(conflicts.c.link_id.in_(part)))
+                    ]
+        for row in rows:
+            row["candidates"] = json.loads(row["candidates"])
+            row["chosen"] = json.loads(row["chosen"]) if row["chosen"] is not None else None
+        return rows
+
+    def conflicts_of_run(self, run_id: str) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(conflicts).where(conflicts.c.run_id == run_id).order_by(conflicts.c.id)
+            )
+            return [dict(r._mapping) for r in rows]
+
+    def counts(self, sync: str) -> dict[str, Any]:
+        """Linked records per system, open conflicts and dead letters (for ``twoway status``)."""
+        with self.engine.connect() as conn:
+            linked = dict(
+                conn.execute(
+                    sa.select(id_map.c.system, sa.func.count())
+                    .where(id_map.c.sync == sync, id_map.c.deleted_at.is_(None))
+                    .group_by(id_map.c.system)
+                ).all()
+            )
+            deleted = dict(
+                conn.execute(
+                    sa.select(id_map.c.system, sa.func.count())
+                    .where(id_map.c.sync == sync, id_map.c.deleted_at.is_not(None))
+                    .group_by(id_map.c.system)
+                ).all()
+            )
+            open_conflicts = conn.execute(
+                sa.select(sa.func.count()).where(
+                    conflicts.c.sync == sync, conflicts.c.status == "open"
+                )
+            ).scalar()
+            letters = conn.execute(
+                sa.select(sa.func.count()).where(
+                    dead_letters.c.sync == sync, dead_letters.c.resolved_at.is_(None)
+                )
+            ).scalar()
+        return {
+            "linked": linked,
+            "deleted": deleted,
+            "open_conflicts": open_conflicts,
+            "dead_letters": letters,
+        }
+
+    def last_runs(self, sync: str, limit: int = 10) -> list[dict[str, Any]]:
+        query = (
+            sa.select(runs)
+            .where(runs.c.sync == sync)
+            .order_by(runs.c.started_at.desc())
+            .limit(limit)
+        )
+        with self.engine.connect() as conn:
+            out = [dict(r._mapping) for r in conn.execute(query)]
+        for row in out:
+            row["summary"] = json.loads(row["summary"]) if row["summary"] else None
+        return out
+
+    # -- writes -----------------------------------------------------------------------
+
+    def start_run(self, run_id: str, sync: str, dry_run: bool) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                runs.insert().values(
+                    id=run_id, sync=sync, started_at=self.now(), status="running", dry_run=dry_run
+                )
+            )
+
+    def finish_run(
+        self, run_id: str, status: str, summary: dict[str, Any] | None, error: str | None = None
+    ) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                runs.update()
+                .where(runs.c.id == run_id)
+                .values(
+                    finished_at=self.now(),
+                    status=status,
+                    summary=_dumps(summary) if summary is not None else None,
+                    error=error,
+                )
+            )
+
+    def commit(self, sync: str, changes: StateChanges, run_id: str | None = None) -> None:
+        """Write a run's observations in one transaction: all of them or none."""
+        now = self.now()
+        with self.engine.begin() as conn:
+            if changes.members:
+                rows = {(m.system, m.external_id): m for m in changes.members}
+                for part in chunks(list(rows), 500):
+                    for system in {s for s, _ in part}:
+                        ids = [e for s, e in part if s == system]
+                        conn.execute(
+                            id_map.delete().where(
+                                id_map.c.sync == sync,
+                                id_map.c.system == system,
+                                id_map.c.external_id.in_(ids),
+                            )
+                        )
+                conn.execute(
+                    id_map.insert(),
+                    [
+                        {
+                            "sync": sync,
+                            "system": m.system,
+                            "external_id": m.external_id,
+                            "link_id": m.link_id,
+                            "seen": _dumps(m.seen) if m.seen is not None else None,
+                            "seen_hash": m.seen_hash,
+                            "version": m.version,
+                            "deleted_at": m.deleted_at,
+                        }
+                        for m in rows.values()
+                    ],
+                )
+            if changes.links:
+                from twoway.values import values_hash
+
+                rows_l = {link.link_id: link for link in changes.links}
+                for part in chunks(list(rows_l), 500):
+                    conn.execute(
+                        shadow.delete().where(shadow.c.sync == sync, shadow.c.link_id.in_(part))
+                    )
+                conn.execute(
+                    shadow.insert(),
+                    [
+                        {
+                            "sync": sync,
+                            "link_id": link.link_id,
+                            "base": _dumps(link.base),
+                            "base_hash": values_hash(link.base),
+                            "match_key": link.match_key,
+                            "deleted_at": link.deleted_at,
+                            "updated_at": now,
+                        }
+                        for link in rows_l.values()
+                    ],
+                )
+            for (system, scope), value in changes.cursors.items():
+                conn.execute(
+                    cursors.delete().where(
+                        cursors.c.sync == sync, cursors.c.system == system, cursors.c.scope == scope
+                    )
+                )
+                conn.execute(
+                    cursors.insert().values(
+                        sync=sync, system=system, scope=scope, cursor=value, updated_at=now
+                    )
+                )
+            for conflict in changes.conflicts:
+                conn.execute(
+                    conflicts.insert().values(
+                        sync=sync,
+                        link_id=conflict["link_id"],
+                        field=conflict["field"],
+                        status=conflict["status"],
+                        policy=conflict["policy"],
+                        winner=conflict.get("winner"),
+                        candidates=_dumps(conflict["candidates"]),
+                        chosen=_dumps(conflict["chosen"]) if conflict.get("winner") else None,
+                        run_id=run_id,
+                        detected_at=now,
+                        resolved_at=now if conflict["status"] == "resolved" else None,
+                    )
+                )
+            if changes.resolved_conflicts:
+                conn.execute(
+                    conflicts.update()
+                    .where(conflicts.c.id.in_(changes.resolved_conflicts))
+                    .values(status="resolved", resolved_at=now)
+                )
+            if changes.resolved_dead_letters:
+                for part in chunks(changes.resolved_dead_letters, 500):
+                    conn.execute(
+                        dead_letters.update()
+                        .where(dead_letters.c.id.in_(part))
+                        .values(resolved_at=now)
+                    )
+            for letter in changes.dead_letters:
+                self._park(conn, sync, letter, now)
+
+    def _park(self, conn: sa.Connection, sync: str, letter: dict[str, Any], now: datetime) -> None:
+        """Add a dead letter, or count one more attempt of the same open one (backoff grows)."""
+        same = sa.and_(
+            dead_letters.c.sync == sync,
+            dead_letters.c.system == letter["system"],
+            dead_letters.c.resolved_at.is_(None),
+            dead_letters.c.operation == letter["operation"],
+            (dead_letters.c.link_id == letter["link_id"])
+            if letter.get("link_id")
+            else (dead_letters.c.external_id == letter.get("external_id")),
+        )
+        existing = conn.execute(
+            sa.select(dead_letters.c.id, dead_letters.c.attempts).where(same)
+        ).first()
+        attempts = (existing.attempts if existing else 0) + 1
+        wait = (
+            timedelta(seconds=min(60 * 2 ** (attempts - 1), 6 * 3600))
+            if attempts > 3
+            else timedelta(0)
+        )
+        values = {
+            "payload": _dumps(letter.get("payload")),
+            "error": letter["error"][:2000],
+            "kind": letter["kind"],
+            "attempts": attempts,
+            "last_seen": now,
+            "next_attempt_at": now + wait,
+        }
+        if existing:
+            conn.execute(
+                dead_letters.update().where(dead_letters.c.id == existing.id).values(**values)
+            )
+        else:
+            conn.execute(
+                dead_letters.insert().values(
+                    sync=sync,
+                    system=letter["system"],
+                    link_id=letter.get("link_id"),
+                    external_id=letter.get("external_id"),
+                    operation=letter["operation"],
+                    first_seen=now,
+                    **values,
+                )
+            )
+
+    def retry_dead_letters(self, sync: str, ids: Sequence[int] | None = None) -> int:
+        """Make dead letters due now (``twoway deadletters retry``); returns how many."""
+        query = dead_letters.update().where(
+            dead_letters.c.sync == sync, dead_letters.c.resolved_at.is_(None)
+        )
+        if ids:
+            query = query.where(dead_letters.c.id.in_(list(ids)))
+        with self.engine.begin() as conn:
+            return conn.execute(query.values(next_attempt_at=self.now())).rowcount
+
+    # -- the lease: one run per sync at a time -----------------------------------------
+
+    def acquire_lease(self, sync: str, holder: str, ttl: float = 60.0) -> None:
+        """Take the sync's lease, or raise AlreadyRunning naming who holds it."""
+        now = self.now()
+        host, pid = socket.gethostname(), os.getpid()
+        with self.engine.begin() as conn:
+            row = conn.execute(
+                sa.select(leases).where(leases.c.sync == sync).with_for_update()
+            ).first()
+            if row is not None and row.holder != holder:
+                alive = row.expires_at > now and not (row.host == host and not _pid_alive(row.pid))
+                if alive:
+                    raise AlreadyRunning(
+                        f"sync {sync!r} is already running (pid {row.pid} on {row.host}, "
+                        f"lease until {row.expires_at:%H:%M:%S} UTC)"
+                    )
+            values = {
+                "holder": holder,
+                "host": host,
+                "pid": pid,
+                "acquired_at": now,
+                "expires_at": now + timedelta(seconds=ttl),
+            }
+            if row is None:
+                try:
+                    conn.execute(leases.insert().values(sync=sync, **values))
+                except sa.exc.IntegrityError:
+                    raise AlreadyRunning(f"sync {sync!r} is already running") from None
+            else:
+                result = conn.execute(
+                    leases.update()
+                    .where(
+                        leases.c.sync == sync,
+                        leases.c.holder == row.holder,
+                        leases.c.expires_at == row.expires_at,
+                    )
+                    .values(**values)
+                )
+                if result.rowcount != 1:
+                    raise AlreadyRunning(f"sync {sync!r} is already running")
+
+    def renew_lease(self, sync: str, holder: str, ttl: float = 60.0) -> bool:
+        """Extend our lease; False when it is no longer ours."""
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                leases.update()
+                .where(leases.c.sync == sync, leases.c.holder == holder)
+                .values(expires_at=self.now() + timedelta(seconds=ttl))
+            )
+            return result.rowcount == 1
+
+    def release_lease(self, sync: str, holder: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(leases.delete().where(leases.c.sync == sync, leases.c.holder == holder))
+
+
+def _member(row: sa.Row) -> Member:
+    return Member(
+        system=row.system,
+        external_id=row.external_id,
+        link_id=row.link_id,
+        seen=json.loads(row.seen) if row.seen is not None else None,
+        seen_hash=row.seen_hash,
+        version=row.version,
+        deleted_at=row.deleted_at,
+    )
+
+
+def _link(row: sa.Row) -> Link:
+    return Link(
+        link_id=row.link_id,
+        base=json.loads(row.base),
+        match_key=row.match_key,
+        deleted_at=row.deleted_at,
+    )
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def _safe(url: str) -> str:
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "<unparseable URL>"
+
+
+def _first_line(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None)
+    return str(orig if orig is not None else exc).strip().splitlines()[0][:300]

@@ -1,0 +1,90 @@
+"""Canonical values: one form per value so that the same data compares and hashes equal,
+whatever system it was read from (NFC text, UTC timestamps, exact numbers).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import unicodedata
+from collections.abc import Mapping
+from datetime import UTC, date, datetime, time
+from decimal import Decimal
+from typing import Any
+
+TIMESTAMP_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
+
+
+def canonical(value: Any) -> Any:
+    """The canonical form of one value: JSON-safe, stable, and equal for equal data."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        return unicodedata.normalize("NFC", value)
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        if math.isnan(value) or math.isinf(value):
+            return str(value)
+        return int(value) if value.is_integer() and abs(value) < 2**53 else value
+    if isinstance(value, Decimal):
+        if value == value.to_integral_value():
+            return int(value)
+        return str(value.normalize())
+    if isinstance(value, datetime):
+        return format_timestamp(value)
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, time):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, Mapping):
+        return {str(k): canonical(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [canonical(v) for v in value]
+    return str(value)
+
+
+def as_utc(value: datetime) -> datetime:
+    """An aware UTC datetime; a naive one is taken as UTC already."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def format_timestamp(value: datetime) -> str:
+    """ISO 8601 UTC with microseconds, SQLite's own text form (``YYYY-MM-DD HH:MM:SS.ffffff``)."""
+    return as_utc(value).strftime(TIMESTAMP_FORMAT)
+
+
+def parse_timestamp(value: Any) -> datetime | None:
+    """An aware UTC datetime from a datetime or any ISO 8601 text; None when unreadable."""
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return as_utc(value)
+    if isinstance(value, date):
+        return datetime(value.year, value.month, value.day, tzinfo=UTC)
+    text = str(value).strip()
+    if not text:
+        return None
+    if text.endswith("Z"):
+        text = text[:-1] + "+00:00"
+    # Salesforce writes offsets without a colon (+0000)
+    if len(text) > 5 and text[-5] in "+-" and text[-4:].isdigit() and ":" not in text[-5:]:
+        text = text[:-2] + ":" + text[-2:]
+    try:
+        return as_utc(datetime.fromisoformat(text))
+    except ValueError:
+        return None
+
+
+def canonical_record(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Canonical form of every value of a record."""
+    return {name: canonical(v) for name, v in values.items()}
+
+
+def values_hash(values: Mapping[str, Any]) -> str:
+    """A stable hash of canonical values (field order does not matter)."""
+    text = json.dumps(values, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
