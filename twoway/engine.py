@@ -26,7 +26,7 @@ from tasks.load import load_changes, load_changes_task
 from twoway.connectors import open_endpoint
 from twoway.contract import Delete, Endpoint, Update
 from twoway.definition import Definition
-from twoway.errors import MassChangeRefused, TwowayError
+from twoway.errors import AlreadyRunning, MassChangeRefused, TwowayError
 from twoway.retry import RetryPolicy
 from twoway.state import StateStore
 
@@ -154,7 +154,7 @@ def run_sync(
     """One run of a sync. With ``sources``/``targets`` it is a one-direction run.
 
     Raises :class:`~twoway.errors.AlreadyRunning` when another run holds the lease; any
-    other error is caught, recorded in the run history and reported as a failed run.
+    other error is recorded in the run history and returned as a failed report.
     """
     rt = runtime or Runtime()
     log = rt.logger or logging.getLogger("twoway")
@@ -207,11 +207,14 @@ def run_sync(
                         log,
                     )
                 except Exception as exc:
-                    report.status = "failed"
-                    report.error = _describe(exc)
+                    _fail(report, exc, log)
                     store.finish_run(run_id, "failed", report.as_json(), report.error)
-                    raise
-                store.finish_run(run_id, "completed", report.as_json())
+                else:
+                    store.finish_run(run_id, "completed", report.as_json())
+    except AlreadyRunning:
+        raise
+    except Exception as exc:  # the state store or a dry run failed
+        _fail(report, exc, log)
     finally:
         if owns_endpoints:
             for endpoint in endpoints.values():
@@ -221,10 +224,15 @@ def run_sync(
     return report
 
 
-def _describe(exc: BaseException) -> str:
+def _fail(report: RunReport, exc: BaseException, log: Any) -> None:
+    """Mark the report failed with a message safe to print; unexpected errors are logged whole."""
+    report.status = "failed"
     if isinstance(exc, TwowayError):
-        return str(exc)
-    return f"{type(exc).__name__}: {exc}"
+        report.error = str(exc)
+        log.error("%s failed: %s", report.sync, report.error)
+    else:
+        report.error = f"{type(exc).__name__}: {exc}"
+        log.exception("%s failed", report.sync)
 
 
 def _run(

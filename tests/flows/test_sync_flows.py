@@ -1,0 +1,129 @@
+"""The flows against a real Prefect API: task runs on batches, artifacts, the CLI's run."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import sqlalchemy as sa
+
+from flows.twoway_flows import one_way_sync, two_way_sync
+from tests.syncrig import sync_rig
+from twoway import cli
+from twoway.state import StateStore
+
+pytestmark = pytest.mark.usefixtures("prefect_api")
+
+
+def _task_run_names(flow_run_id, expected: int) -> list[str]:
+    """Task-run names of a flow run; the server records them from events, so wait a little."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    deadline = time.monotonic() + 30
+    with get_client(sync_client=True) as client:
+        while True:
+            runs = client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+            )
+            done = [r for r in runs if r.state and r.state.is_completed()]
+            if len(done) >= expected or time.monotonic() > deadline:
+                return sorted(r.name for r in runs)
+            time.sleep(0.5)
+
+
+def _artifacts(flow_run_id):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        return client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
+
+
+def test_two_way_flow_runs_steps_as_batched_tasks_and_publishes_a_report(tmp_path):
+    with sync_rig(tmp_path) as rig:
+        for i in range(40):
+            rig.add("s0", f"a{i}@example.com", "A", f"L{i}")
+        state = two_way_sync(definition=str(rig.path), return_state=True)
+        assert state.is_completed()
+        report = state.result()
+        assert report["systems"]["s1"]["created"] == 40
+        names = _task_run_names(state.state_details.flow_run_id, expected=8)
+        assert names == sorted(
+            [
+                "extract s0",
+                "extract s1",
+                "filter echoes s0",
+                "filter echoes s1",
+                "map IDs",
+                "compute field deltas",
+                "load s1",
+                "commit state",
+            ]
+        )  # a few tasks per run, never one per record
+        artifacts = _artifacts(state.state_details.flow_run_id)
+        kinds = {a.type for a in artifacts}
+        assert {"markdown", "table"} <= kinds
+        md = next(a for a in artifacts if a.type == "markdown").data
+        assert "| s1 | 0 | 0 | 40 |" in md
+
+
+def test_one_way_flow_writes_only_the_target(tmp_path):
+    with sync_rig(tmp_path) as rig:
+        rig.add("s0", "from0@example.com")
+        rig.add("s1", "from1@example.com")
+        state = one_way_sync(definition=str(rig.path), source="s0", target="s1", return_state=True)
+        assert state.is_completed()
+        assert rig.row("s1", "from0@example.com") is not None
+        assert rig.row("s0", "from1@example.com") is None
+        # the two-way run afterwards carries the rest, and nothing twice
+        report = two_way_sync(definition=str(rig.path))
+        assert report["systems"]["s0"]["created"] == 1 and report["systems"]["s1"]["created"] == 0
+
+
+def test_cli_run_json_prints_exactly_one_object(tmp_path, capsys):
+    with sync_rig(tmp_path) as rig:
+        rig.add("s0", "j@example.com")
+        code = cli.main(["run", str(rig.path), "--json"])
+        out = capsys.readouterr().out
+        assert code == 0
+        report = json.loads(out)
+        assert out.strip().count("\n") == 0
+        assert report["status"] == "completed" and report["sync"] == rig.doc["name"]
+        assert set(report["systems"]["s1"]) >= {
+            "extracted",
+            "echo_skipped",
+            "created",
+            "updated",
+            "deleted",
+            "failed",
+        }
+        assert report["systems"]["s1"]["created"] == 1
+
+
+def test_cli_run_reports_a_failed_run_with_exit_1(tmp_path, capsys):
+    with sync_rig(tmp_path) as rig:
+        with rig.engines["s1"].begin() as conn:
+            conn.execute(sa.text(f"DROP TABLE {rig.tables['s1'].name}"))
+        code = cli.main(["run", str(rig.path), "--json"])
+        report = json.loads(capsys.readouterr().out)
+        assert code == 1
+        assert report["status"] == "failed"
+        assert rig.tables["s1"].name in report["error"] and "does not exist" in report["error"]
+
+
+def test_cli_run_exits_3_while_another_run_holds_the_lease(tmp_path, capsys):
+    with sync_rig(tmp_path) as rig:
+        store = StateStore(rig.doc["state"])
+        store.migrate()
+        store.acquire_lease(rig.doc["name"], "someone-else", ttl=60)
+        try:
+            code = cli.main(["run", str(rig.path), "--json"])
+        finally:
+            store.release_lease(rig.doc["name"], "someone-else")
+            store.close()
+        assert code == 3
+        assert json.loads(capsys.readouterr().out)["status"] == "already_running"

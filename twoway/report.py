@@ -1,0 +1,100 @@
+"""Run reports for people: the markdown and table artifacts of a run, and the plan table."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from tasks.delta import Plan
+from twoway.contract import Create, Delete, Update
+from twoway.engine import RunReport
+
+COUNT_COLUMNS = ("extracted", "echo_skipped", "created", "updated", "deleted", "failed", "deferred")
+TABLE_CAP = 500
+
+
+def _value(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def plan_rows(plan: Plan) -> list[dict[str, Any]]:
+    """One row per field a plan would write: system, action, record, field, before, after."""
+    rows = []
+    for system, planned in sorted(plan.ops.items()):
+        for p in planned:
+            if isinstance(p.op, Delete):
+                rows.append(
+                    {
+                        "system": system,
+                        "action": "delete",
+                        "record": p.op.key,
+                        "field": "",
+                        "before": "",
+                        "after": "",
+                    }
+                )
+                continue
+            action = "create" if isinstance(p.op, Create) else "update"
+            record = "(new)" if isinstance(p.op, Create) else p.op.key
+            for fname, value in sorted(p.fields.items()):
+                before = p.before.get(fname) if isinstance(p.op, Update) else None
+                rows.append(
+                    {
+                        "system": system,
+                        "action": action,
+                        "record": record,
+                        "field": fname,
+                        "before": "" if before is None else _value(before),
+                        "after": "" if value is None else _value(value),
+                    }
+                )
+    return rows
+
+
+def text_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    """A plain aligned table for terminals."""
+    if not rows:
+        return ""
+    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns}
+    lines = ["  ".join(c.upper().ljust(widths[c]) for c in columns)]
+    lines += ["  ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns) for r in rows]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def counts_table(report: RunReport) -> str:
+    rows = [{"system": s, **c} for s, c in sorted(report.systems.items())]
+    return text_table(rows, ["system", *COUNT_COLUMNS])
+
+
+def markdown(report: RunReport) -> str:
+    """The run report artifact: counts per system, then conflicts and failures by record."""
+    title = "Dry run" if report.dry_run else "Run"
+    lines = [
+        f"# {title} of sync `{report.sync}`: {report.status}",
+        "",
+        "| system | " + " | ".join(c.replace("_", " ") for c in COUNT_COLUMNS) + " |",
+        "|---|" + "---:|" * len(COUNT_COLUMNS),
+    ]
+    for system, counts in sorted(report.systems.items()):
+        lines.append(f"| {system} | " + " | ".join(str(counts[c]) for c in COUNT_COLUMNS) + " |")
+    if report.error:
+        lines += ["", f"**Error:** {report.error}"]
+    lines += ["", f"## Conflicts ({report.conflicts})"]
+    if report.conflict_list:
+        lines += ["", "| link | field | policy | values | kept |", "|---|---|---|---|---|"]
+        for c in report.conflict_list[:TABLE_CAP]:
+            values = ", ".join(f"{s}: {_value(v)}" for s, v in sorted(c["candidates"].items()))
+            kept = f"{c['winner']}" if c.get("winner") else "held for a person"
+            lines.append(f"| {c['link_id']} | {c['field']} | {c['policy']} | {values} | {kept} |")
+        if len(report.conflict_list) > TABLE_CAP:
+            lines.append(f"\n(first {TABLE_CAP} of {len(report.conflict_list)} shown)")
+    lines += ["", f"## Failures ({len(report.failures)})"]
+    if report.failures:
+        lines += ["", "| system | record | operation | error |", "|---|---|---|---|"]
+        for f in report.failures[:TABLE_CAP]:
+            record = f.get("external_id") or f.get("link_id") or ""
+            lines.append(f"| {f['system']} | {record} | {f['operation']} | {f['error']} |")
+        if len(report.failures) > TABLE_CAP:
+            lines.append(f"\n(first {TABLE_CAP} of {len(report.failures)} shown)")
+    return "\n".join(lines)
