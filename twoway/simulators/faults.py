@@ -26,7 +26,9 @@ class FaultPlan:
     def __post_init__(self) -> None:
         for kind, rate in self.rates.items():
             if kind not in FAULT_KINDS:
-                raise ValueError(f"unknown fault {kind!r}; expected one of {', '.join(FAULT_KINDS)}")
+                raise ValueError(
+                    f"unknown fault {kind!r}; expected one of {', '.join(FAULT_KINDS)}"
+                )
             if not 0 <= rate <= 1:
                 raise ValueError(f"fault rate {kind}={rate} must be between 0 and 1")
         if sum(self.rates.values()) > 1:

@@ -1,0 +1,62 @@
+"""Blocks against a real Prefect API: saved, loaded by name from a definition, secrets kept."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+import yaml
+from pydantic import SecretStr
+
+from blocks.credentials import IntegrationAccountCredentials
+from blocks.sql import SqlTable
+from tests.syncrig import sync_rig
+from twoway.definition import load_definition
+from twoway.errors import DefinitionError
+
+pytestmark = pytest.mark.usefixtures("prefect_api")
+
+
+def test_a_definition_can_name_a_saved_sql_table_block(tmp_path):
+    with sync_rig(tmp_path) as rig:
+        name = f"crm-{uuid.uuid4().hex[:8]}"
+        system = rig.doc["systems"]["s0"]
+        SqlTable(url=SecretStr(system["url"]), table=system["table"]).save(name)
+        doc = dict(rig.doc)
+        doc["systems"] = {
+            **doc["systems"],
+            "s0": {k: v for k, v in system.items() if k not in ("url", "table")} | {"block": name},
+        }
+        rig.path.write_text(yaml.safe_dump(doc))
+        rig.add("s0", "blk@example.com")
+        report = rig.run()
+        assert report.systems["s1"]["created"] == 1
+
+
+def test_credentials_block_fills_the_database_user(tmp_path):
+    name = f"acct-{uuid.uuid4().hex[:8]}"
+    IntegrationAccountCredentials(username="svc", password=SecretStr("s3cr3t-pw")).save(name)
+    loaded = IntegrationAccountCredentials.load(name)
+    assert loaded.password.get_secret_value() == "s3cr3t-pw"
+    assert "s3cr3t-pw" not in repr(loaded)
+    table = SqlTable(
+        url=SecretStr("postgresql+psycopg2://127.0.0.1/test"), table="t", credentials=loaded
+    )
+    url = table._url()
+    assert url.username == "svc" and url.password == "s3cr3t-pw"
+    assert "s3cr3t-pw" not in repr(table)
+
+
+def test_a_missing_block_is_a_definition_error(tmp_path):
+    with sync_rig(tmp_path) as rig:
+        doc = dict(rig.doc)
+        doc["systems"]["s0"] = {k: v for k, v in doc["systems"]["s0"].items() if k != "url"} | {
+            "block": "no-such-block"
+        }
+        rig.path.write_text(yaml.safe_dump(doc))
+        from twoway.connectors import open_endpoint
+
+        with pytest.raises(
+            DefinitionError, match="systems.s0.block: no saved block 'no-such-block'"
+        ):
+            open_endpoint(load_definition(rig.path), "s0")

@@ -1,0 +1,106 @@
+"""The state store on SQLite, PostgreSQL and MariaDB: schema, atomic commits, the lease."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import sqlalchemy as sa
+
+from tests.sqlrig import server_url
+from tests.syncrig import sync_rig
+from twoway.errors import AlreadyRunning, Fatal
+from twoway.state import SCHEMA_VERSION, Link, Member, StateChanges, StateStore
+
+BACKENDS = ["sqlite", "postgres", "mariadb"]
+
+
+@pytest.fixture(params=BACKENDS)
+def store(request, tmp_path):
+    url = server_url(request.param, tmp_path)
+    s = StateStore(url)
+    s.migrate()
+    yield s
+    s.close()
+
+
+def test_schema_is_versioned_and_migrate_is_idempotent(store):
+    assert StateStore(store.url).migrate() == SCHEMA_VERSION
+    with store.engine.connect() as conn:
+        assert (
+            conn.execute(sa.text("select max(version) from twoway_schema")).scalar()
+            == SCHEMA_VERSION
+        )
+
+
+def test_a_newer_schema_is_refused(tmp_path):
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    s = StateStore(url)
+    s.migrate()
+    with s.engine.begin() as conn:
+        conn.execute(
+            sa.text("insert into twoway_schema values (:v, :t)"),
+            {"v": SCHEMA_VERSION + 1, "t": datetime.now()},
+        )
+    with pytest.raises(Fatal, match="newer than this twoway"):
+        StateStore(url).migrate()
+
+
+def test_commit_is_all_or_nothing(store):
+    sync = f"s{uuid.uuid4().hex[:6]}"
+    good = StateChanges(
+        members=[Member("a", "1", "L1", {"x": 1}, "h", "v1", None)],
+        links=[Link("L1", {"x": 1}, "mk", None)],
+        cursors={("a", "*"): "c1"},
+    )
+    store.commit(sync, good)
+    bad = StateChanges(
+        members=[Member("a", "2", "L2", {"x": 2}, "h", "v", None)],
+        links=[Link("L2", {"x": 2}, None, None)],
+        cursors={("a", "*"): "c2"},
+        conflicts=[
+            {"link_id": "L2", "field": "x", "status": "resolved", "policy": None, "candidates": {}}
+        ],
+    )
+    with pytest.raises(
+        sa.exc.IntegrityError
+    ):  # policy may not be NULL: the whole commit rolls back
+        store.commit(sync, bad)
+    assert store.cursor(sync, "a", "*") == "c1"
+    assert set(store.members_by_key(sync, "a", ["1", "2"])) == {"1"}
+    assert set(store.links(sync, ["L1", "L2"])) == {"L1"}
+
+
+def test_lease_excludes_a_second_holder_until_it_expires(store):
+    sync = f"s{uuid.uuid4().hex[:6]}"
+    store.acquire_lease(sync, "one", ttl=60)
+    with pytest.raises(AlreadyRunning, match="already running"):
+        store.acquire_lease(sync, "two", ttl=60)
+    store.release_lease(sync, "one")
+    store.acquire_lease(sync, "two", ttl=60)
+    # an expired lease is taken over
+    later = StateStore(store.url, clock=lambda: datetime.now(UTC) + timedelta(seconds=120))
+    later.acquire_lease(sync, "three", ttl=60)
+    assert not store.renew_lease(sync, "two")
+    later.release_lease(sync, "three")
+    later.close()
+
+
+def test_lease_of_a_dead_process_on_this_host_is_taken_at_once(store):
+    sync = f"s{uuid.uuid4().hex[:6]}"
+    store.acquire_lease(sync, "ghost", ttl=600)
+    with store.engine.begin() as conn:
+        conn.execute(sa.text("update leases set pid = 999999999 where sync = :s"), {"s": sync})
+    store.acquire_lease(sync, "me", ttl=60)
+    store.release_lease(sync, "me")
+
+
+@pytest.mark.parametrize("backend", ["postgres", "mariadb"])
+def test_sync_with_state_on_a_server(tmp_path, backend):
+    with sync_rig(tmp_path, state=server_url(backend, tmp_path)) as rig:
+        rig.add("s0", "srv@example.com", "Sr", "V")
+        assert rig.run().systems["s1"]["created"] == 1
+        rig.edit("s1", "srv@example.com", first_name="Changed")
+        assert rig.run().systems["s0"]["updated"] == 1
+        assert rig.row("s0", "srv@example.com")["first_name"] == "Changed"
