@@ -124,7 +124,8 @@ class Endpoint(abc.ABC):
     def write(self, ops: Sequence[Op]) -> list[WriteResult]:
         """Apply a batch; per-record failures come back in the results, never raised.
 
-        Raises only for errors that concern the whole batch (retriable or fatal).
+        Raises only when nothing of the batch was applied (retriable or fatal): once any
+        operation may have taken effect, every operation's outcome must come back.
         """
 
     def max_batch(self) -> int:

@@ -1,0 +1,662 @@
+"""The Salesforce-object endpoint block: one sObject of an org through the REST API.
+
+Reads run SOQL ordered by ``(SystemModstamp, Id)`` from the cursor minus an overlap window,
+paging with ``nextRecordsUrl``; deletions come from ``/sobjects/X/deleted/``. Writes use
+sObject Collections (at most 200 records a call) and check every item's result, since a
+200 answer can hold failed items. A create with ``external_id_field`` set is an upsert
+keyed by the link id, so a retried create never duplicates. Updates and deletes that carry
+a version are checked first: sObject Collections take no per-record precondition, so the
+block reads the batch's SystemModstamps (one collection GET) and refuses, as
+PreconditionFailed, the records that changed since they were read. A change landing
+between that check and the write is not detected (Salesforce offers no atomic check).
+
+The integration account is the integration user's 18-character User Id. Left empty, it is
+taken from the OAuth token response's ``id`` URL (``.../id/<orgId>/<userId>``); an admin
+finds it on the user's detail page URL or with ``SELECT Id FROM User WHERE Username = '...'``.
+The client secret and access token never appear in a message or log.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+from prefect.blocks.core import Block
+from pydantic import Field, PrivateAttr
+
+from blocks.base import endpoint_from_definition
+from blocks.credentials import IntegrationAccountCredentials
+from twoway import sfid
+from twoway.contract import (
+    ChangeSet,
+    Create,
+    Delete,
+    Endpoint,
+    Op,
+    RawRecord,
+    Update,
+    WriteResult,
+    chunks,
+)
+from twoway.definition import SalesforceSystem
+from twoway.errors import Fatal, PreconditionFailed, Retriable, Skippable
+from twoway.retry import RetryPolicy, retry_after_seconds
+from twoway.values import canonical, parse_timestamp
+
+logger = logging.getLogger("twoway.salesforce")
+
+COLLECTION_LIMIT = 200  # records per sObject Collections write
+READ_CHUNK = 200  # ids per collection GET (keeps the URL short)
+SOQL_STAMP = "%Y-%m-%dT%H:%M:%S.%fZ"
+CURSOR_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+#: statuses worth another try: throttling (403 REQUEST_LIMIT_EXCEEDED), server trouble
+RETRY_STATUSES = frozenset({500, 502, 503, 504})
+#: row errors that say "already gone" (a delete's goal holds)
+GONE_CODES = frozenset({"ENTITY_IS_DELETED", "INVALID_CROSS_REFERENCE_KEY", "NOT_FOUND"})
+
+
+class SalesforceObject(Block, Endpoint):
+    """An sObject (Contact, Account, Invoice__c, ...) of a Salesforce org kept in step by twoway.
+
+    Example:
+        ```python
+        from blocks.salesforce import SalesforceObject
+        contacts = SalesforceObject.load("crm-contacts")
+        ```
+    """
+
+    _block_type_name = "twoway Salesforce Object"
+    _block_type_slug = "twoway-salesforce-object"
+    _description = "An sObject of a Salesforce org that twoway keeps in step through the REST API."
+
+    instance_url: str | None = Field(
+        None, description="The org's URL, e.g. https://acme.my.salesforce.com"
+    )
+    token_url: str | None = Field(
+        None, description="OAuth2 token endpoint; default {instance_url}/services/oauth2/token"
+    )
+    api_version: str = Field("v60.0", description="REST API version, e.g. v60.0")
+    object: str = Field("Contact", description="sObject API name")
+    external_id_field: str | None = Field(
+        None, description="External-ID field holding twoway's link id; creates become upserts"
+    )
+    key: str = Field("Id", description="Field holding the record's id")
+    modified_at: str = Field("SystemModstamp", description="Field holding the last change time")
+    modified_by: str = Field(
+        "LastModifiedById", description="Field holding the last modifier's User Id"
+    )
+    integration_account: str | None = Field(
+        None, description="User Id twoway writes as; empty: taken from the OAuth token response"
+    )
+    columns_to_sync: list[str] = Field(default_factory=list, description="Fields to read and write")
+    page_size: int = Field(2000, ge=1, le=2000, description="Records per query page (batchSize)")
+    retry_attempts: int = Field(5, ge=1, le=50, description="Tries per request, the first included")
+    overlap_seconds: float = Field(300.0, ge=0, description="Look-back window of incremental reads")
+    timeout: float = Field(60.0, gt=0, description="Seconds to wait for one HTTP response")
+    credentials: IntegrationAccountCredentials | None = Field(
+        None, description="Connected app's client id and secret (client credentials flow)"
+    )
+    batch_size: int = Field(1000, ge=1, description="Most operations one write() call should carry")
+
+    _client: httpx.Client | None = PrivateAttr(None)
+    _token: str | None = PrivateAttr(None)
+    _base: str | None = PrivateAttr(None)
+    _sleep: Callable[[float], Any] = PrivateAttr(time.sleep)
+    _rng: random.Random | None = PrivateAttr(None)
+    _requests: int = PrivateAttr(0)
+    _write_sent: bool = PrivateAttr(False)  # a write call of this batch may have been applied
+
+    @classmethod
+    def from_definition(
+        cls, name: str, system: SalesforceSystem, columns: list[str]
+    ) -> SalesforceObject:
+        """The endpoint for one ``kind: salesforce`` system of a definition."""
+        settings = {
+            "instance_url": system.instance_url,
+            "token_url": system.token_url,
+            "api_version": system.api_version,
+            "object": system.object,
+            "external_id_field": system.external_id_field,
+            "key": system.key,
+            "modified_at": system.modified_at,
+            "modified_by": system.modified_by,
+            "integration_account": system.integration_account,
+            "columns_to_sync": columns,
+            "retry_attempts": system.retry_attempts,
+            "overlap_seconds": system.overlap_seconds,
+            "batch_size": system.batch_size,
+        }
+        return endpoint_from_definition(cls, settings, system.block, f"systems.{name}")
+
+    # -- plumbing ---------------------------------------------------------------------
+
+    def use_retry_hooks(
+        self, sleep: Callable[[float], Any], rng: random.Random | None = None
+    ) -> None:
+        """Wait with ``sleep`` and draw jitter from ``rng`` between retries (tests)."""
+        self._sleep = sleep
+        self._rng = rng
+
+    @property
+    def policy(self) -> RetryPolicy:
+        return RetryPolicy(attempts=self.retry_attempts)
+
+    def max_batch(self) -> int:
+        return self.batch_size
+
+    def client(self) -> httpx.Client:
+        """The block's HTTP client, created on first use."""
+        if self._client is None:
+            self._client = httpx.Client(timeout=self.timeout)
+        return self._client
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+        self._client = None
+        self._token = None
+        self._base = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        private = dict(state.get("__pydantic_private__") or {})
+        private.update({"_client": None, "_token": None, "_base": None, "_sleep": time.sleep})
+        state["__pydantic_private__"] = private
+        return state
+
+    def _version(self) -> str:
+        version = self.api_version.strip()
+        return version if version.startswith("v") else f"v{version}"
+
+    def _data_path(self, path: str) -> str:
+        return f"/services/data/{self._version()}{path}"
+
+    def _authenticate(self) -> None:
+        """Get an access token with the client credentials flow; Fatal when refused."""
+        if not self.instance_url and not self.token_url:
+            raise Fatal("no instance_url configured for the Salesforce object")
+        creds = self.credentials
+        if creds is None or not creds.client_id or creds.client_secret is None:
+            raise Fatal("the Salesforce object needs credentials with client_id and client_secret")
+        url = self.token_url or f"{(self.instance_url or '').rstrip('/')}/services/oauth2/token"
+        form = {
+            "grant_type": "client_credentials",
+            "client_id": creds.client_id,
+            "client_secret": creds.client_secret.get_secret_value(),
+        }
+
+        def attempt() -> httpx.Response:
+            try:
+                reply = self.client().post(url, data=form, headers={"Accept": "application/json"})
+            except httpx.TransportError as exc:
+                raise Retriable(f"POST {url}: {_transport_reason(exc)}") from None
+            if reply.status_code in RETRY_STATUSES:
+                raise Retriable(
+                    f"POST {url}: answered {reply.status_code}",
+                    status=reply.status_code,
+                    retry_after=retry_after_seconds(reply.headers.get("retry-after")),
+                )
+            return reply
+
+        reply = self.policy.call(attempt, sleep=self._sleep, rng=self._rng)
+        body = _json_or_none(reply)
+        if reply.status_code != 200 or not isinstance(body, dict) or not body.get("access_token"):
+            reason = (
+                body.get("error_description") or body.get("error")
+                if isinstance(body, dict)
+                else None
+            )
+            raise Fatal(
+                f"POST {url}: the token request was refused ({reply.status_code})"
+                + (f": {str(reason)[:200]}" if reason else ""),
+                status=reply.status_code,
+            )
+        self._token = str(body["access_token"])
+        self._base = str(body.get("instance_url") or self.instance_url or "").rstrip("/")
+        if not self._base:
+            raise Fatal(f"POST {url}: the token response has no instance_url")
+        identity = str(body.get("id") or "")
+        if self.integration_account is None and identity:
+            user_id = identity.rstrip("/").rsplit("/", 1)[-1]
+            if sfid.is_valid(user_id, strict=False):
+                self.integration_account = sfid.to18(user_id)
+        elif self.integration_account and sfid.is_valid(self.integration_account, strict=False):
+            self.integration_account = sfid.to18(self.integration_account)
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, str] | None = None,
+        json: Any = None,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, Any, httpx.Headers]:
+        """One API call with retries: transient failures (403 REQUEST_LIMIT_EXCEEDED, 5xx,
+        timeouts) are tried again per the policy, honouring Retry-After; a 401 gets a new
+        token once. Returns status, parsed JSON and headers; other statuses are the caller's."""
+        refreshed = False
+
+        def attempt() -> tuple[int, Any, httpx.Headers]:
+            nonlocal refreshed
+            if self._token is None:
+                self._authenticate()
+            url = f"{self._base}{path}"
+            where = f"{method} {path}"
+            send_headers = {
+                "Authorization": f"Bearer {self._token}",
+                "Accept": "application/json",
+                **(headers or {}),
+            }
+            try:
+                reply = self.client().request(
+                    method, url, params=params, json=json, headers=send_headers
+                )
+            except httpx.TransportError as exc:
+                raise Retriable(f"{where}: {_transport_reason(exc)}") from None
+            self._requests += 1
+            body = _json_or_none(reply)
+            status = reply.status_code
+            if status == 401:
+                if refreshed:
+                    raise Fatal(
+                        f"{where}: the session was refused (401{_reason(body)}) even with a new "
+                        "token; check the connected app and the integration user",
+                        status=401,
+                    )
+                refreshed = True
+                self._token = None
+                self._authenticate()
+                return attempt()
+            code = _error_code(body)
+            if (
+                status in RETRY_STATUSES
+                or code == "REQUEST_LIMIT_EXCEEDED"
+                or code == "UNABLE_TO_LOCK_ROW"
+            ):
+                raise Retriable(
+                    f"{where}: refused with {status}{_reason(body)}",
+                    status=status,
+                    retry_after=retry_after_seconds(reply.headers.get("retry-after")),
+                )
+            return status, body, reply.headers
+
+        return self.policy.call(attempt, sleep=self._sleep, rng=self._rng)
+
+    def _expect(
+        self, method: str, path: str, ok: tuple[int, ...] = (200,), **kwargs: Any
+    ) -> tuple[Any, httpx.Headers]:
+        status, body, headers = self._request(method, path, **kwargs)
+        if status not in ok:
+            raise Fatal(f"{method} {path}: answered {status}{_reason(body)}", status=status)
+        return body, headers
+
+    # -- reading ------------------------------------------------------------------------
+
+    def _fields(self) -> list[str]:
+        names = [self.key, *self.columns_to_sync, self.modified_at, self.modified_by]
+        return list(dict.fromkeys(names))
+
+    def _record(self, item: dict[str, Any]) -> RawRecord:
+        key = item.get(self.key)
+        if not isinstance(key, str):
+            raise Fatal(f"a {self.object} record has no {self.key!r}")
+        values = {c: item.get(c) for c in self.columns_to_sync}
+        stamp = item.get(self.modified_at)
+        by = item.get(self.modified_by)
+        return RawRecord(
+            key=sfid.to18(key),
+            values=values,
+            modified_at=parse_timestamp(stamp),
+            modified_by=sfid.to18(by)
+            if isinstance(by, str) and sfid.is_valid(by, strict=False)
+            else by,
+            version=str(stamp) if stamp is not None else None,
+        )
+
+    def read_changes(self, cursor: str | None) -> ChangeSet:
+        """Records changed since ``cursor`` minus the overlap (all when None) and deletions.
+
+        The new cursor is the server's time when the read began (its Date header): a change
+        committed while the read pages has a later SystemModstamp and is read next time."""
+        self._requests = 0
+        since = parse_timestamp(cursor) if cursor else None
+        if cursor and since is None:
+            raise Fatal(f"cursor {cursor!r} is not an ISO 8601 timestamp")
+        soql = f"SELECT {', '.join(self._fields())} FROM {self.object}"
+        if since is not None:
+            start = since - timedelta(seconds=self.overlap_seconds)
+            soql += (
+                f" WHERE {self.modified_at} >= {start.astimezone(UTC).strftime(SOQL_STAMP)[:-4]}Z"
+            )
+        soql += f" ORDER BY {self.modified_at}, {self.key}"
+        headers = {"Sforce-Query-Options": f"batchSize={self.page_size}"}
+        body, reply_headers = self._expect(
+            "GET", self._data_path("/query"), params={"q": soql}, headers=headers
+        )
+        signpost = _server_time(reply_headers)
+        latest: dict[str, RawRecord] = {}
+        newest: datetime | None = None
+        seen_urls: set[str] = set()
+        while True:
+            if not isinstance(body, dict) or not isinstance(body.get("records"), list):
+                raise Fatal(f"GET query on {self.object}: the answer has no records list")
+            for item in body["records"]:
+                record = self._record(item)
+                latest.pop(record.key, None)
+                latest[record.key] = record
+                if record.modified_at is not None and (
+                    newest is None or record.modified_at > newest
+                ):
+                    newest = record.modified_at
+            next_url = body.get("nextRecordsUrl")
+            if body.get("done", True) or not next_url:
+                break
+            if next_url in seen_urls:
+                raise Fatal(f"GET query on {self.object}: the server repeated page {next_url}")
+            seen_urls.add(next_url)
+            body, _ = self._expect("GET", str(next_url), headers=headers)
+        deleted: list[str] = []
+        covered: datetime | None = None
+        if since is not None:
+            deleted, covered = self._deleted_since(since - timedelta(seconds=self.overlap_seconds))
+        mark = signpost or newest or covered or since
+        return ChangeSet(
+            records=list(latest.values()),
+            deleted=[k for k in deleted if k not in latest],
+            cursor=mark.astimezone(UTC).strftime(CURSOR_FORMAT) if mark else cursor,
+            full=since is None,
+            requests=self._requests,
+        )
+
+    def _deleted_since(self, start: datetime) -> tuple[list[str], datetime | None]:
+        end = datetime.now(UTC) + timedelta(seconds=60)  # the server caps it at its own clock
+        params = {
+            "start": start.astimezone(UTC).isoformat(timespec="seconds"),
+            "end": end.isoformat(timespec="seconds"),
+        }
+        body, _ = self._expect(
+            "GET", self._data_path(f"/sobjects/{self.object}/deleted/"), params=params
+        )
+        if not isinstance(body, dict) or not isinstance(body.get("deletedRecords"), list):
+            raise Fatal(f"GET deleted {self.object}: the answer has no deletedRecords list")
+        keys = [
+            sfid.to18(d["id"])
+            for d in body["deletedRecords"]
+            if isinstance(d, dict) and d.get("id")
+        ]
+        return keys, parse_timestamp(body.get("latestDateCovered"))
+
+    def _get_many(self, keys: Sequence[str], fields: list[str]) -> dict[str, dict[str, Any]]:
+        """Live records by 18-character id, read with collection GETs (missing ones left out)."""
+        found: dict[str, dict[str, Any]] = {}
+        for part in chunks(list(keys), READ_CHUNK):
+            params = {"ids": ",".join(part), "fields": ",".join(fields)}
+            body, _ = self._expect(
+                "GET", self._data_path(f"/composite/sobjects/{self.object}"), params=params
+            )
+            if not isinstance(body, list):
+                raise Fatal(f"GET records of {self.object}: the answer is not a list")
+            for item in body:
+                if isinstance(item, dict) and isinstance(item.get(self.key), str):
+                    found[sfid.to18(item[self.key])] = item
+        return found
+
+    def read(self, keys: Sequence[str]) -> list[RawRecord]:
+        wanted = list(dict.fromkeys(sfid.to18(k) for k in keys if sfid.is_valid(k, strict=False)))
+        found = self._get_many(wanted, self._fields())
+        return [self._record(found[k]) for k in wanted if k in found]
+
+    def list_keys(self) -> set[str] | None:
+        """None: deletions come from getDeleted, so the keys need no listing."""
+        return None
+
+    def columns(self) -> set[str]:
+        body, _ = self._expect("GET", self._data_path(f"/sobjects/{self.object}/describe"))
+        fields = body.get("fields") if isinstance(body, dict) else None
+        if not isinstance(fields, list):
+            raise Fatal(f"GET describe {self.object}: the answer has no fields list")
+        return {f["name"] for f in fields if isinstance(f, dict) and isinstance(f.get("name"), str)}
+
+    # -- writing ------------------------------------------------------------------------
+
+    def write(self, ops: Sequence[Op]) -> list[WriteResult]:
+        """Apply ``ops`` in collections of 200. Raises only while nothing may have been
+        applied; after that, a failing call becomes the error of every operation left."""
+        results: dict[int, WriteResult] = {}
+        self._write_sent = False
+        try:
+            for part_start in range(0, len(ops), COLLECTION_LIMIT):
+                part = list(
+                    enumerate(ops[part_start : part_start + COLLECTION_LIMIT], start=part_start)
+                )
+                self._write_part(part, results)
+        except (Retriable, Fatal) as exc:
+            if not self._write_sent:
+                raise
+            logger.warning("a write to %s failed part-way: %s", self.object, exc)
+            for index, op in enumerate(ops):
+                if index not in results:
+                    key = None if isinstance(op, Create) else op.key
+                    results[index] = WriteResult(op=op, key=key, error=exc)
+        self._add_versions(results)
+        return [results[i] for i in range(len(ops))]
+
+    def _add_versions(self, results: dict[int, WriteResult]) -> None:
+        """Fill in the SystemModstamp of written records (one collection GET per 200); when
+        that read fails the writes stand and the versions stay unknown."""
+        written = [
+            r.key for r in results.values() if r.ok and r.key and not isinstance(r.op, Delete)
+        ]
+        if not written:
+            return
+        try:
+            stamps = self._get_many(list(dict.fromkeys(written)), [self.key, self.modified_at])
+        except (Retriable, Fatal) as exc:
+            logger.warning("could not read the new versions of %s records: %s", self.object, exc)
+            return
+        for index, result in results.items():
+            if result.ok and result.key in stamps and not isinstance(result.op, Delete):
+                version = stamps[result.key].get(self.modified_at)
+                results[index] = WriteResult(
+                    op=result.op, key=result.key, version=str(version) if version else None
+                )
+
+    def _write_part(self, part: list[tuple[int, Op]], results: dict[int, WriteResult]) -> None:
+        """Check versions, then create, update and delete; outcomes go into ``results``."""
+        checked = [
+            (i, op) for i, op in part if not isinstance(op, Create) and op.version is not None
+        ]
+        keyed: dict[int, str] = {}
+        for i, op in part:
+            if isinstance(op, Create):
+                continue
+            if not sfid.is_valid(op.key, strict=False):
+                error = (
+                    None
+                    if isinstance(op, Delete)
+                    else Skippable(f"{op.key!r} is not a Salesforce id")
+                )
+                results[i] = WriteResult(op=op, key=op.key, error=error)
+                continue
+            keyed[i] = sfid.to18(op.key)
+        if checked:
+            current = self._get_many(
+                [keyed[i] for i, _ in checked if i in keyed], [self.key, self.modified_at]
+            )
+            for i, op in checked:
+                if i not in keyed:
+                    continue
+                record = current.get(keyed[i])
+                if record is None:
+                    error = (
+                        None
+                        if isinstance(op, Delete)
+                        else Skippable(
+                            f"{self.object} {keyed[i]} does not exist (deleted since it was read)"
+                        )
+                    )
+                    results[i] = WriteResult(op=op, key=keyed[i], error=error)
+                elif parse_timestamp(record.get(self.modified_at)) != parse_timestamp(op.version):
+                    results[i] = WriteResult(
+                        op=op,
+                        key=keyed[i],
+                        error=PreconditionFailed(
+                            f"{self.object} {keyed[i]} changed since it was read", status=412
+                        ),
+                    )
+        todo = [(i, op) for i, op in part if i not in results]
+        keyed = {i: k for i, k in keyed.items() if i not in results}
+        creates = [(i, op) for i, op in todo if isinstance(op, Create)]
+        updates = [(i, op) for i, op in todo if isinstance(op, Update)]
+        deletes = [(i, op) for i, op in todo if isinstance(op, Delete)]
+        for group, build in (
+            (creates, self._create_call),
+            (updates, self._update_call),
+            (deletes, self._delete_call),
+        ):
+            if group:
+                self._send_items(group, build, keyed, results)
+
+    def _create_call(
+        self, items: list[tuple[int, Op]], keyed: dict[int, str]
+    ) -> tuple[str, str, dict[str, str] | None, Any]:
+        records = []
+        for _, op in items:
+            record = {"attributes": {"type": self.object}, **canonical(op.values)}  # type: ignore[union-attr]
+            if self.external_id_field:
+                record[self.external_id_field] = op.ref  # type: ignore[union-attr]
+            records.append(record)
+        body = {"allOrNone": False, "records": records}
+        if self.external_id_field:
+            path = self._data_path(
+                f"/composite/sobjects/{self.object}/{quote(self.external_id_field)}"
+            )
+            return "PATCH", path, None, body
+        return "POST", self._data_path("/composite/sobjects"), None, body
+
+    def _update_call(
+        self, items: list[tuple[int, Op]], keyed: dict[int, str]
+    ) -> tuple[str, str, dict[str, str] | None, Any]:
+        records = [
+            {"attributes": {"type": self.object}, "id": keyed[i], **canonical(op.values)}  # type: ignore[union-attr]
+            for i, op in items
+        ]
+        return (
+            "PATCH",
+            self._data_path("/composite/sobjects"),
+            None,
+            {"allOrNone": False, "records": records},
+        )
+
+    def _delete_call(
+        self, items: list[tuple[int, Op]], keyed: dict[int, str]
+    ) -> tuple[str, str, dict[str, str] | None, Any]:
+        params = {"ids": ",".join(keyed[i] for i, _ in items), "allOrNone": "false"}
+        return "DELETE", self._data_path("/composite/sobjects"), params, None
+
+    def _send_items(
+        self,
+        items: list[tuple[int, Op]],
+        build: Callable[..., Any],
+        keyed: dict[int, str],
+        results: dict[int, WriteResult],
+    ) -> None:
+        """Send one collection call; items refused with UNABLE_TO_LOCK_ROW are sent again
+        (only them) with backoff; those still locked come back as Retriable errors."""
+        pending = items
+        rng = self._rng or random.Random()
+        attempt = 1
+        while pending:
+            method, path, params, body = build(pending, keyed)
+            try:
+                status, answer, _ = self._request(method, path, params=params, json=body)
+            except (Retriable, Fatal) as exc:
+                if exc.status is None or exc.status == 504:  # no answer: it may have been applied
+                    self._write_sent = True
+                raise
+            self._write_sent = True
+            if status != 200 or not isinstance(answer, list) or len(answer) != len(pending):
+                raise Fatal(f"{method} {path}: answered {status}{_reason(answer)}", status=status)
+            locked: list[tuple[int, Op]] = []
+            for (i, op), item in zip(pending, answer, strict=True):
+                result = self._item_result(op, keyed.get(i), item, f"{method} {path}")
+                if isinstance(result.error, Retriable):
+                    locked.append((i, op))
+                results[i] = result
+            pending = locked
+            if not pending or attempt >= self.retry_attempts:
+                break
+            delay = self.policy.delay(attempt, rng)
+            logger.info(
+                "%d %s record(s) locked; retrying them in %.2f s", len(pending), self.object, delay
+            )
+            self._sleep(delay)
+            attempt += 1
+
+    def _item_result(self, op: Op, key: str | None, item: Any, where: str) -> WriteResult:
+        if not isinstance(item, dict):
+            raise Fatal(f"{where}: an item result is not a JSON object")
+        if item.get("success"):
+            rid = item.get("id")
+            return WriteResult(op=op, key=sfid.to18(rid) if isinstance(rid, str) and rid else key)
+        errors = item.get("errors") or [{}]
+        first = errors[0] if isinstance(errors[0], dict) else {}
+        code = str(first.get("statusCode") or "UNKNOWN_EXCEPTION")
+        message = (
+            f"{self.object} {key or 'new record'}: {code}: {str(first.get('message') or '')[:300]}"
+        )
+        if code == "UNABLE_TO_LOCK_ROW":
+            return WriteResult(op=op, key=key, error=Retriable(message, status=400))
+        if isinstance(op, Delete) and code in GONE_CODES:
+            return WriteResult(op=op, key=key)
+        return WriteResult(op=op, key=key, error=Skippable(message, status=400))
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+def _json_or_none(reply: httpx.Response) -> Any:
+    try:
+        return reply.json() if reply.content.strip() else None
+    except ValueError:
+        return None
+
+
+def _error_code(body: Any) -> str | None:
+    if isinstance(body, list) and body and isinstance(body[0], dict):
+        return body[0].get("errorCode")
+    return None
+
+
+def _reason(body: Any) -> str:
+    """Salesforce's own error code and message, shortened, as ': CODE: message'."""
+    if isinstance(body, list) and body and isinstance(body[0], dict):
+        return f": {body[0].get('errorCode')}: {str(body[0].get('message'))[:200]}"
+    if isinstance(body, dict) and body.get("error"):
+        return f": {body.get('error')}"
+    return ""
+
+
+def _server_time(headers: httpx.Headers) -> datetime | None:
+    """The server's clock from a Date header (whole seconds, so never ahead of it)."""
+    value = headers.get("date")
+    if not value:
+        return None
+    try:
+        return parsedate_to_datetime(value).astimezone(UTC)
+    except (TypeError, ValueError):
+        return None
+
+
+def _transport_reason(exc: httpx.TransportError) -> str:
+    """The error's own words, first line only (no URLs with secrets, no headers)."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text[:200]

@@ -1,0 +1,291 @@
+"""The SalesforceObject block against the org simulator: chunking, upserts, preconditions,
+per-item errors and retries, token refresh, and secrets kept out of messages."""
+
+from __future__ import annotations
+
+import pickle
+import uuid
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+
+from blocks.credentials import IntegrationAccountCredentials
+from blocks.salesforce import SalesforceObject
+from twoway.contract import Create, Delete, Update
+from twoway.definition import parse_definition
+from twoway.errors import Fatal, PreconditionFailed, Retriable, Skippable
+from twoway.simulators.salesforce import SalesforceState, create_app
+from twoway.simulators.server import BackgroundServer
+
+SECRET = "very-secret-value"
+
+
+@pytest.fixture
+def org():
+    state = SalesforceState(seed=7)
+    state.define(
+        "Contact", {"Link__c": {"type": "string", "length": 64, "externalId": True, "unique": True}}
+    )
+    state.add_client("sync", SECRET, "Integration User")
+    with BackgroundServer(create_app(state)) as server:
+        yield state, server.url
+
+
+def _block(url: str, **extra) -> SalesforceObject:
+    settings = {
+        "instance_url": url,
+        "object": "Contact",
+        "columns_to_sync": ["FirstName", "LastName", "Email"],
+        "credentials": IntegrationAccountCredentials(
+            client_id="sync", client_secret=SecretStr(SECRET)
+        ),
+        **extra,
+    }
+    block = SalesforceObject(**settings)
+    block.use_retry_hooks(lambda seconds: None)
+    return block
+
+
+def _creates(n: int) -> list[Create]:
+    return [Create(ref=uuid.uuid4().hex, values={"LastName": f"N{i}"}) for i in range(n)]
+
+
+def test_from_definition_and_integration_user_from_token(org):
+    state, url = org
+    raw = {
+        "name": "crm",
+        "systems": {
+            "sf": {
+                "kind": "salesforce",
+                "instance_url": url,
+                "object": "Contact",
+                "external_id_field": "Link__c",
+            },
+            "db": {"kind": "sql", "url": "sqlite:///x.db", "table": "people"},
+        },
+        "fields": {"last": {"sf": "LastName", "db": "last_name"}},
+    }
+    definition = parse_definition(raw, Path("/tmp/crm.sync.yaml"))
+    block = SalesforceObject.from_definition("sf", definition.systems["sf"], ["LastName"])
+    assert block.external_id_field == "Link__c" and block.columns_to_sync == ["LastName"]
+    assert block.key == "Id" and block.modified_at == "SystemModstamp"
+    endpoint = _block(url)
+    assert endpoint.integration_account is None
+    assert {"LastName", "Link__c", "SystemModstamp"} <= endpoint.columns()
+    assert endpoint.integration_account == state.user_id("Integration User")
+    fifteen = _block(url, integration_account=state.user_id("Integration User")[:15])
+    fifteen.columns()
+    assert fifteen.integration_account == state.user_id("Integration User")
+
+
+def test_writes_go_in_collections_of_200(org):
+    state, url = org
+    block = _block(url)
+    before = state.api_usage
+    results = block.write(_creates(450))
+    assert all(r.ok for r in results) and len({r.key for r in results}) == 450
+    assert all(r.version for r in results)
+    # 3 collection calls, 3 reads of the new versions (200 ids each) and nothing else
+    assert state.api_usage - before == 3 + 3
+
+
+def test_retried_create_with_external_id_does_not_duplicate(org):
+    state, url = org
+    block = _block(url, external_id_field="Link__c")
+    ops = _creates(3)
+    first = block.write(ops)
+    again = block.write(ops)
+    assert [r.key for r in first] == [r.key for r in again]
+    assert len(state.records("Contact")) == 3
+    assert {r["Link__c"] for r in state.records("Contact")} == {op.ref for op in ops}
+
+
+def test_plain_create_without_external_id_field(org):
+    state, url = org
+    block = _block(url)
+    (result,) = block.write(
+        [Create(ref="r1", values={"LastName": "Plain", "Email": "p@example.com"})]
+    )
+    assert result.ok and result.key.startswith("003")
+    assert state.records("Contact")[0]["LastModifiedById"] == block.integration_account
+
+
+def test_item_errors_are_skippable_and_the_rest_goes_on(org):
+    state, url = org
+    block = _block(url)
+    results = block.write(
+        [
+            Create(ref="a", values={"LastName": "x" * 81}),
+            Create(ref="b", values={"FirstName": "no last name"}),
+            Create(ref="c", values={"LastName": "Fine"}),
+            Update(key="not-an-id", values={"LastName": "y"}),
+            Update(key="003000000000099AAA", values={"LastName": "ghost"}),
+        ]
+    )
+    assert isinstance(results[0].error, Skippable) and "STRING_TOO_LONG" in str(results[0].error)
+    assert isinstance(results[1].error, Skippable) and "REQUIRED_FIELD_MISSING" in str(
+        results[1].error
+    )
+    assert results[2].ok
+    assert isinstance(results[3].error, Skippable)
+    assert isinstance(results[4].error, Skippable)
+
+
+def test_version_checks_on_update_and_delete(org):
+    state, url = org
+    block = _block(url)
+    key = state.user_create("Contact", {"LastName": "Versioned"})
+    (record,) = block.read([key[:15]])
+    assert record.key == key
+    state.user_update("Contact", key, {"FirstName": "Changed"})
+    stale_update, stale_delete = block.write(
+        [
+            Update(key=key, values={"LastName": "Mine"}, version=record.version),
+            Delete(key=key, version=record.version),
+        ]
+    )
+    assert isinstance(stale_update.error, PreconditionFailed)
+    assert isinstance(stale_delete.error, PreconditionFailed)
+    (fresh,) = block.read([key])
+    (deleted,) = block.write([Delete(key=key, version=fresh.version)])
+    assert deleted.ok and block.read([key]) == []
+    again, gone_update = block.write(
+        [Delete(key=key), Update(key=key, values={"LastName": "x"}, version=fresh.version)]
+    )
+    assert again.ok  # already gone: the delete's goal holds
+    assert isinstance(gone_update.error, Skippable)
+
+
+def test_locked_items_are_retried_alone(org):
+    state, url = org
+    block = _block(url)
+    keys = [state.user_create("Contact", {"LastName": f"L{i}"}) for i in range(6)]
+    waits = []
+
+    def sleep(seconds):
+        waits.append(seconds)
+        state.faults.set()  # the lock is released while we wait
+
+    block.use_retry_hooks(sleep)
+    state.faults.set(lock=1.0)
+    results = block.write([Update(key=k, values={"Title": "T"}) for k in keys])
+    assert all(r.ok for r in results), [r.error for r in results]
+    assert len(waits) == 1
+    assert {r["Title"] for r in state.records("Contact")} == {"T"}
+
+
+def test_a_lock_that_stays_comes_back_as_retriable(org):
+    state, url = org
+    block = _block(url, retry_attempts=2)
+    key = state.user_create("Contact", {"LastName": "Stuck"})
+    state.faults.set(lock=1.0)
+    (result,) = block.write([Update(key=key, values={"Title": "T"})])
+    assert isinstance(result.error, Retriable) and "UNABLE_TO_LOCK_ROW" in str(result.error)
+
+
+def test_throttling_is_retried_in_place_then_raised(org):
+    state, url = org
+    block = _block(url)
+    block.columns()  # authenticate first
+    calls = []
+
+    def sleep(seconds):
+        calls.append(seconds)
+        state.faults.set()
+
+    block.use_retry_hooks(sleep)
+    state.faults.set(throttle=1.0)
+    assert block.read_changes(None).full
+    assert calls == [1.0]  # the Retry-After the simulator sent
+    stubborn = _block(url, retry_attempts=3)
+    state.faults.set(unavailable=1.0)
+    with pytest.raises(Retriable):
+        stubborn.read_changes(None)
+    state.faults.set()
+
+
+def test_expired_session_gets_a_new_token_once(org):
+    state, url = org
+    block = _block(url)
+    block.columns()
+    state.expire_sessions()
+    assert "LastName" in block.columns()
+
+
+def test_bad_credentials_are_fatal_without_the_secret(org):
+    _, url = org
+    block = SalesforceObject(
+        instance_url=url,
+        object="Contact",
+        credentials=IntegrationAccountCredentials(
+            client_id="sync", client_secret=SecretStr("wrong-" + SECRET)
+        ),
+    )
+    with pytest.raises(Fatal) as caught:
+        block.columns()
+    assert SECRET not in str(caught.value) and "invalid" in str(caught.value)
+    with pytest.raises(Fatal):
+        SalesforceObject(instance_url=url).columns()
+
+
+def test_read_changes_cursor_and_deletions(org):
+    state, url = org
+    block = _block(url, page_size=2, overlap_seconds=0)
+    keys = [state.user_create("Contact", {"LastName": f"R{i}"}) for i in range(5)]
+    full = block.read_changes(None)
+    assert full.full and {r.key for r in full.records} == set(keys) and full.cursor
+    assert full.requests == 3  # three pages of two
+    state.user_delete("Contact", keys[0])
+    state.user_update("Contact", keys[1], {"FirstName": "Later"})
+    later = block.read_changes(full.cursor)
+    assert not later.full
+    # the cursor is the server's clock in whole seconds: records of that second come again
+    changed = {r.key: r for r in later.records}
+    assert keys[0] in later.deleted and keys[0] not in changed
+    assert changed[keys[1]].values["FirstName"] == "Later"
+    assert changed[keys[1]].modified_by == state.user_id("Alice")
+    assert full.cursor <= later.cursor
+
+
+def test_block_pickles_without_its_client(org):
+    _, url = org
+    block = _block(url)
+    block.columns()
+    copy = pickle.loads(pickle.dumps(block))
+    assert copy._client is None and copy._token is None
+    assert "LastName" in copy.columns()
+    block.close()
+
+
+def test_a_batch_failing_part_way_reports_every_operation(org):
+    state, url = org
+    block = _block(url, retry_attempts=2)
+    key = state.user_create("Contact", {"LastName": "Before"})
+    sent = []
+
+    def sleep(seconds):
+        sent.append(seconds)
+
+    block.use_retry_hooks(sleep)
+    block.columns()
+    # the creates go through; the updates that follow meet a lasting outage
+    original = block._update_call
+
+    def outage(*args):
+        state.faults.set(unavailable=1.0)
+        return original(*args)
+
+    block._update_call = outage
+    results = block.write(
+        [Create(ref="x", values={"LastName": "New"}), Update(key=key, values={"Title": "T"})]
+    )
+    state.faults.set()
+    assert results[0].ok and results[0].key
+    assert isinstance(results[1].error, Retriable)
+    with pytest.raises(Retriable):  # nothing applied yet: the whole batch is refused
+        state.faults.set(unavailable=1.0)
+        try:
+            block.write([Update(key=key, values={"Title": "U"})])
+        finally:
+            state.faults.set()

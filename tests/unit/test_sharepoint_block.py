@@ -1,0 +1,289 @@
+"""The SharePoint-list block: tokens, retries, eTags and batching, against the simulator."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+from pydantic import SecretStr
+
+from blocks.credentials import IntegrationAccountCredentials
+from blocks.sharepoint import SharePointList
+from twoway.contract import Create, Delete, Update
+from twoway.definition import load_definition
+from twoway.errors import Fatal, PreconditionFailed, Retriable, Skippable
+from twoway.simulators.graph import GraphState, create_app
+from twoway.simulators.server import BackgroundServer
+
+SECRET = "very-secret-value"
+
+
+class Recorder(httpx.BaseTransport):
+    """Passes requests to the network and keeps them (method, path, JSON body)."""
+
+    def __init__(self) -> None:
+        self.inner = httpx.HTTPTransport()
+        self.sent: list[tuple[str, str, object]] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        body = request.content
+        try:
+            payload = json.loads(body) if body else None
+        except ValueError:
+            payload = body.decode()
+        self.sent.append((request.method, request.url.path, payload))
+        return self.inner.handle_request(request)
+
+    def paths(self, suffix: str) -> list[object]:
+        return [body for _, path, body in self.sent if path.endswith(suffix)]
+
+
+@pytest.fixture(scope="module")
+def served():
+    state = GraphState(client_id="app", client_secret=SECRET, display_name="twoway-sync")
+    with BackgroundServer(create_app(state)) as server:
+        yield state, server.url
+    state.close()
+
+
+@pytest.fixture
+def env(served):
+    state, url = served
+    state.faults.set()
+    state.token_lifetime = 3599
+    sleeps: list[float] = []
+    recorder = Recorder()
+    block = SharePointList(
+        graph_url=url,
+        token_url=f"{url}/{state.tenant_id}/oauth2/v2.0/token",
+        list="Contacts",
+        integration_account="twoway-sync",
+        columns_to_sync=["Title", "Email"],
+        page_size=4,
+        retry_attempts=3,
+        credentials=IntegrationAccountCredentials(client_id="app", client_secret=SecretStr(SECRET)),
+    )
+    block.use_transport(recorder)
+    block.use_sleep(sleeps.append)
+    yield state, block, recorder, sleeps
+    block.close()
+    state.faults.set()
+
+
+def test_token_is_cached_and_renewed_once_on_401(env):
+    state, block, recorder, _ = env
+    key = state.user_create("Contacts", {"Title": "T"})
+    block.read([key])
+    block.read([key])
+    assert len(recorder.paths("/token")) == 1
+    state.expire_tokens()
+    (record,) = block.read([key])
+    assert record.key == key
+    assert len(recorder.paths("/token")) == 2
+
+
+def test_refused_credentials_are_fatal_without_the_secret(served):
+    state, url = served
+    block = SharePointList(
+        graph_url=url,
+        token_url=f"{url}/{state.tenant_id}/oauth2/v2.0/token?x=1",
+        credentials=IntegrationAccountCredentials(
+            client_id="app", client_secret=SecretStr("wrong!")
+        ),
+    )
+    with pytest.raises(Fatal) as caught:
+        block.columns()
+    message = str(caught.value)
+    assert "invalid_client" in message and "AADSTS7000215" in message
+    assert "wrong!" not in message and SECRET not in message and "x=1" not in message
+    block.close()
+
+
+def test_a_401_inside_every_try_is_fatal_after_one_renewal():
+    tokens = 0
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal tokens
+        if request.url.path.endswith("/token"):
+            tokens += 1
+            return httpx.Response(200, json={"access_token": f"t{tokens}", "expires_in": 3599})
+        return httpx.Response(401, json={"error": {"code": "InvalidAuthenticationToken"}})
+
+    block = SharePointList(
+        graph_url="https://graph.example",
+        tenant="contoso",
+        credentials=IntegrationAccountCredentials(client_id="a", client_secret=SecretStr("b")),
+    )
+    block.use_transport(httpx.MockTransport(handler))
+    with pytest.raises(Fatal, match="fresh token"):
+        block.write([Create(ref="r", values={"Title": "x"})])
+    assert tokens == 2
+
+
+def test_retry_after_is_honoured_and_only_failed_items_are_retried():
+    envelopes: list[list[str]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/token"):
+            return httpx.Response(200, json={"access_token": "t", "expires_in": 3599})
+        if len(envelopes) == 0:
+            envelopes.append([])
+            return httpx.Response(429, headers={"Retry-After": "7"}, json={"error": {}})
+        ids = [r["id"] for r in json.loads(request.content)["requests"]]
+        envelopes.append(ids)
+        responses = []
+        for rid in ids:
+            if rid == "1" and len(envelopes) == 2:
+                responses.append({"id": rid, "status": 503, "headers": {"Retry-After": "3"}})
+            else:
+                body = {"id": str(100 + int(rid)), "eTag": f'"g{rid},1"', "fields": {"Title": "x"}}
+                responses.append({"id": rid, "status": 201, "body": body})
+        return httpx.Response(200, json={"responses": responses})
+
+    sleeps: list[float] = []
+    block = SharePointList(
+        graph_url="https://graph.example",
+        tenant="contoso",
+        credentials=IntegrationAccountCredentials(client_id="a", client_secret=SecretStr("b")),
+    )
+    block.use_transport(httpx.MockTransport(handler))
+    block.use_sleep(sleeps.append)
+    results = block.write([Create(ref=str(i), values={"Title": "x"}) for i in range(3)])
+    assert sleeps == [7.0, 3.0]
+    assert envelopes[1] == ["0", "1", "2"] and envelopes[2] == ["1"]
+    assert [r.key for r in results] == ["100", "101", "102"]
+    assert all(r.ok for r in results)
+
+
+def test_transient_failures_that_persist_come_back_as_retriable_results(env):
+    state, block, _, sleeps = env
+    state.faults.set(throttle=1.0)
+    (result,) = block.write([Create(ref="r", values={"Title": "never"})])
+    assert isinstance(result.error, Retriable)
+    assert result.error.retry_after == 1.0
+    assert sleeps == [1.0, 1.0]  # three tries, each wait as Retry-After asked
+
+
+def test_locked_items_are_retried_then_written(env):
+    state, block, recorder, sleeps = env
+    block.retry_attempts = 10
+    state.faults.set(lock=0.3)
+    state.faults._rng.seed(7)  # a fixed draw: some items locked once or twice, none ten times
+    results = block.write([Create(ref=str(i), values={"Title": f"L{i}"}) for i in range(8)])
+    assert all(r.ok for r in results), results
+    assert len(recorder.paths("$batch")) > 1 and sleeps
+
+
+def test_stale_etag_is_precondition_failed_and_missing_is_skippable(env):
+    state, block, _, _ = env
+    key = state.user_create("Contacts", {"Title": "Orig"})
+    (before,) = block.read([key])
+    state.user_update("Contacts", key, {"Title": "Someone else"})
+    results = block.write(
+        [
+            Update(key=key, values={"Title": "Mine"}, version=before.version),
+            Update(key="999999", values={"Title": "x"}),
+            Update(key=key, values={"Unknown": "x"}),
+            Delete(key="999998"),
+            Delete(key="not-a-number"),
+        ]
+    )
+    assert isinstance(results[0].error, PreconditionFailed)
+    assert isinstance(results[1].error, Skippable)
+    assert isinstance(results[2].error, Skippable) and "not recognized" in str(results[2].error)
+    assert results[3].ok and results[4].ok
+    assert state.item_json("Contacts", key)["fields"]["Title"] == "Someone else"
+
+
+def test_writes_split_into_batches_of_twenty(env):
+    state, block, recorder, _ = env
+    state.reverse_batch_responses = True  # answers are matched by id, not by position
+    try:
+        results = block.write([Create(ref=str(i), values={"Title": f"B{i}"}) for i in range(45)])
+    finally:
+        state.reverse_batch_responses = False
+    sizes = [len(body["requests"]) for body in recorder.paths("$batch")]
+    assert sizes == [20, 20, 5]
+    assert all(r.ok and r.version for r in results)
+    assert len({r.key for r in results}) == 45
+    stored = {r.key: r.values["Title"] for r in block.read([r.key for r in results])}
+    assert [stored[r.key] for r in results] == [f"B{i}" for i in range(45)]
+    assert block.max_batch() >= 20
+
+
+def test_modified_by_names_the_app_and_person(env):
+    state, block, _, _ = env
+    mine = block.write([Create(ref="m", values={"Title": "Mine"})])[0].key
+    theirs = state.user_create("Contacts", {"Title": "Theirs"}, user="Dana Person")
+    got = {r.key: r for r in block.read([mine, theirs])}
+    assert got[mine].modified_by == "twoway-sync" == block.integration_account
+    assert got[theirs].modified_by == "Dana Person"
+    assert got[mine].modified_at is not None and got[mine].modified_at.tzinfo is not None
+    assert set(got[mine].values) == {"Title", "Email"}
+
+
+def test_expired_delta_token_reads_everything_again(env):
+    state, block, _, _ = env
+    first = block.read_changes(None)
+    assert first.full and first.cursor
+    key = state.user_create("Contacts", {"Title": "After"})
+    state.user_delete("Contacts", state.user_create("Contacts", {"Title": "Gone"}))
+    later = block.read_changes(first.cursor)
+    assert not later.full and key in {r.key for r in later.records} and later.deleted
+    state.expire_delta_tokens()
+    again = block.read_changes(later.cursor)
+    assert again.full and key in {r.key for r in again.records}
+    assert again.cursor and again.cursor != later.cursor
+
+
+def test_delta_only_mode_reads_without_modifiers(env):
+    state, block, _, _ = env
+    block.read_modifiers = False
+    first = block.read_changes(None)
+    assert first.full and all(r.modified_by is None for r in first.records)
+    key = state.user_create("Contacts", {"Title": "Quiet"})
+    later = block.read_changes(first.cursor)
+    assert [r.key for r in later.records] == [key] and later.records[0].values["Title"] == "Quiet"
+
+
+def test_cursor_on_another_host_is_refused(env):
+    _, block, _, _ = env
+    with pytest.raises(Fatal, match="refusing"):
+        block.read_changes("https://elsewhere.example/v1.0/sites/root/lists/x/items/delta?token=a")
+
+
+def test_columns_come_from_the_list(env):
+    _, block, _, _ = env
+    assert {"Title", "Email", "FirstName", "Phone", "id"} <= block.columns()
+
+
+def test_pickling_drops_the_client_and_token(env):
+    _, block, _, _ = env
+    block.columns()
+    copy = pickle.loads(pickle.dumps(block))
+    assert copy._client is None and copy._token is None
+    assert copy.credentials.client_secret.get_secret_value() == SECRET
+
+
+def test_from_definition(tmp_path: Path):
+    path = tmp_path / "sync.yaml"
+    path.write_text(
+        "name: contacts\n"
+        "systems:\n"
+        "  crm: {kind: sql, url: 'sqlite:///crm.db', table: contacts}\n"
+        "  sp: {kind: sharepoint, tenant: contoso, list: People, integration_account: bot}\n"
+        "fields:\n"
+        "  email: {crm: email, sp: Email}\n",
+        encoding="utf-8",
+    )
+    definition = load_definition(path)
+    block = SharePointList.from_definition("sp", definition.systems["sp"], ["Email"])
+    assert block.list == "People" and block.columns_to_sync == ["Email"]
+    assert block.integration_account == "bot"
+    assert block._token_endpoint() == "https://login.microsoftonline.com/contoso/oauth2/v2.0/token"
+    with pytest.raises(ValueError):
+        SharePointList(key=str(uuid.uuid4()))
