@@ -132,6 +132,8 @@ def settle(
             )
         if failed:
             failed_links.add(link_id)
+        else:
+            changes.resolved_conflicts.extend(plan.decided.get(link_id, []))
 
     linked_now = {(m.system, m.external_id) for m in changes.members}
     parked_now = {(p["system"], p["external_id"]) for p in mapping.parked}

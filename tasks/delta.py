@@ -48,6 +48,7 @@ class Plan:
     ops: dict[str, list[PlannedOp]] = field(default_factory=dict)
     links: dict[str, LinkPlan] = field(default_factory=dict)
     conflicts: list[dict[str, Any]] = field(default_factory=list)
+    decided: dict[str, list[int]] = field(default_factory=dict)  # link -> conflicts applied
 
     def count(self, system: str, kind: type) -> int:
         return sum(isinstance(p.op, kind) for p in self.ops.get(system, []))
@@ -64,9 +65,11 @@ def compute_deltas(
     sources: set[str],
     targets: set[str],
     open_conflicts: set[tuple[str, str]],
+    decisions: dict[tuple[str, str], tuple[int, Any]] | None = None,
 ) -> Plan:
     """Plan the writes for every touched link (pure: reads nothing, writes nothing)."""
     plan = Plan(ops={s: [] for s in definition.systems})
+    decisions = decisions or {}
     policy, preferred = definition.policy
     for link_id in sorted(mapping.observed.keys() | mapping.deleted.keys()):
         link = mapping.links.get(link_id)
@@ -122,6 +125,19 @@ def compute_deltas(
             tombstoned.add(system)
 
         for fname, fmap in definition.field_maps.items():
+            if (link_id, fname) in decisions:  # a person settled this field: apply their choice
+                conflict_id, value = decisions[(link_id, fname)]
+                plan.decided.setdefault(link_id, []).append(conflict_id)
+                lp.proposed[fname] = value
+                lp.needs[fname] = {
+                    t
+                    for t, values in current.items()
+                    if t in targets
+                    and t in fmap.columns
+                    and fmap.source != t
+                    and not _same(values.get(fname), value)
+                }
+                continue
             proposals: dict[str, Any] = {}
             for system, values in current.items():
                 if system not in sources or system not in fmap.columns:

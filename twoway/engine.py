@@ -285,7 +285,8 @@ def _run(
         counts["extracted"] = filtered[system].extracted
         counts["echo_skipped"] = filtered[system].echo_skipped
 
-    pending = {d["link_id"] for d in due if d["link_id"]}
+    decided = store.decided_conflicts(sync)
+    pending = {d["link_id"] for d in due if d["link_id"]} | {c["link_id"] for c in decided}
     new_link = lambda: uuid.UUID(int=rt.rng.getrandbits(128)).hex  # noqa: E731
     mapping = steps(
         map_ids, map_ids_task, "map IDs", definition, filtered, known, store, new_link, pending
@@ -302,6 +303,7 @@ def _run(
         sources=sources,
         targets=targets,
         open_conflicts=open_conflicts,
+        decisions={(c["link_id"], c["field"]): (c["id"], c["chosen"]) for c in decided},
     )
     report.plan = plan
     report.conflicts = len(plan.conflicts)

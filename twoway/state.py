@@ -350,6 +350,44 @@ class StateStore:
             row["chosen"] = json.loads(row["chosen"]) if row["chosen"] is not None else None
         return rows
 
+    def decided_conflicts(self, sync: str) -> list[dict[str, Any]]:
+        """Conflicts a person decided that the next run applies."""
+        query = sa.select(conflicts).where(
+            conflicts.c.sync == sync, conflicts.c.status == "decided"
+        )
+        with self.engine.connect() as conn:
+            rows = [dict(r._mapping) for r in conn.execute(query.order_by(conflicts.c.id))]
+        for row in rows:
+            row["chosen"] = json.loads(row["chosen"])
+        return rows
+
+    def decide_conflict(
+        self, sync: str, conflict_id: int, *, system: str | None = None, value: Any = None
+    ) -> dict[str, Any]:
+        """Settle an open conflict: keep ``system``'s value, or ``value``; the next run applies it."""
+        with self.engine.begin() as conn:
+            row = conn.execute(
+                sa.select(conflicts).where(conflicts.c.sync == sync, conflicts.c.id == conflict_id)
+            ).first()
+            if row is None:
+                raise Fatal(f"sync {sync!r} has no conflict #{conflict_id}")
+            if row.status != "open":
+                raise Fatal(f"conflict #{conflict_id} is not open (it is {row.status})")
+            candidates = json.loads(row.candidates)
+            if system is not None:
+                if system not in candidates:
+                    raise Fatal(
+                        f"conflict #{conflict_id} has no value from {system!r}; "
+                        f"choose one of {', '.join(sorted(candidates))} or give a value"
+                    )
+                value = candidates[system]
+            conn.execute(
+                conflicts.update()
+                .where(conflicts.c.id == conflict_id)
+                .values(status="decided", winner=system or "(person)", chosen=_dumps(value))
+            )
+        return {"id": conflict_id, "link_id": row.link_id, "field": row.field, "chosen": value}
+
     def conflicts_of_run(self, run_id: str) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:
             rows = conn.execute(

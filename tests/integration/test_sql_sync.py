@@ -196,3 +196,27 @@ def test_three_systems_converge(tmp_path, backend):
         assert rig.row("s0", "y@example.com")["first_name"] == "Yvonne"
         assert rig.row("s2", "x@example.com")["last_name"] == "Ones"
         assert writes(rig.run()) == 0
+
+
+def test_a_held_conflict_decided_by_a_person_is_applied_next_run(tmp_path):
+    from twoway.state import StateStore
+
+    with sync_rig(tmp_path, conflicts="manual") as rig:
+        rig.add("s0", "h@example.com", "A", "B")
+        rig.run()
+        rig.edit("s1", "h@example.com", first_name="Left")
+        rig.edit("s0", "h@example.com", first_name="Right")
+        assert rig.run().conflicts == 1
+        store = StateStore(rig.doc["state"])
+        (conflict,) = store.open_conflicts(rig.doc["name"])
+        assert conflict["candidates"] == {"s0": "Right", "s1": "Left"}
+        store.decide_conflict(rig.doc["name"], conflict["id"], system="s1")
+        report = rig.run()
+        assert report.systems["s0"]["updated"] == 1
+        assert rig.row("s0", "h@example.com")["first_name"] == "Left"
+        assert (
+            store.open_conflicts(rig.doc["name"]) == []
+            and store.decided_conflicts(rig.doc["name"]) == []
+        )
+        assert writes(rig.run()) == 0
+        store.close()
