@@ -17,7 +17,7 @@ from tasks.delta import Plan
 from tasks.idmap import Mapping
 from twoway.contract import Create, Delete, Update, WriteResult
 from twoway.definition import Definition
-from twoway.errors import PreconditionFailed
+from twoway.errors import PreconditionFailed, Retriable
 from twoway.state import Link, Member, StateChanges, StateStore
 from twoway.values import canonical, values_hash
 
@@ -147,6 +147,13 @@ def settle(
     changes.conflicts.extend(plan.conflicts)
     for system, extract in extracts.items():
         changes.cursors[(system, scope)] = extract.cursor
+    # an intent is settled once its create's outcome is known; a create that timed out may
+    # have been applied, so its intent stays for the next run to find the record
+    changes.settled_intents.extend(mapping.recovered)
+    for system, planned in plan.ops.items():
+        for p, r in zip(planned, results.get(system, []), strict=False):
+            if isinstance(p.op, Create) and not isinstance(r.error, Retriable):
+                changes.settled_intents.append((system, p.link_id))
     return changes, counts
 
 

@@ -15,7 +15,7 @@ from prefect import task
 
 from tasks.common import TASK_OPTIONS, Filtered, Observed
 from twoway.definition import Definition
-from twoway.state import Link, Member, StateStore
+from twoway.state import Intent, Link, Member, StateStore
 from twoway.values import values_hash
 
 
@@ -31,6 +31,9 @@ class Mapping:
     links: dict[str, Link] = field(default_factory=dict)  # existing merge bases
     new_links: set[str] = field(default_factory=set)
     parked: list[dict[str, Any]] = field(default_factory=list)  # ambiguous matches
+    recovered: list[tuple[str, str]] = field(
+        default_factory=list
+    )  # intents found done (system, link)
 
 
 def match_key(definition: Definition, values: dict[str, Any]) -> str | None:
@@ -55,17 +58,36 @@ def map_ids(
     store: StateStore,
     new_link_id: Callable[[], str],
     pending_links: set[str],
+    intents: list[Intent] | None = None,
 ) -> Mapping:
-    """Group this run's changes by link, creating links for new records."""
+    """Group this run's changes by link, creating links for new records.
+
+    Open intents (creates a crashed run may have sent) come first: the records they name
+    and the records they created rejoin the intent's link instead of starting new ones.
+    """
     sync = definition.name
     out = Mapping()
     unlinked: dict[str, dict[str, list[Observed]]] = {}  # match key -> system -> records
     loners: list[Observed] = []
+    by_member = {m: i for i in intents or [] for m in i.members}
+    by_hash: dict[tuple[str, str], list[Intent]] = {}
+    for intent in sorted(intents or [], key=lambda i: i.link_id):
+        by_hash.setdefault((intent.system, intent.values_hash), []).append(intent)
+    rejoined: list[Member] = []
     for system, batch in filtered.items():
-        for record in batch.changed:
+        for record in sorted(batch.changed, key=lambda r: r.key):
             member = known[system].get(record.key)
             if member is not None:
                 out.observed.setdefault(member.link_id, {})[system] = record
+                continue
+            intent = by_member.get((system, record.key))
+            created = by_hash.get((system, record.hash))
+            if intent is None and created:
+                intent = created.pop(0)
+                out.recovered.append((intent.system, intent.link_id))
+            if intent is not None:
+                out.observed.setdefault(intent.link_id, {})[system] = record
+                rejoined.append(_new_member(record, intent.link_id))
                 continue
             key = match_key(definition, record.values)
             if key is None:
@@ -115,7 +137,10 @@ def map_ids(
     touched = set(out.observed) | set(out.deleted) | set(pending_links)
     out.members = store.members_of(sync, touched - out.new_links)
     out.links = store.links(sync, touched - out.new_links)
-    for member in joined:
+    for member in rejoined:
+        if member.link_id not in out.links:
+            out.new_links.add(member.link_id)
+    for member in (*rejoined, *joined):
         out.members.setdefault(member.link_id, []).append(member)
     for link_id in pending_links:
         out.observed.setdefault(link_id, {})

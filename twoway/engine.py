@@ -24,11 +24,12 @@ from tasks.extract import canonicalise, extract_changes, extract_changes_task
 from tasks.idmap import map_ids, map_ids_task
 from tasks.load import load_changes, load_changes_task
 from twoway.connectors import open_endpoint
-from twoway.contract import Delete, Endpoint, Update
+from twoway.contract import Create, Delete, Endpoint, Update
 from twoway.definition import Definition
 from twoway.errors import AlreadyRunning, MassChangeRefused, TwowayError
 from twoway.retry import RetryPolicy
-from twoway.state import StateStore
+from twoway.state import Intent, StateStore
+from twoway.values import canonical, values_hash
 
 SCOPE_ALL = "*"
 
@@ -289,7 +290,16 @@ def _run(
     pending = {d["link_id"] for d in due if d["link_id"]} | {c["link_id"] for c in decided}
     new_link = lambda: uuid.UUID(int=rt.rng.getrandbits(128)).hex  # noqa: E731
     mapping = steps(
-        map_ids, map_ids_task, "map IDs", definition, filtered, known, store, new_link, pending
+        map_ids,
+        map_ids_task,
+        "map IDs",
+        definition,
+        filtered,
+        known,
+        store,
+        new_link,
+        pending,
+        store.open_intents(sync),
     )
     open_conflicts = {
         (c["link_id"], c["field"]) for c in store.open_conflicts(sync, mapping.observed.keys())
@@ -329,6 +339,7 @@ def _run(
                 counts[kind] += 1
         return
 
+    store.record_intents(sync, report.run_id, _intents(definition, mapping, plan))
     results = {}
     policy_for = {
         s: RetryPolicy(attempts=definition.systems[s].retry_attempts) for s in definition.systems
@@ -368,6 +379,23 @@ def _run(
         ),
         report.conflicts,
     )
+
+
+def _intents(definition: Definition, mapping: Any, plan: Plan) -> list[Intent]:
+    """One intent per planned create: the values it carries and the link's other records."""
+    out = []
+    for system, planned in plan.ops.items():
+        names = definition.fields_of(system)
+        for p in planned:
+            if isinstance(p.op, Create):
+                values = {f: canonical(p.fields.get(f)) for f in names}
+                members = [
+                    (m.system, m.external_id)
+                    for m in mapping.members.get(p.link_id, [])
+                    if m.deleted_at is None
+                ]
+                out.append(Intent(system, p.link_id, values_hash(values), members))
+    return out
 
 
 def _reread_parked(

@@ -135,12 +135,33 @@ leases = sa.Table(
 )
 
 
+intents = sa.Table(
+    "intents",
+    metadata,
+    sa.Column("sync", S, primary_key=True),
+    sa.Column("system", S, primary_key=True),
+    sa.Column("link_id", sa.String(36), primary_key=True),
+    sa.Column("run_id", sa.String(36), nullable=False),
+    sa.Column("values_hash", sa.String(32), nullable=False),
+    sa.Column("members", sa.Text, nullable=False),  # [[system, external_id], ...] of the link
+    sa.Column("created_at", sa.DateTime, nullable=False),
+)
+
+
 def _initial(conn: sa.Connection) -> None:
-    metadata.create_all(conn)
+    metadata.create_all(
+        conn,
+        tables=[schema_version, id_map, shadow, cursors, conflicts, dead_letters, runs, leases],
+    )
+
+
+def _intent_log(conn: sa.Connection) -> None:
+    """Version 2: creates are announced before they are sent, so a crash cannot duplicate them."""
+    metadata.create_all(conn, tables=[intents])
 
 
 #: ordered schema migrations; number N brings a store from version N-1 to N
-MIGRATIONS: list[Callable[[sa.Connection], None]] = [_initial]
+MIGRATIONS: list[Callable[[sa.Connection], None]] = [_initial, _intent_log]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -176,6 +197,16 @@ class Link:
     deleted_at: datetime | None
 
 
+@dataclass(slots=True)
+class Intent:
+    """A create about to be sent: which link it serves and the values it carries."""
+
+    system: str
+    link_id: str
+    values_hash: str
+    members: list[tuple[str, str]]  # the link's records elsewhere, (system, external_id)
+
+
 @dataclass
 class StateChanges:
     """Everything one run commits, in one transaction."""
@@ -187,6 +218,7 @@ class StateChanges:
     dead_letters: list[dict[str, Any]] = field(default_factory=list)
     resolved_dead_letters: list[int] = field(default_factory=list)
     resolved_conflicts: list[int] = field(default_factory=list)
+    settled_intents: list[tuple[str, str]] = field(default_factory=list)  # (system, link_id)
 
 
 class StateStore:
@@ -555,6 +587,15 @@ class StateStore:
                     .where(conflicts.c.id.in_(changes.resolved_conflicts))
                     .values(status="resolved", resolved_at=now)
                 )
+            if changes.settled_intents:
+                conn.execute(
+                    intents.delete().where(
+                        intents.c.sync == sync,
+                        intents.c.system == sa.bindparam("b_system"),
+                        intents.c.link_id == sa.bindparam("b_link"),
+                    ),
+                    [{"b_system": s, "b_link": lid} for s, lid in changes.settled_intents],
+                )
             if changes.resolved_dead_letters:
                 for part in chunks(changes.resolved_dead_letters, 500):
                     conn.execute(
@@ -619,6 +660,48 @@ class StateStore:
             query = query.where(dead_letters.c.id.in_(list(ids)))
         with self.engine.begin() as conn:
             return conn.execute(query.values(next_attempt_at=self.now())).rowcount
+
+    # -- the intent log: creates announced before they are sent ---------------------------
+
+    def record_intents(self, sync: str, run_id: str, announced: Sequence[Intent]) -> None:
+        """Write intents in their own transaction, before the creates go out."""
+        if not announced:
+            return
+        now = self.now()
+        with self.engine.begin() as conn:
+            for part in chunks(list(announced), 500):
+                for item in part:
+                    conn.execute(
+                        intents.delete().where(
+                            intents.c.sync == sync,
+                            intents.c.system == item.system,
+                            intents.c.link_id == item.link_id,
+                        )
+                    )
+                conn.execute(
+                    intents.insert(),
+                    [
+                        {
+                            "sync": sync,
+                            "system": i.system,
+                            "link_id": i.link_id,
+                            "run_id": run_id,
+                            "values_hash": i.values_hash,
+                            "members": _dumps([list(m) for m in i.members]),
+                            "created_at": now,
+                        }
+                        for i in part
+                    ],
+                )
+
+    def open_intents(self, sync: str) -> list[Intent]:
+        """Intents no run has settled: creates whose outcome a crash may have hidden."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(intents).where(intents.c.sync == sync)).all()
+        return [
+            Intent(r.system, r.link_id, r.values_hash, [tuple(m) for m in json.loads(r.members)])
+            for r in rows
+        ]
 
     # -- the lease: one run per sync at a time -----------------------------------------
 
