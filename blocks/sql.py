@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
@@ -75,6 +76,7 @@ class SqlTable(Block, Endpoint):
     _engine: sa.Engine | None = PrivateAttr(None)
     _table: sa.Table | None = PrivateAttr(None)
     _clock: Callable[[], datetime] | None = PrivateAttr(None)
+    _after_page: Callable[[], Any] | None = PrivateAttr(None)
 
     @classmethod
     def from_definition(cls, name: str, system: SqlSystem, columns: list[str]) -> SqlTable:
@@ -97,6 +99,10 @@ class SqlTable(Block, Endpoint):
     def use_clock(self, clock: Callable[[], datetime]) -> None:
         """Take write timestamps from ``clock`` (tests run on virtual time)."""
         self._clock = clock
+
+    def use_page_hook(self, hook: Callable[[], Any] | None) -> None:
+        """Call ``hook`` between read pages (tests edit rows while a read is paging)."""
+        self._after_page = hook
 
     def _url(self) -> sa.URL:
         if self.url is None:
@@ -251,6 +257,8 @@ class SqlTable(Block, Endpoint):
                     rows = conn.execute(query).all()
                     requests += 1
                     records.extend(self._record(r) for r in rows)
+                    if self._after_page:
+                        self._after_page()
                     if len(rows) < self.page_size or rows[-1]._mapping[self.modified_at] is None:
                         break
                     last = (rows[-1]._mapping[self.modified_at], rows[-1]._mapping[self.key])
@@ -271,6 +279,8 @@ class SqlTable(Block, Endpoint):
                     query = query.where(key > last)
                 rows = conn.execute(query.order_by(key).limit(self.page_size)).all()
                 records.extend(self._record(r) for r in rows)
+                if self._after_page:
+                    self._after_page()
                 if len(rows) < self.page_size:
                     return records
                 last = rows[-1]._mapping[self.key]
@@ -394,17 +404,38 @@ class SqlTable(Block, Endpoint):
         )
         params = []
         for values in rows:
-            row = {**values, **stamps}
+            row = {**self._native(values), **stamps}
             if generated and self.key not in row:
                 row[self.key] = uuid.uuid4().hex
             params.append(row)
-        if generated:
-            conn.execute(table.insert(), params)
-            return [str(p[self.key]) for p in params]
-        if conn.dialect.insert_executemany_returning_sort_by_parameter_order:
-            stmt = table.insert().returning(key, sort_by_parameter_order=True)
-            return [str(k) for k in conn.execute(stmt, params).scalars()]
-        return [str(conn.execute(table.insert(), p).inserted_primary_key[0]) for p in params]
+        # one executemany per set of columns: rows leave out the fields they have no value for
+        groups: dict[tuple[str, ...], list[int]] = {}
+        for i, row in enumerate(params):
+            groups.setdefault(tuple(sorted(row)), []).append(i)
+        keys: list[str] = [""] * len(params)
+        returning = conn.dialect.insert_executemany_returning_sort_by_parameter_order
+        for indexes in groups.values():
+            batch = [params[i] for i in indexes]
+            if generated:
+                conn.execute(table.insert(), batch)
+                new = [str(p[self.key]) for p in batch]
+            elif returning:
+                stmt = table.insert().returning(key, sort_by_parameter_order=True)
+                new = [str(k) for k in conn.execute(stmt, batch).scalars()]
+            else:
+                new = [str(conn.execute(table.insert(), p).inserted_primary_key[0]) for p in batch]
+            for i, k in zip(indexes, new, strict=True):
+                keys[i] = k
+        return keys
+
+    def _native(self, values: dict[str, Any]) -> dict[str, Any]:
+        """Canonical values in each column's own type (timestamps, dates, numbers, flags)."""
+        table = self.sa_table()
+        out = {}
+        for name, value in values.items():
+            column = table.c.get(name)
+            out[name] = _to_column_type(column.type, value, name) if column is not None else value
+        return out
 
     def _update(
         self, conn: sa.Connection, op: Update, stamps: dict[str, Any]
@@ -415,7 +446,9 @@ class SqlTable(Block, Endpoint):
         cond = key == key_value
         if op.version is not None and self.modified_at:
             cond = sa.and_(cond, table.c[self.modified_at] == self._version_param(op.version))
-        result = conn.execute(table.update().where(cond).values({**op.values, **stamps}))
+        result = conn.execute(
+            table.update().where(cond).values({**self._native(op.values), **stamps})
+        )
         if result.rowcount == 1:
             return op.key, None
         return op.key, self._why_not(conn, key_value, op.key)
@@ -444,6 +477,33 @@ class SqlTable(Block, Endpoint):
         if exists is None:
             return Skippable(f"record {key} does not exist in {self.table}")
         return PreconditionFailed(f"record {key} in {self.table} changed since it was read")
+
+
+def _to_column_type(kind: sa.types.TypeEngine, value: Any, name: str) -> Any:
+    """Convert a canonical value for a column; a value that does not fit is refused by name."""
+    if value is None:
+        return None
+    try:
+        if isinstance(kind, sa.DateTime):
+            stamp = parse_timestamp(value)
+            if stamp is None:
+                raise ValueError(f"{value!r} is not a timestamp")
+            return stamp if kind.timezone else stamp.replace(tzinfo=None)
+        if isinstance(kind, sa.Date) and isinstance(value, str):
+            return date.fromisoformat(value[:10])
+        if isinstance(kind, sa.Boolean) and not isinstance(value, bool):
+            return str(value).strip().lower() in ("1", "true", "yes", "y", "t")
+        if (
+            isinstance(kind, sa.Numeric)
+            and not isinstance(kind, sa.Float)
+            and isinstance(value, int | float | str)
+        ):
+            return Decimal(str(value))
+        if isinstance(kind, sa.Integer) and isinstance(value, str):
+            return int(value)
+    except (ValueError, ArithmeticError) as exc:
+        raise _BatchFailed(f"column {name!r}: {exc}") from None
+    return value
 
 
 class _BatchFailed(Exception):

@@ -135,6 +135,23 @@ def settle(
         else:
             changes.resolved_conflicts.extend(plan.decided.get(link_id, []))
 
+    for old in mapping.reused:
+        if not any(
+            m.system == old.system and m.external_id == old.external_id and m.link_id == old.link_id
+            for m in changes.members
+        ):
+            changes.members.append(
+                Member(
+                    old.system,
+                    old.external_id,
+                    old.link_id,
+                    old.seen,
+                    old.seen_hash,
+                    old.version,
+                    old.deleted_at or now,
+                )
+            )
+    _move_tombstones_off_reused_keys(changes.members)
     linked_now = {(m.system, m.external_id) for m in changes.members}
     parked_now = {(p["system"], p["external_id"]) for p in mapping.parked}
     for letter in due_letters:
@@ -155,6 +172,19 @@ def settle(
             if isinstance(p.op, Create) and not isinstance(r.error, Retriable):
                 changes.settled_intents.append((system, p.link_id))
     return changes, counts
+
+
+def _move_tombstones_off_reused_keys(members: list[Member]) -> None:
+    """A key the system gave to a new record belongs to it; the old record's tombstone keeps
+    protecting its link under ``key@link``."""
+    by_key: dict[tuple[str, str], list[Member]] = {}
+    for m in members:
+        by_key.setdefault((m.system, m.external_id), []).append(m)
+    for (_, key), group in by_key.items():
+        if len(group) > 1 and any(m.deleted_at is None for m in group):
+            for m in group:
+                if m.deleted_at is not None:
+                    m.external_id = f"{key}@{m.link_id}"
 
 
 def _canonical_stored(

@@ -142,6 +142,8 @@ def compute_deltas(
             for system, values in current.items():
                 if system not in sources or system not in fmap.columns:
                     continue
+                if system not in observed and live[system].seen is None:
+                    continue  # known by key only (a crashed run's new link): its values are unknown
                 if fmap.source is not None and system != fmap.source:
                     continue  # a one-way field never flows backwards
                 value = values.get(fname)

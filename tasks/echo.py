@@ -1,7 +1,8 @@
 """Step: filter out the integration account's own edits (echoes) and unchanged records.
 
 A record counts as unchanged when its values hash equals what we last saw or wrote there,
-whoever modified it; a record last modified by the integration account whose values differ
+whoever modified it (a live key that we hold as deleted is a new record: some databases
+reuse keys); a record last modified by the integration account whose values differ
 from what we wrote is a real change (someone edited between our write and this read).
 """
 
@@ -25,9 +26,7 @@ def filter_echoes(
             continue
         seen_keys.add(record.key)
         member = known.get(record.key)
-        if member is not None and member.deleted_at is not None:
-            continue  # a tombstoned record does not come back
-        if member is not None and member.seen_hash == record.hash:
+        if member is not None and member.deleted_at is None and member.seen_hash == record.hash:
             if integration_account and record.modified_by == integration_account:
                 echo += 1
             else:

@@ -31,9 +31,10 @@ class Mapping:
     links: dict[str, Link] = field(default_factory=dict)  # existing merge bases
     new_links: set[str] = field(default_factory=set)
     parked: list[dict[str, Any]] = field(default_factory=list)  # ambiguous matches
-    recovered: list[tuple[str, str]] = field(
-        default_factory=list
-    )  # intents found done (system, link)
+    # intents whose created record was found (system, link)
+    recovered: list[tuple[str, str]] = field(default_factory=list)
+    # tombstones whose key a new record took
+    reused: list[Member] = field(default_factory=list)
 
 
 def match_key(definition: Definition, values: dict[str, Any]) -> str | None:
@@ -74,14 +75,31 @@ def map_ids(
     for intent in sorted(intents or [], key=lambda i: i.link_id):
         by_hash.setdefault((intent.system, intent.values_hash), []).append(intent)
     rejoined: list[Member] = []
+    accounts = {name: spec.integration_account for name, spec in definition.systems.items()}
     for system, batch in filtered.items():
         for record in sorted(batch.changed, key=lambda r: r.key):
             member = known[system].get(record.key)
-            if member is not None:
+            created = by_hash.get((system, record.hash))
+            ours = record.modified_by is not None and record.modified_by == accounts[system]
+            if (
+                member is not None
+                and member.deleted_at is None
+                and created
+                and ours
+                and member.seen_hash != record.hash
+                and created[0].link_id != member.link_id
+            ):
+                # our own create for another link got this key: the record we knew by it was
+                # deleted before we noticed, and the database reused its key
+                out.deleted.setdefault(member.link_id, set()).add(system)
+                out.reused.append(member)
+                member = None
+            if member is not None and member.deleted_at is None:
                 out.observed.setdefault(member.link_id, {})[system] = record
                 continue
+            if member is not None:
+                out.reused.append(member)
             intent = by_member.get((system, record.key))
-            created = by_hash.get((system, record.hash))
             if intent is None and created:
                 intent = created.pop(0)
                 out.recovered.append((intent.system, intent.link_id))

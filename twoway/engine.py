@@ -339,7 +339,8 @@ def _run(
                 counts[kind] += 1
         return
 
-    store.record_intents(sync, report.run_id, _intents(definition, mapping, plan))
+    fresh = [m for link in mapping.new_links for m in mapping.members.get(link, [])]
+    store.record_intents(sync, report.run_id, _intents(definition, mapping, plan), fresh)
     results = {}
     policy_for = {
         s: RetryPolicy(attempts=definition.systems[s].retry_attempts) for s in definition.systems

@@ -663,12 +663,45 @@ class StateStore:
 
     # -- the intent log: creates announced before they are sent ---------------------------
 
-    def record_intents(self, sync: str, run_id: str, announced: Sequence[Intent]) -> None:
-        """Write intents in their own transaction, before the creates go out."""
-        if not announced:
+    def record_intents(
+        self, sync: str, run_id: str, announced: Sequence[Intent], members: Sequence[Member] = ()
+    ) -> None:
+        """Write intents, and the records of new links, before the creates go out.
+
+        The new links' records are stored with no values seen, so the next run still treats
+        them as changed; a crash can then neither duplicate a create nor forget that the
+        record behind it was deleted meanwhile.
+        """
+        if not announced and not members:
             return
         now = self.now()
         with self.engine.begin() as conn:
+            fresh = [m for m in members if m.seen is None and m.deleted_at is None]
+            for system in {m.system for m in fresh}:
+                keys = [m.external_id for m in fresh if m.system == system]
+                taken: set[str] = set()
+                for part in chunks(keys, 500):
+                    taken |= set(
+                        conn.execute(
+                            sa.select(id_map.c.external_id).where(
+                                id_map.c.sync == sync,
+                                id_map.c.system == system,
+                                id_map.c.external_id.in_(part),
+                            )
+                        ).scalars()
+                    )
+                rows = [
+                    {
+                        "sync": sync,
+                        "system": system,
+                        "external_id": m.external_id,
+                        "link_id": m.link_id,
+                    }
+                    for m in fresh
+                    if m.system == system and m.external_id not in taken
+                ]
+                if rows:
+                    conn.execute(id_map.insert(), rows)
             for part in chunks(list(announced), 500):
                 for item in part:
                     conn.execute(

@@ -220,3 +220,14 @@ def test_a_held_conflict_decided_by_a_person_is_applied_next_run(tmp_path):
         )
         assert writes(rig.run()) == 0
         store.close()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_creates_with_and_without_optional_values_in_one_batch(tmp_path, backend):
+    with sync_rig(tmp_path, backend) as rig:
+        rig.add("s0", "with@example.com", "W", "P", "123")
+        rig.add("s0", "without@example.com", "N", "P", None)
+        report = rig.run()
+        assert report.systems["s1"]["created"] == 2, report.failures
+        assert rig.row("s1", "with@example.com")["phone"] == "123"
+        assert rig.row("s1", "without@example.com")["phone"] is None
