@@ -1,0 +1,683 @@
+"""The REST-collection endpoint block: a JSON collection of an in-house API (Graph's shapes).
+
+Reads page through ``next_link`` (keyset pages served by the API), incrementally from the
+cursor minus an overlap window when the API takes a ``cursor_param``; ``@removed`` items of
+an incremental read are deletions. Writes go through the optional JSON ``$batch`` endpoint
+(or one request per operation), send ``If-Match`` with the version read, and retry only the
+operations the API refused for a transient reason (423, 429, 503, 504), honouring
+``Retry-After``. The bearer token never appears in a message or log.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+from prefect.blocks.core import Block
+from pydantic import Field, PrivateAttr
+
+from blocks.base import endpoint_from_definition
+from blocks.credentials import IntegrationAccountCredentials
+from twoway.contract import (
+    ChangeSet,
+    Create,
+    Delete,
+    Endpoint,
+    Op,
+    RawRecord,
+    Update,
+    WriteResult,
+    chunks,
+)
+from twoway.definition import RestSystem
+from twoway.errors import Fatal, PreconditionFailed, Retriable, Skippable, SyncError
+from twoway.retry import RetryPolicy, retry_after_seconds
+from twoway.values import as_utc, canonical, parse_timestamp
+
+logger = logging.getLogger("twoway.rest")
+
+#: statuses worth another try: conflict/lock, throttling, server trouble, gateway timeouts
+RETRY_STATUSES = frozenset({409, 423, 429, 500, 502, 503, 504})
+CURSOR_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+_SECRET_PARAMS = ("token", "key", "secret", "password", "sig", "code", "auth")
+
+
+def safe_url(url: str | httpx.URL) -> str:
+    """A URL fit for messages: no user info, secret-looking query values masked."""
+    try:
+        parsed = httpx.URL(str(url))
+    except Exception:
+        return "<unparseable URL>"
+    parsed = parsed.copy_with(username=None, password=None) if parsed.userinfo else parsed
+    if parsed.query:
+        pairs = [
+            f"{quote(k, safe='$')}="
+            + (
+                "***"
+                if k != "$skiptoken" and any(s in k.lower() for s in _SECRET_PARAMS)
+                else quote(v, safe="")
+            )
+            for k, v in parsed.params.multi_items()
+        ]
+        parsed = parsed.copy_with(query="&".join(pairs).encode("ascii"))
+    return str(parsed)
+
+
+def dig(document: Any, path: str) -> Any:
+    """The value at a dotted ``path`` of a JSON document; a key holding dots (``@odata.nextLink``)
+    is matched whole before the path is split. None when absent."""
+    if not isinstance(document, dict):
+        return None
+    if path in document:
+        return document[path]
+    start = 0
+    while (dot := path.find(".", start)) != -1:
+        head = path[:dot]
+        if head in document and isinstance(document[head], dict):
+            found = dig(document[head], path[dot + 1 :])
+            if found is not None:
+                return found
+        start = dot + 1
+    return None
+
+
+@dataclass
+class _Call:
+    """One HTTP request of a set, addressed relative to ``base_url``."""
+
+    method: str
+    path: str
+    headers: dict[str, str] = field(default_factory=dict)
+    body: Any = None
+
+
+@dataclass
+class _Reply:
+    """One answer: status, lower-cased headers, parsed JSON body (None when empty)."""
+
+    status: int
+    headers: dict[str, str]
+    body: Any
+
+
+class RestCollection(Block, Endpoint):
+    """A JSON collection of a REST API kept in step by twoway.
+
+    ``columns()`` is learnt from the records of the first page: a REST API has no schema
+    endpoint, so an empty collection shows no columns and a field that is null in every
+    record of that page may be missing.
+
+    Example:
+        ```python
+        from blocks.rest import RestCollection
+        collection = RestCollection.load("orders-api")
+        ```
+    """
+
+    _block_type_name = "twoway REST Collection"
+    _block_type_slug = "twoway-rest-collection"
+    _description = "A JSON collection of a REST API that twoway keeps in step."
+
+    base_url: str | None = Field(
+        None, description="Base URL of the API, e.g. https://api.example.com"
+    )
+    collection: str = Field(
+        "/items", description="Path of the collection (GET pages, POST creates)"
+    )
+    item: str = Field("/items/{id}", description="Path of one item (GET, PATCH, DELETE)")
+    batch: str | None = Field(None, description="Optional JSON batch endpoint in Graph's shape")
+    records: str = Field("value", description="Dotted path of the record list in a page")
+    next_link: str = Field("@odata.nextLink", description="Dotted path of the next page's URL")
+    cursor_param: str | None = Field(
+        None, description="Query parameter for incremental reads (None: every read is full)"
+    )
+    page_size_param: str | None = Field(None, description="Query parameter for the page size")
+    page_size: int = Field(1000, ge=1, description="Records per page asked for")
+    key: str = Field("id", description="Field holding the record's id")
+    modified_at: str | None = Field(None, description="Field holding the last change time")
+    modified_by: str | None = Field(None, description="Field holding the last modifier")
+    integration_account: str | None = Field(None, description="Account twoway writes as")
+    columns_to_sync: list[str] = Field(default_factory=list, description="Data fields to read")
+    retry_attempts: int = Field(5, ge=1, le=50, description="Tries per request, the first included")
+    timeout: float = Field(30.0, gt=0, description="Seconds to wait for one HTTP response")
+    credentials: IntegrationAccountCredentials | None = Field(
+        None, description="Integration account; its static bearer token authenticates requests"
+    )
+    overlap_seconds: float = Field(300.0, ge=0, description="Look-back window of incremental reads")
+    batch_limit: int = Field(20, ge=1, description="Most requests one batch call may carry")
+    batch_size: int = Field(1000, ge=1, description="Most operations one write() call should carry")
+
+    _client: httpx.Client | None = PrivateAttr(None)
+    _sleep: Callable[[float], Any] = PrivateAttr(time.sleep)
+    _rng: random.Random | None = PrivateAttr(None)
+    _calls: int = PrivateAttr(0)  # HTTP requests sent, retries included (ChangeSet.requests)
+
+    @classmethod
+    def from_definition(cls, name: str, system: RestSystem, columns: list[str]) -> RestCollection:
+        """The endpoint for one ``kind: rest`` system of a definition."""
+        settings = {
+            "base_url": system.base_url,
+            "collection": system.collection,
+            "item": system.item,
+            "batch": system.batch,
+            "records": system.records,
+            "next_link": system.next_link,
+            "cursor_param": system.cursor_param,
+            "page_size_param": system.page_size_param,
+            "page_size": system.page_size,
+            "key": system.key,
+            "modified_at": system.modified_at,
+            "modified_by": system.modified_by,
+            "integration_account": system.integration_account,
+            "columns_to_sync": columns,
+            "retry_attempts": system.retry_attempts,
+            "overlap_seconds": system.overlap_seconds,
+            "batch_size": system.batch_size,
+        }
+        return endpoint_from_definition(cls, settings, system.block, f"systems.{name}")
+
+    # -- plumbing ---------------------------------------------------------------------
+
+    def use_retry_hooks(
+        self, sleep: Callable[[float], Any], rng: random.Random | None = None
+    ) -> None:
+        """Wait with ``sleep`` and draw jitter from ``rng`` between retries (tests)."""
+        self._sleep = sleep
+        self._rng = rng
+
+    @property
+    def policy(self) -> RetryPolicy:
+        return RetryPolicy(attempts=self.retry_attempts)
+
+    def _base(self) -> httpx.URL:
+        if not self.base_url:
+            raise Fatal("no base_url configured for the REST collection")
+        return httpx.URL(self.base_url.rstrip("/"))
+
+    def _url(self, path: str) -> httpx.URL:
+        base = self._base()
+        prefix = base.raw_path.split(b"?", 1)[0].rstrip(b"/")
+        return base.copy_with(raw_path=prefix + path.encode("ascii"))
+
+    def _item_path(self, key: str) -> str:
+        if "{id}" not in self.item:
+            raise Fatal(f"item path {self.item!r} must contain {{id}}")
+        return self.item.replace("{id}", quote(key, safe=""))
+
+    def client(self) -> httpx.Client:
+        """The block's HTTP client, created on first use."""
+        if self._client is None:
+            headers = {"Accept": "application/json"}
+            token = self.credentials.token if self.credentials else None
+            if token is not None:
+                headers["Authorization"] = f"Bearer {token.get_secret_value()}"
+            self._client = httpx.Client(
+                headers=headers, timeout=self.timeout, follow_redirects=False
+            )
+        return self._client
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+        self._client = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        private = dict(state.get("__pydantic_private__") or {})
+        private.update({"_client": None, "_sleep": time.sleep, "_rng": None})
+        state["__pydantic_private__"] = private
+        return state
+
+    def max_batch(self) -> int:
+        return self.batch_size
+
+    # -- one HTTP exchange --------------------------------------------------------------
+
+    def _send(
+        self, method: str, url: httpx.URL, body: Any = None, headers: dict[str, str] | None = None
+    ) -> _Reply:
+        """Send one request; transport failures become Retriable, unreadable bodies Fatal or
+        Retriable, all naming the URL without secrets."""
+        where = f"{method} {safe_url(url)}"
+        content = None
+        send_headers = dict(headers or {})
+        if body is not None:
+            content = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+            send_headers["Content-Type"] = "application/json"
+        self._calls += 1
+        try:
+            response = self.client().request(method, url, content=content, headers=send_headers)
+        except httpx.TimeoutException:
+            raise Retriable(f"{where}: no answer within {self.timeout:g} s") from None
+        except httpx.TransportError as exc:
+            raise Retriable(f"{where}: {type(exc).__name__} ({_transport_reason(exc)})") from None
+        reply_headers = {k.lower(): v for k, v in response.headers.items()}
+        return _Reply(response.status_code, reply_headers, _parse_body(response, where))
+
+    def _request(self, method: str, url: httpx.URL) -> _Reply:
+        """One request with the retry policy; a non-2xx answer raises the matching error."""
+
+        def attempt() -> _Reply:
+            reply = self._send(method, url)
+            if 200 <= reply.status < 300:
+                return reply
+            raise _status_error(reply, f"{method} {safe_url(url)}")
+
+        return self.policy.call(attempt, sleep=self._sleep, rng=self._rng)
+
+    # -- reading ------------------------------------------------------------------------
+
+    def _record(self, item: dict[str, Any], where: str) -> RawRecord:
+        """A page item as a RawRecord (runs once per record read: kept lean)."""
+        get = item.get
+        key = get(self.key)
+        if key is None:
+            raise Fatal(f"{where}: a record has no {self.key!r} field")
+        stamp = _field(item, self.modified_at)
+        by = _field(item, self.modified_by)
+        version = get("version")
+        if version is None:
+            version = get("@odata.etag") or get("etag") or stamp
+        columns = self.columns_to_sync
+        return RawRecord(
+            key=key if type(key) is str else str(key),
+            values=dict(zip(columns, map(get, columns), strict=True)),
+            modified_at=_when(stamp),
+            modified_by=None if by is None else str(by),
+            version=None if version is None else str(version),
+        )
+
+    def _pages(self, params: dict[str, str]) -> Iterator[tuple[list[Any], str]]:
+        """Each page's records (and where they came from), following next links one page at
+        a time; refuses a link that repeats a fetched URL or leaves the API's host."""
+        base = self._base()
+        url = self._url(self.collection).copy_merge_params(params)
+        seen: set[str] = set()
+        while True:
+            seen.add(str(url))
+            reply = self._request("GET", url)
+            where = f"GET {safe_url(url)}"
+            items = dig(reply.body, self.records)
+            if not isinstance(items, list):
+                raise Fatal(f"{where}: the page has no list at {self.records!r}")
+            yield items, where
+            link = dig(reply.body, self.next_link)
+            if not link:
+                return
+            if not isinstance(link, str):
+                raise Fatal(f"{where}: {self.next_link!r} is not a URL")
+            following = url.join(link)
+            if (following.scheme, following.host, _port(following)) != (
+                base.scheme,
+                base.host,
+                _port(base),
+            ):
+                raise Fatal(
+                    f"{where}: next link points to another host ({following.host}); refused"
+                )
+            if str(following) in seen:
+                raise Fatal(
+                    f"{where}: nextLink loops back to a page already read ({safe_url(following)})"
+                )
+            url = following
+
+    def read_changes(self, cursor: str | None) -> ChangeSet:
+        since = parse_timestamp(cursor) if cursor else None
+        incremental = (
+            since is not None and self.cursor_param is not None and self.modified_at is not None
+        )
+        params: dict[str, str] = {}
+        if self.page_size_param:
+            params[self.page_size_param] = str(self.page_size)
+        if incremental:
+            lower = since - timedelta(seconds=self.overlap_seconds)  # type: ignore[operator]
+            params[self.cursor_param] = lower.strftime(CURSOR_FORMAT)  # type: ignore[index]
+        calls_before = self._calls
+        latest: dict[str, RawRecord | None] = {}  # key -> record, None when deleted; last wins
+        newest = since
+        for items, where in self._pages(params):
+            for item in items:
+                if not isinstance(item, dict):
+                    raise Fatal(f"{where}: a record is not a JSON object")
+                if "@removed" in item:
+                    key = item.get(self.key)
+                    if key is None:
+                        raise Fatal(f"{where}: a removed item has no {self.key!r} field")
+                    latest[str(key)] = None
+                    stamp = _when(_field(item, self.modified_at))
+                else:
+                    record = self._record(item, where)
+                    latest[record.key] = record  # a record edited while we paged comes again
+                    stamp = record.modified_at
+                if stamp is not None and (newest is None or stamp > newest):
+                    newest = stamp
+        records = [r for r in latest.values() if r is not None]
+        deleted = [k for k, r in latest.items() if r is None] if incremental else []
+        next_cursor = newest.astimezone(UTC).strftime(CURSOR_FORMAT) if newest else cursor
+        return ChangeSet(
+            records=records,
+            deleted=deleted,
+            cursor=next_cursor,
+            full=not incremental,
+            requests=self._calls - calls_before,
+        )
+
+    def read(self, keys: Sequence[str]) -> list[RawRecord]:
+        wanted = list(dict.fromkeys(keys))
+        calls = [_Call("GET", self._item_path(k)) for k in wanted]
+        out: list[RawRecord] = []
+        for call, outcome in zip(calls, self._run(calls), strict=True):
+            where = f"GET {safe_url(self._url(call.path))}"
+            if isinstance(outcome, SyncError):
+                raise outcome
+            if outcome.status in (404, 410):
+                continue
+            if not 200 <= outcome.status < 300:
+                raise _status_error(outcome, where)
+            if not isinstance(outcome.body, dict):
+                raise Fatal(f"{where}: the answer is not a JSON object")
+            if "@removed" in outcome.body:
+                continue
+            out.append(self._record(outcome.body, where))
+        return out
+
+    def list_keys(self) -> set[str] | None:
+        """None when incremental reads report deletions (``cursor_param`` set), else every key."""
+        if self.cursor_param is not None and self.modified_at is not None:
+            return None
+        return {r.key for r in self.read_changes(None).records}
+
+    def columns(self) -> set[str]:
+        """Union of the fields of the first page's records (a REST API has no schema endpoint)."""
+        params = {self.page_size_param: str(self.page_size)} if self.page_size_param else {}
+        url = self._url(self.collection).copy_merge_params(params)
+        reply = self._request("GET", url)
+        items = dig(reply.body, self.records)
+        if not isinstance(items, list):
+            raise Fatal(f"GET {safe_url(url)}: the page has no list at {self.records!r}")
+        names: set[str] = set()
+        for item in items:
+            if isinstance(item, dict) and "@removed" not in item:
+                names.update(item)
+        return names
+
+    # -- writing ------------------------------------------------------------------------
+
+    def _call_for(self, op: Op) -> _Call:
+        if isinstance(op, Create):
+            # the link id makes a retried create idempotent on APIs that honour the header
+            return _Call("POST", self.collection, {"Idempotency-Key": op.ref}, canonical(op.values))
+        headers = {"If-Match": _entity_tag(op.version)} if op.version is not None else {}
+        if isinstance(op, Update):
+            return _Call("PATCH", self._item_path(op.key), headers, canonical(op.values))
+        return _Call("DELETE", self._item_path(op.key), headers)
+
+    def write(self, ops: Sequence[Op]) -> list[WriteResult]:
+        if not ops:
+            return []
+        calls = [self._call_for(op) for op in ops]
+        results = []
+        for op, call, outcome in zip(ops, calls, self._run(calls), strict=True):
+            where = f"{call.method} {safe_url(self._url(call.path))}"
+            if isinstance(outcome, SyncError):
+                results.append(WriteResult(op=op, key=_op_key(op), error=outcome))
+            else:
+                results.append(self._result(op, outcome, where))
+        return results
+
+    def _result(self, op: Op, reply: _Reply, where: str) -> WriteResult:
+        key = _op_key(op)
+        status = reply.status
+        if isinstance(op, Delete) and status in (404, 410):
+            return WriteResult(op=op, key=key)  # already gone: the delete's goal holds
+        if status == 412:
+            return WriteResult(
+                op=op,
+                key=key,
+                error=PreconditionFailed(
+                    f"{where}: record {key} changed since it was read", status=412
+                ),
+            )
+        if status == 404:
+            return WriteResult(
+                op=op, key=key, error=Skippable(f"{where}: record {key} does not exist", status=404)
+            )
+        if not 200 <= status < 300:
+            return WriteResult(
+                op=op,
+                key=key,
+                error=Skippable(
+                    f"{where}: refused with {status}{_reason(reply.body)}", status=status
+                ),
+            )
+        if isinstance(op, Delete):
+            return WriteResult(op=op, key=key)
+        body = reply.body
+        if not isinstance(body, dict):
+            raise Fatal(f"{where}: answered {status} without the record as a JSON object")
+        if body.get(self.key) is None:
+            raise Fatal(f"{where}: the answer has no {self.key!r} field")
+        record = self._record(body, where)
+        version = record.version
+        if version is None and reply.headers.get("etag"):
+            version = reply.headers["etag"].removeprefix("W/").strip('"')
+        return WriteResult(op=op, key=record.key, version=version, values=record.values)
+
+    # -- sending sets of requests, retrying only the refused ones -------------------------
+
+    def _run(self, calls: list[_Call]) -> list[_Reply | SyncError]:
+        """Answers to ``calls`` in order. Calls refused for a transient reason are sent again
+        (alone) with backoff, honouring the largest Retry-After; those still refused when the
+        tries run out come back as Retriable errors. Authentication failures raise Fatal."""
+        outcomes: list[_Reply | SyncError | None] = [None] * len(calls)
+        pending = list(range(len(calls)))
+        rng = self._rng or random.Random()
+        attempt = 1
+        while pending:
+            waits: list[float] = []
+            retry: list[int] = []
+            for index, outcome in self._send_calls([(i, calls[i]) for i in pending]):
+                where = f"{calls[index].method} {safe_url(self._url(calls[index].path))}"
+                if isinstance(outcome, Retriable):
+                    error: Retriable | None = outcome
+                elif outcome.status in (401, 403):
+                    raise _status_error(outcome, where)
+                elif outcome.status in RETRY_STATUSES:
+                    error = _status_error(outcome, where)  # type: ignore[assignment]
+                else:
+                    error = None
+                if error is None:
+                    outcomes[index] = outcome  # type: ignore[assignment]
+                    continue
+                outcomes[index] = error
+                retry.append(index)
+                if error.retry_after is not None:
+                    waits.append(error.retry_after)
+            pending = retry
+            if not pending or attempt >= self.retry_attempts:
+                break
+            delay = self.policy.delay(attempt, rng, max(waits) if waits else None)
+            logger.info(
+                "%d request(s) refused for a transient reason; retrying in %.2f s",
+                len(pending),
+                delay,
+            )
+            self._sleep(delay)
+            attempt += 1
+        return outcomes  # type: ignore[return-value]
+
+    def _send_calls(self, calls: list[tuple[int, _Call]]) -> list[tuple[int, _Reply | Retriable]]:
+        """One pass over ``calls``: through the batch endpoint in chunks, or one by one."""
+        out: list[tuple[int, _Reply | Retriable]] = []
+        if self.batch is None:
+            for index, call in calls:
+                try:
+                    out.append(
+                        (
+                            index,
+                            self._send(call.method, self._url(call.path), call.body, call.headers),
+                        )
+                    )
+                except Retriable as exc:
+                    out.append((index, exc))
+            return out
+        for part in chunks(calls, self.batch_limit):
+            out.extend(self._send_batch(part))
+        return out
+
+    def _send_batch(
+        self, calls: Sequence[tuple[int, _Call]]
+    ) -> list[tuple[int, _Reply | Retriable]]:
+        url = self._url(self.batch)  # type: ignore[arg-type]
+        where = f"POST {safe_url(url)}"
+        requests = []
+        for index, call in calls:
+            sub: dict[str, Any] = {"id": str(index), "method": call.method, "url": call.path}
+            headers = dict(call.headers)
+            if call.body is not None:
+                headers["Content-Type"] = "application/json"
+                sub["body"] = call.body
+            if headers:
+                sub["headers"] = headers
+            requests.append(sub)
+        try:
+            reply = self._send("POST", url, {"requests": requests})
+        except Retriable as exc:
+            return [(index, exc) for index, _ in calls]
+        if reply.status in RETRY_STATUSES:
+            error = _status_error(reply, where)
+            return [(index, error) for index, _ in calls]  # type: ignore[misc]
+        if reply.status != 200:
+            raise _status_error(reply, where, fatal=True)
+        responses = dig(reply.body, "responses")
+        if not isinstance(responses, list):
+            raise Fatal(f"{where}: the answer has no 'responses' list")
+        by_id: dict[str, _Reply] = {}
+        for answer in responses:
+            if not isinstance(answer, dict) or not isinstance(answer.get("status"), int):
+                raise Fatal(f"{where}: a batch response has no status")
+            headers = answer.get("headers") or {}
+            by_id[str(answer.get("id"))] = _Reply(
+                answer["status"],
+                {str(k).lower(): str(v) for k, v in headers.items()}
+                if isinstance(headers, dict)
+                else {},
+                answer.get("body"),
+            )
+        out = []
+        for index, _ in calls:
+            if str(index) not in by_id:
+                raise Fatal(f"{where}: the answer lacks the response to request {index}")
+            out.append((index, by_id[str(index)]))
+        return out
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+def _field(item: dict[str, Any], path: str | None) -> Any:
+    """A record's field by name or dotted path (None when not configured or absent)."""
+    if path is None:
+        return None
+    value = item.get(path)
+    if value is None and "." in path:
+        value = dig(item, path)
+    return value
+
+
+def _when(value: Any) -> datetime | None:
+    """A timestamp as aware UTC; ISO text with ``Z`` takes the fast path."""
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            return parse_timestamp(value)
+        return parsed if parsed.tzinfo is UTC else as_utc(parsed)
+    return parse_timestamp(value)
+
+
+def _entity_tag(version: str) -> str:
+    """``version`` as an If-Match value: an ETag read as such is sent as is, else quoted."""
+    if version.startswith(('"', 'W/"')):
+        return version
+    return f'"{version}"'
+
+
+def _op_key(op: Op) -> str | None:
+    return None if isinstance(op, Create) else op.key
+
+
+def _port(url: httpx.URL) -> int | None:
+    return url.port or {"http": 80, "https": 443}.get(url.scheme)
+
+
+def _transport_reason(exc: httpx.TransportError) -> str:
+    """The error's own words, minus anything after the first line (no URLs or headers)."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text[:200]
+
+
+def _parse_body(response: httpx.Response, where: str) -> Any:
+    """The JSON body of ``response`` (None when empty). An HTML page, malformed or truncated
+    JSON is an error: Retriable when the status says the server is in trouble or the text
+    stops early, Fatal otherwise (the URL is probably not the JSON API)."""
+    content = response.content
+    if not content.strip():
+        return None
+    try:
+        return json.loads(content)
+    except (ValueError, UnicodeDecodeError) as exc:
+        status = response.status_code
+        kind = response.headers.get("content-type", "").split(";")[0].strip() or "no content type"
+        transient = status in RETRY_STATUSES or status >= 500
+        if "html" in kind:
+            message = f"{where}: answered {status} with an HTML page, not JSON"
+        elif isinstance(exc, json.JSONDecodeError) and (
+            exc.pos >= len(content.rstrip()) - 1 or exc.msg.startswith("Unterminated string")
+        ):
+            message = f"{where}: the JSON answer ({status}) stops early (truncated body)"
+            transient = True
+        else:
+            message = f"{where}: answered {status} with malformed JSON ({kind})"
+        if transient:
+            retry_after = retry_after_seconds(response.headers.get("retry-after"))
+            raise Retriable(message, status=status, retry_after=retry_after) from None
+        raise Fatal(message, status=status) from None
+
+
+def _reason(body: Any) -> str:
+    """The API's own error message, shortened, as ': message' (empty when there is none)."""
+    message = dig(body, "error.message") if isinstance(body, dict) else None
+    if message is None and isinstance(body, dict):
+        message = body.get("message") or body.get("error")
+    return f": {str(message)[:200]}" if message else ""
+
+
+def _status_error(reply: _Reply, where: str, fatal: bool = False) -> SyncError:
+    """The error a non-2xx answer means: Retriable for transient statuses, Fatal otherwise."""
+    status = reply.status
+    reason = _reason(reply.body)
+    if status in RETRY_STATUSES and not fatal:
+        return Retriable(
+            f"{where}: refused with {status}{reason}",
+            status=status,
+            retry_after=retry_after_seconds(reply.headers.get("retry-after")),
+        )
+    if status == 401:
+        return Fatal(
+            f"{where}: authentication refused (401); check the integration account's token",
+            status=status,
+        )
+    if status == 403:
+        return Fatal(
+            f"{where}: the integration account may not do this (403){reason}", status=status
+        )
+    return Fatal(f"{where}: answered {status}{reason}", status=status)
