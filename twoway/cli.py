@@ -61,7 +61,78 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--records", type=int, default=300, help="contacts per side")
 
     sub.add_parser("schema", help="print the JSON Schema of sync definitions")
+    _add_operations_parsers(sub)
+
+    sim = sub.add_parser("simulate", help="serve a simulator of a SaaS system on 127.0.0.1")
+    sim.add_argument("kind", choices=["sharepoint", "salesforce", "rest"])
+    sim.add_argument("--port", type=int, required=True)
+    sim.add_argument("--client-id", help="OAuth2 client id the simulator accepts")
+    sim.add_argument("--client-secret", help="OAuth2 client secret the simulator accepts")
+    sim.add_argument("--faults", default="", help="e.g. lock=0.05,throttle=0.05,unavailable=0.02")
+    sim.add_argument("--latency", type=float, default=0.0, help="extra milliseconds per request")
+    sim.add_argument("--data", help="JSON or YAML file of lists/objects and records to start with")
+    sim.add_argument(
+        "--token", action="append", default=[], help="rest: TOKEN=ACCOUNT (repeatable)"
+    )
     return parser
+
+
+def _add_operations_parsers(sub: Any) -> None:
+    """Operations: the webhook receiver, run history and conflicts held for a person."""
+    hooks = sub.add_parser("webhooks", help="change notifications -> Prefect events -> runs")
+    hooks_sub = hooks.add_subparsers(dest="webhooks_command", required=True, parser_class=_Parser)
+    serve = hooks_sub.add_parser("serve", help="run the webhook receiver (an ASGI app)")
+    serve.add_argument("--port", type=int, default=8787, help="port to listen on (8787)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    serve.add_argument(
+        "--deployment",
+        default="twoway-sync/{sync}",
+        help="deployment of a sync, to debounce against its runs ('twoway-sync/{sync}')",
+    )
+    serve.add_argument(
+        "--subscribe",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="create or renew this sync's Graph subscriptions once listening (repeatable)",
+    )
+    serve.add_argument("--public-url", help="the URL systems reach the receiver at")
+    serve.add_argument(
+        "--renew-hours", type=float, default=24.0, help="renew subscriptions this often (24)"
+    )
+    subscribe = hooks_sub.add_parser(
+        "subscribe", help="create or renew the Graph subscriptions of a sync's SharePoint lists"
+    )
+    subscribe.add_argument("name", help="sync NAME (or definition PATH)")
+    subscribe.add_argument(
+        "--public-url", required=True, help="where Graph reaches the receiver, e.g. https://..."
+    )
+    subscribe.add_argument("--system", action="append", help="only this system (repeatable)")
+    subscribe.add_argument(
+        "--minutes", type=int, default=41760, help="lifetime of the subscription (29 days)"
+    )
+    subscribe.add_argument("--json", action="store_true")
+
+    history = sub.add_parser("history", help="the last runs of a sync, from the Prefect API")
+    history.add_argument("name", help="sync NAME (or definition PATH)")
+    history.add_argument("--limit", type=int, default=10)
+    history.add_argument("--json", action="store_true")
+
+    conflicts = sub.add_parser("conflicts", help="conflicts held for a person")
+    conflicts_sub = conflicts.add_subparsers(
+        dest="conflicts_command", required=True, parser_class=_Parser
+    )
+    clist = conflicts_sub.add_parser("list", help="open conflicts and decisions not applied yet")
+    clist.add_argument("name", help="sync NAME (or definition PATH)")
+    clist.add_argument("--json", action="store_true")
+    resolve = conflicts_sub.add_parser("resolve", help="decide a conflict; the next run applies it")
+    resolve.add_argument("name", help="sync NAME (or definition PATH)")
+    resolve.add_argument("id", type=int, help="conflict id (twoway conflicts list)")
+    choice = resolve.add_mutually_exclusive_group(required=True)
+    choice.add_argument(
+        "--keep", metavar="SYSTEM|VALUE", help="keep this system's value, or else this value"
+    )
+    choice.add_argument("--value", help="keep this value (even if it names a system)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -74,6 +145,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "deadletters": cmd_deadletters,
         "demo": cmd_demo,
         "schema": cmd_schema,
+        "webhooks": cmd_webhooks,
+        "history": cmd_history,
+        "conflicts": cmd_conflicts,
+        "simulate": cmd_simulate,
     }[args.command]
     try:
         return handler(args)
@@ -92,9 +167,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _load(path: str):
-    from twoway.definition import load_definition
+    """The definition of a sync NAME (from the catalog, ./syncs) or PATH."""
+    from twoway import catalog
 
-    return load_definition(path)
+    return catalog.load(path)
 
 
 def run_flow(path: str, *, dry_run: bool, full: bool, allow_mass_change: bool) -> dict[str, Any]:
@@ -103,7 +179,7 @@ def run_flow(path: str, *, dry_run: bool, full: bool, allow_mass_change: bool) -
     from flows.twoway_flows import two_way_sync
 
     state = two_way_sync(
-        definition=str(Path(path).resolve()),
+        definition=str(_resolve(path)),
         dry_run=dry_run,
         full=full,
         allow_mass_change=allow_mass_change,
@@ -118,6 +194,12 @@ def run_flow(path: str, *, dry_run: bool, full: bool, allow_mass_change: bool) -
             report = {"status": "failed", "error": f"{type(outcome).__name__}: {outcome}"}
         return report
     return outcome
+
+
+def _resolve(ref: str) -> Path:
+    from twoway import catalog
+
+    return catalog.resolve(ref)
 
 
 def _quiet_temporary_server() -> None:
@@ -340,6 +422,287 @@ def cmd_schema(args: argparse.Namespace) -> int:
     from twoway.definition import json_schema
 
     print(json.dumps(json_schema(), indent=2))
+    return EXIT_OK
+
+
+# -- operations: webhooks, history, conflicts --------------------------------------------
+
+
+def cmd_webhooks(args: argparse.Namespace) -> int:
+    from twoway import webhooks
+
+    if args.webhooks_command == "serve":
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s")
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per API call is noise
+        webhooks.serve(
+            args.port,
+            args.host,
+            deployment=args.deployment,
+            subscribe_syncs=[_load(n).name for n in args.subscribe],
+            public_url=args.public_url,
+            renew_hours=args.renew_hours,
+        )
+        return EXIT_OK
+    results = webhooks.subscribe(
+        args.name, args.public_url, systems=args.system, minutes=args.minutes
+    )
+    if args.json:
+        print(json.dumps(results))
+    for sub in [] if args.json else results:
+        print(
+            f"{sub['sync']}/{sub['system']}: subscription {sub['id']} {sub['action']} "
+            f"-> {sub['notificationUrl']}, expires {sub['expirationDateTime']}"
+        )
+    return EXIT_OK
+
+
+def _require_api() -> None:
+    from prefect.settings import get_current_settings
+
+    if not get_current_settings().api.url:
+        raise TwowayError(
+            "PREFECT_API_URL is not set: run history lives on your Prefect server "
+            "(prefect config set PREFECT_API_URL=http://127.0.0.1:4200/api)"
+        )
+
+
+def sync_history(name: str, limit: int = 10) -> list[dict[str, Any]]:
+    """The last runs of a sync from the Prefect API, newest first, as plain dicts."""
+    from datetime import UTC, datetime
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    from twoway import catalog
+
+    now = datetime.now(UTC)
+    names: dict[str, str] = {}
+
+    def sync_of(ref: Any) -> str:
+        ref = str(ref)
+        if ref not in names:
+            names[ref] = catalog.name_of(Path(ref)) if catalog.looks_like_path(ref) else ref
+        return names[ref]
+
+    out: list[dict[str, Any]] = []
+    offset = 0
+    with get_client(sync_client=True) as client:
+        deployments: dict[Any, str] = {}
+        while len(out) < limit:
+            page = client.read_flow_runs(
+                flow_filter=FlowFilter(
+                    name=FlowFilterName(any_=["twoway-sync", "twoway-sync-one-way"])
+                ),
+                sort=FlowRunSort.EXPECTED_START_TIME_DESC,
+                limit=200,
+                offset=offset,
+            )
+            if not page:
+                break
+            offset += len(page)
+            for run in page:
+                if sync_of(run.parameters.get("definition", "")) != name:
+                    continue
+                state = run.state
+                if (
+                    state is not None
+                    and state.is_scheduled()
+                    and (run.expected_start_time and run.expected_start_time > now)
+                ):
+                    continue  # a future scheduled run is not history
+                if run.deployment_id and run.deployment_id not in deployments:
+                    try:
+                        deployments[run.deployment_id] = client.read_deployment(
+                            run.deployment_id
+                        ).name
+                    except Exception:
+                        deployments[run.deployment_id] = str(run.deployment_id)
+                created_by = getattr(run.created_by, "type", None)
+                how = (
+                    "schedule"
+                    if "auto-scheduled" in (run.tags or [])
+                    else "event"
+                    if created_by == "AUTOMATION"
+                    else "deployment"
+                    if run.deployment_id
+                    else "direct"
+                )
+                took = run.total_run_time.total_seconds() if run.total_run_time else None
+                out.append(
+                    {
+                        "id": str(run.id),
+                        "name": run.name,
+                        "state": state.name if state else "?",
+                        "started": run.start_time or run.expected_start_time,
+                        "seconds": took,
+                        "how": how,
+                        "deployment": deployments.get(run.deployment_id),
+                        "dry_run": bool(run.parameters.get("dry_run")),
+                        "message": (state.message or "") if state else "",
+                    }
+                )
+                if len(out) >= limit:
+                    break
+    return out
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    definition = _load(args.name)
+    _require_api()
+    runs = sync_history(definition.name, args.limit)
+    if args.json:
+        print(
+            json.dumps(
+                [{**r, "started": r["started"].isoformat() if r["started"] else None} for r in runs]
+            )
+        )
+        return EXIT_OK
+    if not runs:
+        print(f"no runs of {definition.name} on this Prefect server yet")
+        return EXIT_OK
+    from twoway.report import text_table
+
+    rows = [
+        {
+            "started (UTC)": f"{r['started']:%Y-%m-%d %H:%M:%S}" if r["started"] else "-",
+            "took": f"{r['seconds']:.1f}s" if r["seconds"] is not None else "-",
+            "state": r["state"],
+            "how": r["how"],
+            "run": r["name"],
+            "summary": _shorten(r["message"], 110),
+        }
+        for r in runs
+    ]
+    print(text_table(rows, list(rows[0])))
+    return EXIT_OK
+
+
+def _shorten(text: str, limit: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def cmd_conflicts(args: argparse.Namespace) -> int:
+    definition = _load(args.name)
+    store = _open_store(definition)
+    try:
+        if args.conflicts_command == "resolve":
+            return _resolve_conflict(definition, store, args)
+        held = store.open_conflicts(definition.name)
+        decided = store.decided_conflicts(definition.name)
+        links = {c["link_id"] for c in held + decided}
+        records = {
+            link: {m.system: m.external_id for m in members}
+            for link, members in store.members_of(definition.name, links).items()
+        }
+    finally:
+        store.close()
+    rows = []
+    for c in held + decided:
+        candidates = c.get("candidates")
+        if isinstance(candidates, str):
+            candidates = json.loads(candidates)
+        rows.append(
+            {
+                "id": c["id"],
+                "status": "open" if c["status"] == "open" else "decided (next run applies it)",
+                "records": ", ".join(
+                    f"{s} {k}" for s, k in sorted(records.get(c["link_id"], {}).items())
+                )
+                or c["link_id"],
+                "field": c["field"],
+                "values": candidates,
+                "chosen": c.get("chosen"),
+                "detected": c["detected_at"],
+            }
+        )
+    if args.json:
+        print(json.dumps([{**r, "detected": str(r["detected"])} for r in rows]))
+        return EXIT_OK
+    if not rows:
+        print(f"{definition.name}: no conflicts wait for a person")
+        return EXIT_OK
+    from twoway.report import text_table
+
+    table = [
+        {
+            **r,
+            "values": ", ".join(f"{s}={v!r}" for s, v in sorted((r["values"] or {}).items())),
+            "chosen": "" if r["status"] == "open" else repr(r["chosen"]),
+            "detected": f"{r['detected']:%Y-%m-%d %H:%M:%S}",
+        }
+        for r in rows
+    ]
+    print(text_table(table, ["id", "status", "records", "field", "values", "chosen", "detected"]))
+    print(
+        f"\ndecide one: twoway conflicts resolve {definition.name} ID --keep SYSTEM (or --value VALUE)"
+    )
+    return EXIT_OK
+
+
+def _resolve_conflict(definition, store, args: argparse.Namespace) -> int:
+    system = value = None
+    if args.value is not None:
+        value = args.value
+    else:
+        conflict = next(
+            (c for c in store.open_conflicts(definition.name) if c["id"] == args.id), None
+        )
+        if conflict is None:
+            raise TwowayError(
+                f"sync {definition.name!r} has no open conflict #{args.id} "
+                f"(twoway conflicts list {definition.name})"
+            )
+        if args.keep in conflict["candidates"]:
+            system = args.keep
+        elif args.keep in definition.systems:
+            raise TwowayError(
+                f"conflict #{args.id} has no value from {args.keep!r}; "
+                "use --value to keep that text as the value"
+            )
+        else:
+            value = args.keep
+    if system is not None:
+        decided = store.decide_conflict(definition.name, args.id, system=system)
+    else:
+        decided = store.decide_conflict(definition.name, args.id, value=value)
+    source = f" (the value of {system})" if system else ""
+    print(
+        f"conflict #{decided['id']} decided: {decided['field']} = {decided['chosen']!r}{source}; "
+        "the next run applies it"
+    )
+    return EXIT_OK
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    """Serve a simulator until interrupted; it prints its base URL and token URL."""
+    from twoway.simulators.faults import FaultPlan
+
+    try:
+        FaultPlan.parse(args.faults)
+    except ValueError as exc:
+        raise DefinitionError(f"--faults: {exc}") from None
+    if args.data and not Path(args.data).is_file():
+        raise DefinitionError(f"--data: {args.data}: no such file")
+    if args.kind == "rest":
+        from twoway.simulators import rest
+
+        argv = ["--port", str(args.port), "--faults", args.faults]
+        for token in args.token:
+            argv += ["--token", token]
+        if args.data:
+            argv += ["--load", args.data]
+        rest.main(argv)
+        return EXIT_OK
+    if args.kind == "sharepoint":
+        from twoway.simulators.graph import serve
+    else:
+        from twoway.simulators.salesforce import serve
+    options = {
+        k: v for k, v in (("client_id", args.client_id), ("client_secret", args.client_secret)) if v
+    }
+    serve(args.port, faults=args.faults or None, latency_ms=args.latency, data=args.data, **options)
     return EXIT_OK
 
 

@@ -1,4 +1,4 @@
-"""Run reports for people: the markdown and table artifacts of a run, and the plan table."""
+"""Run reports for terminals: the plan as a field-level table and aligned count tables."""
 
 from __future__ import annotations
 
@@ -65,36 +65,3 @@ def text_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
 def counts_table(report: RunReport) -> str:
     rows = [{"system": s, **c} for s, c in sorted(report.systems.items())]
     return text_table(rows, ["system", *COUNT_COLUMNS])
-
-
-def markdown(report: RunReport) -> str:
-    """The run report artifact: counts per system, then conflicts and failures by record."""
-    title = "Dry run" if report.dry_run else "Run"
-    lines = [
-        f"# {title} of sync `{report.sync}`: {report.status}",
-        "",
-        "| system | " + " | ".join(c.replace("_", " ") for c in COUNT_COLUMNS) + " |",
-        "|---|" + "---:|" * len(COUNT_COLUMNS),
-    ]
-    for system, counts in sorted(report.systems.items()):
-        lines.append(f"| {system} | " + " | ".join(str(counts[c]) for c in COUNT_COLUMNS) + " |")
-    if report.error:
-        lines += ["", f"**Error:** {report.error}"]
-    lines += ["", f"## Conflicts ({report.conflicts})"]
-    if report.conflict_list:
-        lines += ["", "| link | field | policy | values | kept |", "|---|---|---|---|---|"]
-        for c in report.conflict_list[:TABLE_CAP]:
-            values = ", ".join(f"{s}: {_value(v)}" for s, v in sorted(c["candidates"].items()))
-            kept = f"{c['winner']}" if c.get("winner") else "held for a person"
-            lines.append(f"| {c['link_id']} | {c['field']} | {c['policy']} | {values} | {kept} |")
-        if len(report.conflict_list) > TABLE_CAP:
-            lines.append(f"\n(first {TABLE_CAP} of {len(report.conflict_list)} shown)")
-    lines += ["", f"## Failures ({len(report.failures)})"]
-    if report.failures:
-        lines += ["", "| system | record | operation | error |", "|---|---|---|---|"]
-        for f in report.failures[:TABLE_CAP]:
-            record = f.get("external_id") or f.get("link_id") or ""
-            lines.append(f"| {f['system']} | {record} | {f['operation']} | {f['error']} |")
-        if len(report.failures) > TABLE_CAP:
-            lines.append(f"\n(first {TABLE_CAP} of {len(report.failures)} shown)")
-    return "\n".join(lines)

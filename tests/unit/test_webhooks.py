@@ -1,0 +1,294 @@
+"""The webhook receiver without a Prefect server: handshake, clientState, HMAC, debounce.
+
+Secrets, the run lister and the event emitter are replaced by fakes; the app is driven
+through httpx's ASGI transport, so every status code and body is the real one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import pytest
+from pydantic import SecretStr
+
+from twoway.webhooks import (
+    SIGNATURE_HEADER,
+    CachedSecrets,
+    Debouncer,
+    Receiver,
+    RunInfo,
+    sign,
+    signature_ok,
+)
+
+SECRET = SecretStr("s3cret-state-value")
+
+
+class FakeRuns:
+    """What the Prefect API would say about the sync's deployment runs."""
+
+    def __init__(self):
+        self.runs: list[RunInfo] = []
+        self.calls = 0
+
+    async def __call__(self, sync: str) -> list[RunInfo]:
+        self.calls += 1
+        return list(self.runs)
+
+
+def make(secret: SecretStr | None = SECRET, settle: float = 30.0):
+    emitted: list[tuple[str, dict]] = []
+    runs = FakeRuns()
+    receiver = Receiver(
+        secrets=CachedSecrets(lambda sync, system: secret),
+        debouncer=Debouncer(runs, settle=settle),
+        emit=lambda sync, payload: emitted.append((sync, payload)),
+        known_sync=lambda sync: sync == "contacts",
+    )
+    return receiver, runs, emitted
+
+
+def client(receiver: Receiver) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=receiver.app()), base_url="http://receiver"
+    )
+
+
+def graph_body(state: str | None = SECRET.get_secret_value(), count: int = 1) -> dict:
+    return {
+        "value": [
+            {
+                "subscriptionId": f"sub-{i}",
+                "clientState": state,
+                "changeType": "updated",
+                "resource": "sites/root/lists/abc",
+                "tenantId": "t",
+            }
+            for i in range(count)
+        ]
+    }
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_graph_validation_handshake_echoes_the_token_as_text_at_once():
+    receiver, _, emitted = make()
+
+    async def go():
+        async with client(receiver) as c:
+            started = time.monotonic()
+            answer = await c.post("/graph/contacts/sharepoint", params={"validationToken": "a b+c"})
+            return answer, time.monotonic() - started
+
+    answer, took = run(go())
+    assert answer.status_code == 200
+    assert answer.text == "a b+c"  # URL-decoded, as Graph expects it back
+    assert answer.headers["content-type"].startswith("text/plain")
+    assert took < 1.0 and emitted == []
+
+
+def test_graph_handshake_for_an_unknown_sync_fails_so_no_subscription_is_made():
+    receiver, _, _ = make()
+
+    async def go():
+        async with client(receiver) as c:
+            return await c.post("/graph/nope/sharepoint", params={"validationToken": "x"})
+
+    assert run(go()).status_code == 404
+
+
+def test_a_genuine_graph_notification_gets_202_and_one_event():
+    receiver, _, emitted = make()
+
+    async def go():
+        async with client(receiver) as c:
+            answer = await c.post("/graph/contacts/sharepoint", json=graph_body())
+            await receiver.drain()
+            return answer
+
+    assert run(go()).status_code == 202
+    assert [sync for sync, _ in emitted] == ["contacts"]
+    assert emitted[0][1]["source"] == "graph" and emitted[0][1]["system"] == "sharepoint"
+
+
+@pytest.mark.parametrize("state", ["wrong", None, "", SECRET.get_secret_value() + "x"])
+def test_a_graph_notification_with_a_wrong_client_state_is_refused(state):
+    receiver, _, emitted = make()
+
+    async def go():
+        async with client(receiver) as c:
+            answer = await c.post("/graph/contacts/sharepoint", json=graph_body(state))
+            await asyncio.sleep(0.05)
+            return answer
+
+    answer = run(go())
+    assert answer.status_code == 401
+    assert "clientState" in answer.json()["error"]
+    assert SECRET.get_secret_value() not in answer.text
+    assert emitted == [] and receiver.stats.refused == 1
+
+
+def test_without_a_configured_secret_every_notification_is_refused():
+    receiver, _, emitted = make(secret=None)
+
+    async def go():
+        async with client(receiver) as c:
+            return await c.post("/graph/contacts/sharepoint", json=graph_body())
+
+    assert run(go()).status_code == 401 and emitted == []
+
+
+def test_malformed_graph_bodies_get_400():
+    receiver, _, emitted = make()
+
+    async def go():
+        async with client(receiver) as c:
+            a = await c.post("/graph/contacts/sp", content=b"not json")
+            b = await c.post("/graph/contacts/sp", json={"value": []})
+            return a.status_code, b.status_code
+
+    assert run(go()) == (400, 400) and emitted == []
+
+
+def test_signed_notifications_need_the_right_hmac():
+    receiver, _, emitted = make()
+    body = json.dumps({"object": "Contact", "ids": ["003xx"]}).encode()
+
+    async def go():
+        async with client(receiver) as c:
+            headers = {"Content-Type": "application/json"}
+            good = await c.post(
+                "/notify/contacts/crm",
+                content=body,
+                headers={**headers, SIGNATURE_HEADER: sign(body, SECRET)},
+            )
+            await receiver.drain()
+            missing = await c.post("/notify/contacts/crm", content=body, headers=headers)
+            forged = await c.post(
+                "/notify/contacts/crm",
+                content=body,
+                headers={**headers, SIGNATURE_HEADER: sign(body, "another secret")},
+            )
+            tampered = await c.post(
+                "/notify/contacts/crm",
+                content=body + b" ",
+                headers={**headers, SIGNATURE_HEADER: sign(body, SECRET)},
+            )
+            not_json = await c.post(
+                "/notify/contacts/crm",
+                content=b"hello",
+                headers={SIGNATURE_HEADER: sign(b"hello", SECRET)},
+            )
+            await asyncio.sleep(0.05)
+            return good, missing, forged, tampered, not_json
+
+    good, missing, forged, tampered, not_json = run(go())
+    assert good.status_code == 202
+    assert (missing.status_code, forged.status_code, tampered.status_code) == (401, 401, 401)
+    assert not_json.status_code == 400
+    assert [sync for sync, _ in emitted] == ["contacts"]  # only the genuine one
+
+
+def test_signature_check_accepts_bare_hex_and_refuses_garbage():
+    body = b'{"a": 1}'
+    assert signature_ok(body, sign(body, SECRET), SECRET)
+    assert signature_ok(body, sign(body, SECRET)[7:].upper(), SECRET)
+    assert not signature_ok(body, "sha256=zz\u00e9", SECRET)
+    assert not signature_ok(body, None, SECRET)
+
+
+def test_a_burst_of_notifications_becomes_one_run_now_and_at_most_one_queued():
+    receiver, runs, emitted = make()
+
+    async def go():
+        async with client(receiver) as c:
+            # a burst: the first asks for a run; the rest find that run not started yet
+            answers = await asyncio.gather(
+                *[c.post("/graph/contacts/sp", json=graph_body()) for _ in range(30)]
+            )
+            await receiver.drain()
+            assert len(emitted) == 1
+            # the run appears, waiting for the worker: still nothing new
+            runs.runs = [RunInfo("run-1", waiting=True)]
+            for _ in range(10):
+                await c.post("/graph/contacts/sp", json=graph_body())
+            await receiver.drain()
+            assert len(emitted) == 1
+            # it is running now (it may have read already): one more run is queued ...
+            runs.runs = [RunInfo("run-1", waiting=False)]
+            await c.post("/graph/contacts/sp", json=graph_body())
+            await receiver.drain()
+            assert len(emitted) == 2
+            # ... and while that one waits for the slot, the burst goes on without more runs
+            for _ in range(20):
+                await c.post("/graph/contacts/sp", json=graph_body())
+            await receiver.drain()
+            runs.runs.append(RunInfo("run-2", waiting=True))
+            for _ in range(20):
+                await c.post("/graph/contacts/sp", json=graph_body())
+            await receiver.drain()
+            return answers
+
+    answers = run(go())
+    assert all(a.status_code == 202 for a in answers)
+    assert len(emitted) == 2
+    assert receiver.stats.coalesced >= 29 + 10 + 40
+
+
+def test_debouncer_asks_again_once_the_event_should_have_become_a_run():
+    now = [datetime(2026, 1, 1, tzinfo=UTC)]
+    runs = FakeRuns()
+    debouncer = Debouncer(runs, settle=30, clock=lambda: now[0])
+
+    async def go():
+        first = await debouncer.needs_run("s")
+        now[0] += timedelta(seconds=5)
+        soon = await debouncer.needs_run("s")  # the event's run is not visible yet
+        now[0] += timedelta(seconds=40)
+        late = await debouncer.needs_run("s")  # the trigger never fired: ask again
+        return first, soon, late
+
+    assert run(go()) == (True, False, True)
+
+
+def test_debouncer_emits_when_the_api_cannot_be_read():
+    async def broken(sync):
+        raise httpx.ConnectError("down")
+
+    assert run(Debouncer(broken).needs_run("s")) is True
+
+
+def test_secrets_are_cached_and_read_off_the_event_loop():
+    calls = []
+
+    def source(sync, system):
+        calls.append((sync, system))
+        return SECRET
+
+    cache = CachedSecrets(source, ttl=60)
+
+    async def go():
+        return [await cache.get("a", "b") for _ in range(5)]
+
+    assert all(s is SECRET for s in run(go()))
+    assert calls == [("a", "b")]
+    assert "s3cret" not in repr(SECRET)
+
+
+def test_health_counts():
+    receiver, _, _ = make()
+
+    async def go():
+        async with client(receiver) as c:
+            await c.post("/graph/contacts/sp", json=graph_body("bad"))
+            await c.post("/graph/contacts/sp", params={"validationToken": "t"})
+            return (await c.get("/healthz")).json()
+
+    health = run(go())
+    assert health["refused"] == 1 and health["handshakes"] == 1 and health["received"] == 1
