@@ -133,6 +133,12 @@ class SalesforceObject(Block, Endpoint):
             "overlap_seconds": system.overlap_seconds,
             "batch_size": system.batch_size,
         }
+        if system.client_id is not None:
+            # credentials written in the definition (offline trials, the demo); the model
+            # refuses them beside a saved block, so exactly one source supplies them
+            settings["credentials"] = IntegrationAccountCredentials(
+                client_id=system.client_id, client_secret=system.client_secret
+            )
         return endpoint_from_definition(cls, settings, system.block, f"systems.{name}")
 
     # -- plumbing ---------------------------------------------------------------------

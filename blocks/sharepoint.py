@@ -134,6 +134,12 @@ class SharePointList(Block, Endpoint):
             "columns_to_sync": columns,
             "retry_attempts": system.retry_attempts,
         }
+        if system.client_id is not None:
+            # credentials written in the definition (offline trials, the demo); the model
+            # refuses them beside a saved block, so exactly one source supplies them
+            settings["credentials"] = IntegrationAccountCredentials(
+                client_id=system.client_id, client_secret=system.client_secret
+            )
         return endpoint_from_definition(cls, settings, system.block, f"systems.{name}")
 
     # -- plumbing ---------------------------------------------------------------------
@@ -376,9 +382,12 @@ class SharePointList(Block, Endpoint):
         )
 
     def columns(self) -> set[str]:
+        """The list's columns, plus the item properties records are read from (``id``,
+        ``lastModifiedDateTime``, ``lastModifiedBy``, ...): ``twoway check`` looks for the
+        ``key``, ``modified_at`` and ``modified_by`` defaults among these."""
         response = self._call("GET", self._api(f"{self._list_path()}/columns"))
         names = {str(c["name"]) for c in response.json().get("value", []) if c.get("name")}
-        return names | {"id"}
+        return names | {"id"} | set(_ITEM_PROPERTIES)
 
     def read_changes(self, cursor: str | None) -> ChangeSet:
         if cursor is not None:

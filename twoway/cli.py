@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from twoway.errors import AlreadyRunning, DefinitionError, TwowayError
+from twoway.errors import AlreadyRunning, DefinitionError, TwowayError, redact
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_RUNNING = 0, 1, 2, 3
 
@@ -56,9 +56,16 @@ def build_parser() -> argparse.ArgumentParser:
     letters.add_argument("path")
     letters.add_argument("ids", nargs="*", type=int, help="retry only these ids")
 
-    demo = sub.add_parser("demo", help="the demo sync on embedded defaults")
+    demo = sub.add_parser(
+        "demo", help="a SharePoint list (simulated) and a SQLite table kept in step"
+    )
     demo.add_argument("--dir", default="twoway-demo", help="folder for the demo's files")
     demo.add_argument("--records", type=int, default=300, help="contacts per side")
+    demo.add_argument(
+        "--sql",
+        action="store_true",
+        help="the two-database demo (crm.db and portal.db, the `contacts` deployment's files)",
+    )
 
     sub.add_parser("schema", help="print the JSON Schema of sync definitions")
     _add_operations_parsers(sub)
@@ -154,16 +161,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handler(args)
     except DefinitionError as exc:
         for line in exc.problems:
-            print(f"error: {line}", file=sys.stderr)
+            print(f"error: {redact(line)}", file=sys.stderr)
         return EXIT_USAGE
     except AlreadyRunning as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_RUNNING
     except TwowayError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {redact(str(exc))}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # a bug or an unforeseen input: one line, no traceback
+        if os.environ.get("TWOWAY_DEBUG"):
+            raise
+        print(
+            f"error: unexpected {type(exc).__name__}: {redact(str(exc))} "
+            "(set TWOWAY_DEBUG=1 for the traceback)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
 
 
 def _load(path: str):
@@ -235,6 +251,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise
     report.setdefault("sync", definition.name)
     report.setdefault("dry_run", args.dry_run)
+    if report.get("error"):
+        report["error"] = redact(str(report["error"]))
     if args.json:
         print(json.dumps(report))
     else:
@@ -281,11 +299,15 @@ def check_definition(definition) -> list[str]:
                 problems.append(
                     f"{prefix}fields.{fname}.{name}: column {column!r} does not exist in {name}"
                 )
-    store = StateStore(definition.state)
+    try:
+        store = StateStore(definition.state)
+    except Exception as exc:  # a folder that cannot be made, a driver that is missing
+        problems.append(f"{prefix}state: cannot open the state store: {redact(str(exc))}")
+        return problems
     try:
         store.migrate()
-    except TwowayError as exc:
-        problems.append(f"{prefix}state: {exc}")
+    except Exception as exc:
+        problems.append(f"{prefix}state: cannot open the state store: {redact(str(exc))}")
     finally:
         store.close()
     return problems
@@ -413,8 +435,10 @@ def cmd_deadletters(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from twoway.demo import run_demo
+    from twoway.demo import run_demo, run_sql_demo
 
+    if args.sql:
+        return run_sql_demo(Path(args.dir), records=args.records)
     return run_demo(Path(args.dir), records=args.records)
 
 

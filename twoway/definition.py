@@ -13,7 +13,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from twoway.errors import DefinitionError
 
@@ -52,7 +60,38 @@ class SqlSystem(SystemBase):
     db_schema: str | None = Field(None, alias="schema", description="Database schema of the table")
 
 
-class SharePointSystem(SystemBase):
+class OAuthClientMixin(BaseModel):
+    """Client-credentials keys for systems reached with OAuth2 (Graph, Salesforce).
+
+    A saved block (``block:``) is the recommended home of credentials: Prefect stores the
+    secret encrypted. For offline trials, the demo and CI, the definition may carry
+    ``client_id`` and ``client_secret`` itself, the secret read from the environment
+    (``client_secret: ${GRAPH_CLIENT_SECRET}``). The secret is kept as ``SecretStr`` so a
+    printed definition, a log line or an error never shows it.
+    """
+
+    client_id: str | None = Field(
+        None, description="OAuth2 client id (instead of a saved block's credentials)"
+    )
+    client_secret: SecretStr | None = Field(
+        None,
+        description="OAuth2 client secret; write it as ${ENV_VAR} (instead of a saved block)",
+        json_schema_extra={"writeOnly": True},
+    )
+
+    @model_validator(mode="after")
+    def _credentials_whole(self) -> OAuthClientMixin:
+        """Both keys or neither, and not beside a saved block (which one would win?)."""
+        given = [k for k in ("client_id", "client_secret") if getattr(self, k) is not None]
+        if len(given) == 1:
+            missing = "client_secret" if given == ["client_id"] else "client_id"
+            raise ValueError(f"'{given[0]}' needs '{missing}' too")
+        if given and getattr(self, "block", None) is not None:
+            raise ValueError("give either 'block' or 'client_id' and 'client_secret', not both")
+        return self
+
+
+class SharePointSystem(OAuthClientMixin, SystemBase):
     """A SharePoint list through Microsoft Graph."""
 
     kind: Literal["sharepoint"]
@@ -66,7 +105,7 @@ class SharePointSystem(SystemBase):
     modified_by: str | None = "lastModifiedBy"
 
 
-class SalesforceSystem(SystemBase):
+class SalesforceSystem(OAuthClientMixin, SystemBase):
     """An sObject in a Salesforce org through the REST API."""
 
     kind: Literal["salesforce"]
@@ -134,7 +173,10 @@ class Definition(BaseModel):
     )
     deletes: DeletePolicy = Field("propagate", description="propagate | ignore")
     mass_change_limit: float = Field(
-        0.2, ge=0, le=1, description="Largest share of a system's records one run may delete"
+        0.2,
+        ge=0,
+        le=1,
+        description="Largest share of a system's records one run may delete or overwrite",
     )
 
     # filled in by load_definition
@@ -222,6 +264,22 @@ def _resolve_sqlite(url: str, base: Path) -> str:
     return prefix + str((base / path).resolve())
 
 
+def _url_problem(url: str) -> str | None:
+    """Why ``url`` is not a usable SQLAlchemy URL (no password in the answer), or None."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        return "not a database URL (expected e.g. sqlite:///file.db or postgresql+psycopg2://...)"
+    try:
+        parsed.get_dialect()
+    except NoSuchModuleError:
+        return f"unknown database kind {parsed.drivername!r} in the URL"
+    return None
+
+
 def _field_location(loc: tuple[Any, ...]) -> str:
     parts = [str(p) for p in loc if p not in KINDS]
     return ".".join(parts) if parts else "(top level)"
@@ -284,6 +342,10 @@ def _parse_direction(text: str, systems: set[str], where: str) -> tuple[str, tup
 def parse_definition(raw: Any, path: Path) -> Definition:
     """Validate a parsed YAML document; every problem becomes one line of the error."""
     prefix = f"{path}: "
+    if raw is None:
+        raise DefinitionError(
+            f"{prefix}the file is empty; a definition needs name, systems, fields"
+        )
     if not isinstance(raw, dict):
         raise DefinitionError(
             f"{prefix}the document must be a mapping of keys, not {type(raw).__name__}"
@@ -305,6 +367,9 @@ def parse_definition(raw: Any, path: Path) -> Definition:
                 problems.append(f"{prefix}systems.{name}: needs 'url' or 'block'")
             if system.url:
                 system.url = _resolve_sqlite(system.url, base)
+                bad_url = _url_problem(system.url)
+                if bad_url:
+                    problems.append(f"{prefix}systems.{name}.url: {bad_url}")
             if system.block is None and not system.table:
                 problems.append(f"{prefix}systems.{name}.table: required key is missing")
 
@@ -354,6 +419,9 @@ def parse_definition(raw: Any, path: Path) -> Definition:
         )
     if definition.state:
         definition.state = _resolve_sqlite(definition.state, base)
+        bad_url = _url_problem(definition.state)
+        if bad_url:
+            problems.append(f"{prefix}state: {bad_url}")
     else:
         definition.state = f"sqlite:///{base / '.twoway' / (definition.name + '.db')}"
     if problems:

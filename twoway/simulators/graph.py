@@ -400,6 +400,13 @@ class GraphState:
             lst = self.get_list(list_ref)
             return self._item_json(lst, self._item(lst, str(item_id)), fields=True)
 
+    def items(self, list_ref: str) -> list[dict[str, Any]]:
+        """Every item of a list, in id order, as ``GET .../items?expand=fields`` shows them
+        (with who changed each last): what tests and the demo compare."""
+        with self._lock:
+            lst = self.get_list(list_ref)
+            return [self._item_json(lst, lst.items[i], fields=True) for i in sorted(lst.items)]
+
     def count(self, list_ref: str) -> int:
         """How many items a list holds."""
         with self._lock:
