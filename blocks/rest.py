@@ -301,6 +301,7 @@ class RestCollection(Block, Endpoint):
         base = self._base()
         url = self._url(self.collection).copy_merge_params(params)
         seen: set[str] = set()
+        pages: set[str] = set()  # what each page held: a page served again under a new link
         while True:
             seen.add(str(url))
             reply = self._request("GET", url)
@@ -308,6 +309,12 @@ class RestCollection(Block, Endpoint):
             items = dig(reply.body, self.records)
             if not isinstance(items, list):
                 raise Fatal(f"{where}: the page has no list at {self.records!r}")
+            if items:
+                ends = (items[0], items[-1], len(items))
+                fingerprint = json.dumps(ends, sort_keys=True, default=str)
+                if fingerprint in pages:
+                    raise Fatal(f"{where}: nextLink loops: the page repeats one already read")
+                pages.add(fingerprint)
             yield items, where
             link = dig(reply.body, self.next_link)
             if not link:

@@ -127,6 +127,8 @@ class SqlTable(Block, Endpoint):
             if url.get_backend_name() == "sqlite":
                 kwargs["connect_args"] = {"timeout": 30}
             self._engine = sa.create_engine(url, **kwargs)
+            if url.get_backend_name() == "sqlite":
+                sa.event.listen(self._engine, "connect", _tolerant_sqlite_text)
         return self._engine
 
     def sa_table(self) -> sa.Table:
@@ -138,6 +140,8 @@ class SqlTable(Block, Endpoint):
                 self._table = sa.Table(
                     self.table, sa.MetaData(), autoload_with=self.engine(), schema=self.db_schema
                 )
+                for column in self._table.primary_key.columns:
+                    column.nullable = False  # SQLite reflects INTEGER PRIMARY KEY as nullable
             except sa.exc.NoSuchTableError:
                 raise Fatal(f"{self._where()} does not exist") from None
             except sa.exc.OperationalError as exc:
@@ -182,7 +186,7 @@ class SqlTable(Block, Endpoint):
         data = row._mapping
         stamp = data[self.modified_at] if self.modified_at else None
         return RawRecord(
-            key=str(data[self.key]),
+            key="" if data[self.key] is None else str(data[self.key]),
             values={c: data[c] for c in self.columns_to_sync},
             modified_at=parse_timestamp(stamp),
             modified_by=(
@@ -263,6 +267,9 @@ class SqlTable(Block, Endpoint):
                         break
                     last = (rows[-1]._mapping[self.modified_at], rows[-1]._mapping[self.key])
         newest = parse_timestamp(signpost)
+        now = self._clock() if self._clock else datetime.now(UTC)
+        if newest is not None and newest > now:
+            newest = now  # a row stamped in the future must not push the cursor past later changes
         if since is not None and (newest is None or newest < since):
             newest = since
         next_cursor = format_timestamp(newest) if newest else cursor
@@ -356,6 +363,8 @@ class SqlTable(Block, Endpoint):
                     outcome[i] = self._update(conn, op, stamps)
                 elif isinstance(op, Delete):
                     outcome[i] = self._delete(conn, op)
+        except ValueError as exc:  # a value the driver refuses to send (a NUL for PostgreSQL)
+            raise _BatchFailed(str(exc)[:300]) from None
         except (sa.exc.IntegrityError, sa.exc.DataError, sa.exc.ProgrammingError) as exc:
             raise _BatchFailed(_short(exc)) from None
         except sa.exc.OperationalError as exc:
@@ -504,6 +513,11 @@ def _to_column_type(kind: sa.types.TypeEngine, value: Any, name: str) -> Any:
     except (ValueError, ArithmeticError) as exc:
         raise _BatchFailed(f"column {name!r}: {exc}") from None
     return value
+
+
+def _tolerant_sqlite_text(dbapi_connection: Any, _record: Any) -> None:
+    """Text that is not valid UTF-8 reads with U+FFFD instead of failing the whole read."""
+    dbapi_connection.text_factory = lambda raw: raw.decode("utf-8", "replace")
 
 
 class _BatchFailed(Exception):

@@ -58,6 +58,7 @@ class Filtered:
     extracted: int = 0
     echo_skipped: int = 0
     unchanged: int = 0
+    parked: list[dict] = field(default_factory=list)  # records no key can identify
 
 
 @dataclass(slots=True)

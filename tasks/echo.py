@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from prefect import task
 
-from tasks.common import TASK_OPTIONS, Extract, Filtered
+from tasks.common import TASK_OPTIONS, Extract, Filtered, Observed
 from twoway.state import Member
 
 
@@ -19,12 +19,23 @@ def filter_echoes(
 ) -> Filtered:
     """Split one system's extract into real changes, echoes and unchanged records."""
     changed = []
+    parked: list[dict] = []
     echo = unchanged = 0
-    seen_keys: set[str] = set()
+    by_key: dict[str, list[Observed]] = {}
     for record in extract.records:
-        if record.key in seen_keys:  # overlapping pages or windows: one record once
+        by_key.setdefault(record.key, []).append(record)
+    for key, records in by_key.items():
+        # overlapping pages or windows may return one record twice: that is one record
+        distinct = {r.hash: r for r in records}
+        if not key or len(distinct) > 1:
+            reason = (
+                "the record has no key"
+                if not key
+                else f"{len(distinct)} records share the key {key!r}"
+            )
+            parked += [_unidentified(extract.system, key, r, reason) for r in distinct.values()]
             continue
-        seen_keys.add(record.key)
+        record = records[-1]
         member = known.get(record.key)
         if member is not None and member.deleted_at is None and member.seen_hash == record.hash:
             if integration_account and record.modified_by == integration_account:
@@ -37,10 +48,24 @@ def filter_echoes(
         system=extract.system,
         changed=changed,
         deleted=set(extract.deleted),
-        extracted=len(seen_keys),
+        extracted=len(by_key),
         echo_skipped=echo,
         unchanged=unchanged,
+        parked=parked,
     )
+
+
+def _unidentified(system: str, key: str, record: Observed, reason: str) -> dict:
+    """A dead letter for a record that no key identifies: nothing is written for it."""
+    return {
+        "system": system,
+        "external_id": key,
+        "link_id": None,
+        "operation": "read",
+        "kind": "failed",
+        "error": f"{reason}: it is parked until its key is fixed in {system}",
+        "payload": record.values,
+    }
 
 
 filter_echoes_task = task(

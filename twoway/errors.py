@@ -9,6 +9,8 @@ or version): never overwrite, re-read and recompute instead.
 
 from __future__ import annotations
 
+import re
+
 
 class TwowayError(Exception):
     """Base of every error twoway raises on purpose; its message is safe to print."""
@@ -75,3 +77,26 @@ def is_retriable(exc: BaseException) -> bool:
     except ImportError:  # pragma: no cover - httpx is a dependency
         return False
     return isinstance(exc, httpx.TimeoutException | httpx.NetworkError | httpx.RemoteProtocolError)
+
+
+#: ``scheme://user:password@host``: what :func:`redact` masks in any text
+_URL_CREDENTIALS = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/\s@'\"]+)@")
+#: ``?access_token=...`` and friends: secrets some APIs take as query parameters
+_SECRET_PARAMS = re.compile(
+    r"(?P<name>[?&](?:access_token|token|client_secret|password|sig|signature|code)=)[^&\s'\"]+",
+    re.IGNORECASE,
+)
+
+
+def redact(text: str) -> str:
+    """``text`` with credentials in URLs masked: ``user:***@``, ``***@`` and ``token=***``.
+
+    For messages built from other libraries' errors, which may quote a URL as given.
+    """
+
+    def userinfo(match: re.Match[str]) -> str:
+        user, colon, _ = match.group("userinfo").partition(":")
+        # a bare ``token@host`` is a secret itself; ``user:password@`` keeps the user
+        return f"{match.group('scheme')}{user + ':' if colon else ''}***@"
+
+    return _SECRET_PARAMS.sub(r"\g<name>***", _URL_CREDENTIALS.sub(userinfo, text))

@@ -14,6 +14,20 @@ from decimal import Decimal
 from typing import Any
 
 TIMESTAMP_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
+#: integers longer than this stay exact as digit strings (Python refuses int <-> str past 4300)
+_MAX_DIGITS = 4000
+_MAX_INT_BITS = 13_000  # about 3,900 decimal digits
+
+
+def _valid_text(text: str) -> str:
+    """Text that UTF-8 can hold: a lone surrogate (an undecodable byte, a broken ``\\ud800``
+    escape in JSON) becomes U+FFFD, as a UTF-8 decoder makes of a bad byte."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        # UTF-16 joins split surrogate pairs and turns each lone surrogate into one U+FFFD
+        return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+    return text
 
 
 def canonical(value: Any) -> Any:
@@ -21,16 +35,19 @@ def canonical(value: Any) -> Any:
     if value is None or isinstance(value, bool):
         return value
     if isinstance(value, str):
-        return unicodedata.normalize("NFC", value)
+        return unicodedata.normalize("NFC", _valid_text(value))
     if isinstance(value, int):
-        return value
+        # beyond Python's int <-> text limit a number cannot be written as JSON: its digits
+        return value if value.bit_length() <= _MAX_INT_BITS else format(Decimal(value), "f")
     if isinstance(value, float):
         if math.isnan(value) or math.isinf(value):
             return str(value)
         return int(value) if value.is_integer() and abs(value) < 2**53 else value
     if isinstance(value, Decimal):
+        if not value.is_finite():
+            return str(value)
         if value == value.to_integral_value():
-            return int(value)
+            return int(value) if value.adjusted() < _MAX_DIGITS else format(value, "f")
         return str(value.normalize())
     if isinstance(value, datetime):
         return format_timestamp(value)

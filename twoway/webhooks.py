@@ -13,10 +13,19 @@ Routes (``twoway webhooks serve --port P``, on 127.0.0.1 unless told otherwise):
   echoed as ``text/plain`` at once. Otherwise every notification's ``clientState`` must
   equal the webhook secret of the system's credentials block; when none does, ``401``.
 - ``POST /notify/{sync}/{system}``: Salesforce (an Apex callout or a Flow's HTTP action)
-  and in-house systems: a JSON body signed with HMAC-SHA256 over the raw body with the
-  system's webhook secret, sent as ``X-Twoway-Signature: sha256=<hex>``. A bad or missing
-  signature gets ``401`` and triggers nothing.
+  and in-house systems: a JSON body with ``X-Twoway-Timestamp: <unix seconds>`` and
+  ``X-Twoway-Signature: sha256=<hex>``, the HMAC-SHA256 with the system's webhook secret of
+  ``<timestamp>.`` followed by the raw body (see :func:`sign`). A bad or missing signature,
+  or a timestamp more than ``TOLERANCE_SECONDS`` (5 minutes) away from our clock, gets
+  ``401`` and triggers nothing. The same notification delivered again (same
+  ``X-Twoway-Delivery`` id, or the same signature when there is no id) is answered ``202``
+  and processed once.
 - ``GET /healthz``: counters, for monitoring.
+
+Every body is refused before it is parsed when it is larger than ``MAX_BODY`` (``413``) or
+not ``application/json`` (``415``; checked after the signature on ``/notify``, so an
+unsigned request learns nothing but ``401``). A notification is only a hint that something
+changed: nothing in it is written anywhere; the run it asks for re-reads the systems.
 
 Secrets: the ``webhook_secret`` of the integration-account credentials block that the
 system's ``block`` names in the definition (or that an endpoint block nests). They stay
@@ -60,6 +69,9 @@ log = logging.getLogger("twoway.webhooks")
 
 EVENT_NAME = "twoway.changes.notified"
 SIGNATURE_HEADER = "X-Twoway-Signature"
+TIMESTAMP_HEADER = "X-Twoway-Timestamp"
+DELIVERY_HEADER = "X-Twoway-Delivery"
+TOLERANCE_SECONDS = 300.0  # how far a signed timestamp may be from our clock, either way
 DEFAULT_DEPLOYMENT = "twoway-sync/{sync}"
 MAX_BODY = 1_000_000  # bytes; Graph notifications are a few KB
 SECRET_TTL = 60.0  # seconds a secret read from a block is cached (rotations apply after)
@@ -74,20 +86,80 @@ def resource_id(sync: str) -> str:
     return f"twoway.sync.{sync}"
 
 
-def sign(body: bytes, secret: SecretStr | str) -> str:
-    """The ``X-Twoway-Signature`` value of a body: ``sha256=`` and the hex HMAC-SHA256."""
+def sign(body: bytes, secret: SecretStr | str, timestamp: int | str | None = None) -> str:
+    """The ``X-Twoway-Signature`` value: ``sha256=`` and the hex HMAC-SHA256.
+
+    With ``timestamp`` (what the receiver requires, sent as ``X-Twoway-Timestamp``) the MAC
+    covers ``b"<timestamp>." + body``, so an old notification cannot be replayed with a
+    fresh timestamp; without it, the body alone.
+    """
     key = secret.get_secret_value() if isinstance(secret, SecretStr) else secret
-    return "sha256=" + hmac.new(key.encode("utf-8"), body, hashlib.sha256).hexdigest()
+    signed = body if timestamp is None else f"{timestamp}.".encode("ascii") + body
+    return "sha256=" + hmac.new(key.encode("utf-8"), signed, hashlib.sha256).hexdigest()
 
 
-def signature_ok(body: bytes, header: str | None, secret: SecretStr) -> bool:
-    """True when ``header`` is the HMAC-SHA256 of ``body`` (``sha256=<hex>`` or bare hex)."""
+def signed_headers(body: bytes, secret: SecretStr | str, now: float | None = None) -> dict:
+    """The headers a sender puts on a notification to ``/notify`` (timestamp, signature)."""
+    stamp = int(time.time() if now is None else now)
+    return {
+        "Content-Type": "application/json",
+        TIMESTAMP_HEADER: str(stamp),
+        SIGNATURE_HEADER: sign(body, secret, stamp),
+    }
+
+
+def signature_ok(
+    body: bytes, header: str | None, secret: SecretStr, timestamp: str | None = None
+) -> bool:
+    """True when ``header`` is the HMAC-SHA256 of ``body`` (``sha256=<hex>`` or bare hex),
+    compared in constant time; with ``timestamp``, of ``<timestamp>.`` and the body."""
     if not header:
         return False
     given = header.strip()
     given = given[7:] if given.lower().startswith("sha256=") else given
-    expected = sign(body, secret)[7:]
+    expected = sign(body, secret, timestamp)[7:]
     return hmac.compare_digest(given.lower().encode("ascii", "replace"), expected.encode())
+
+
+def timestamp_problem(value: str | None, now: float, tolerance: float = TOLERANCE_SECONDS):
+    """Why an ``X-Twoway-Timestamp`` is not acceptable at ``now`` (None when it is)."""
+    if value is None:
+        return f"missing {TIMESTAMP_HEADER}"
+    text = value.strip()
+    if not text.isascii() or not text.isdigit() or len(text) > 12:
+        return f"{TIMESTAMP_HEADER} must be whole Unix seconds"
+    if abs(int(text) - now) > tolerance:
+        return f"{TIMESTAMP_HEADER} is more than {tolerance:.0f} s away from our clock"
+    return None
+
+
+def is_json_content(content_type: str | None) -> bool:
+    """True for ``application/json`` (parameters such as ``charset`` allowed)."""
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    return media == "application/json" or (
+        media.startswith("application/") and media.endswith("+json")
+    )
+
+
+class SeenDeliveries:
+    """Delivery ids seen within the tolerance window: a replay is processed once."""
+
+    def __init__(self, keep: float = 2 * TOLERANCE_SECONDS, limit: int = 100_000):
+        self.keep = keep
+        self.limit = limit
+        self._seen: dict[str, float] = {}
+
+    def first_time(self, key: str, now: float) -> bool:
+        """Record ``key``; False when it was seen within the last ``keep`` seconds."""
+        if len(self._seen) >= self.limit or len(self._seen) % 1000 == 999:
+            self._seen = {k: t for k, t in self._seen.items() if now - t < self.keep}
+            while len(self._seen) >= self.limit:  # a flood: forget the oldest
+                self._seen.pop(next(iter(self._seen)))
+        seen = self._seen.get(key)
+        if seen is not None and now - seen < self.keep:
+            return False
+        self._seen[key] = now
+        return True
 
 
 def client_state_ok(value: Any, secret: SecretStr) -> bool:
@@ -266,6 +338,7 @@ class Stats:
     coalesced: int = 0
     handshakes: int = 0
     errors: int = 0
+    duplicates: int = 0
     by_sync: dict[str, int] = field(default_factory=dict)
 
 
@@ -279,7 +352,12 @@ class Receiver:
         debouncer: Debouncer | None = None,
         emit: Emitter = emit_prefect_event,
         known_sync: Callable[[str], bool] | None = None,
+        clock: Callable[[], float] = time.time,
+        tolerance: float = TOLERANCE_SECONDS,
     ):
+        self.clock = clock
+        self.tolerance = tolerance
+        self.deliveries = SeenDeliveries(keep=2 * tolerance)
         self.secrets = secrets or CachedSecrets()
         self.debouncer = debouncer or Debouncer(prefect_runs)
         self.emit = emit
@@ -358,9 +436,11 @@ class Receiver:
         body = await _read_body(request)
         if body is None:
             return JSONResponse({"error": "body too large"}, status_code=413)
+        if not is_json_content(request.headers.get("content-type")):
+            return JSONResponse({"error": "Content-Type must be application/json"}, 415)
         try:
             notes = json.loads(body).get("value")
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):
             notes = None
         if not isinstance(notes, list) or not notes:
             return JSONResponse({"error": "expected {'value': [notifications]}"}, status_code=400)
@@ -399,14 +479,28 @@ class Receiver:
         secret = await self._secret(sync, system)
         if secret is None:
             return self._refuse(sync, system, "no webhook secret is configured for this system")
-        if not signature_ok(body, request.headers.get(SIGNATURE_HEADER), secret):
+        now = self.clock()
+        stamp = request.headers.get(TIMESTAMP_HEADER)
+        signature = request.headers.get(SIGNATURE_HEADER)
+        stale = timestamp_problem(stamp, now, self.tolerance)
+        if stale:
+            return self._refuse(sync, system, stale)
+        if not signature_ok(body, signature, secret, stamp.strip()):  # type: ignore[union-attr]
             return self._refuse(sync, system, f"bad or missing {SIGNATURE_HEADER}")
+        if not is_json_content(request.headers.get("content-type")):
+            return JSONResponse({"error": "Content-Type must be application/json"}, 415)
         try:
             parsed = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):
             parsed = None
         if not isinstance(parsed, dict | list):
             return JSONResponse({"error": "the body must be JSON"}, status_code=400)
+        delivery = request.headers.get(DELIVERY_HEADER) or signature.strip().lower()  # type: ignore[union-attr]
+        if not self.deliveries.first_time(f"{sync}/{system}/{delivery}", now):
+            self.stats.duplicates += 1
+            log.info("%s/%s: notification delivered again; already processed", sync, system)
+            return Response(status_code=202)
+        # only a hint: the run re-reads the systems, nothing of the body is passed on
         self._enqueue(sync, {"source": "signed", "system": system})
         return Response(status_code=202)
 
@@ -420,6 +514,7 @@ class Receiver:
                 "coalesced": s.coalesced,
                 "handshakes": s.handshakes,
                 "errors": s.errors,
+                "duplicates": s.duplicates,
             }
         )
 
@@ -445,6 +540,10 @@ def _in_catalog(sync: str) -> bool:
 
 
 async def _read_body(request: Request) -> bytes | None:
+    """The raw body, or None when it is larger than ``MAX_BODY`` (read no further)."""
+    declared = request.headers.get("content-length", "")
+    if declared.strip().isdigit() and int(declared) > MAX_BODY:
+        return None
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
@@ -606,7 +705,10 @@ def serve(
     base = public_url or f"http://{host}:{port}"
     print(f"twoway webhook receiver on http://{host}:{port}", flush=True)
     print(f"  Graph notifications:  {base}/graph/SYNC/SYSTEM", flush=True)
-    print(f"  signed notifications: {base}/notify/SYNC/SYSTEM  ({SIGNATURE_HEADER})", flush=True)
+    print(
+        f"  signed notifications: {base}/notify/SYNC/SYSTEM  ({TIMESTAMP_HEADER}, {SIGNATURE_HEADER})",
+        flush=True,
+    )
     if subscribe_syncs:
         threading.Thread(
             target=_keep_subscribed,

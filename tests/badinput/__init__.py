@@ -1,0 +1,1 @@
+"""Bad input and security: one test per case of docs/bad-input.md."""

@@ -1,0 +1,77 @@
+"""The mass change guard: too many deletes or overwrites, or an empty extract, stop the
+run before it writes anything, unless ``--allow-mass-change`` is given."""
+
+from __future__ import annotations
+
+import pytest
+import sqlalchemy as sa
+
+from tests.syncrig import sync_rig
+from twoway import cli
+
+N = 12
+
+
+@pytest.fixture
+def rig(tmp_path):
+    with sync_rig(tmp_path) as rig:
+        for i in range(N):
+            rig.add("s0", f"p{i}@example.com", f"First{i}", "Lee")
+        assert rig.run().systems["s1"]["created"] == N
+        yield rig
+
+
+def _plan(rig, capfd, *extra: str):
+    code = cli.main(["plan", str(rig.path), *extra])
+    return code, capfd.readouterr()
+
+
+def test_deleting_more_than_the_share_stops_before_writing(rig, capfd):
+    for i in range(4):  # 4 of 12 > 20 %, but below the floor of 10 deletes: allowed
+        rig.delete("s0", f"p{i}@example.com")
+    assert rig.run().systems["s1"]["deleted"] == 4
+    for i in range(4):  # back to 12, then delete 10 of them
+        rig.add("s0", f"q{i}@example.com")
+    rig.run()
+    for email in [r["email"] for r in rig.rows("s0")][:10]:
+        rig.delete("s0", email)
+    before = rig.rows("s1")
+    code, out = _plan(rig, capfd)
+    assert code == 1 and "Traceback" not in out.err
+    assert "would delete 10 of 12 records in s1" in out.err and "--allow-mass-change" in out.err
+    report = rig.run()
+    assert report.status == "failed" and "would delete 10 of 12" in report.error
+    assert rig.rows("s1") == before  # nothing was written
+    allowed = rig.run(allow_mass_change=True)
+    assert allowed.status == "completed" and allowed.systems["s1"]["deleted"] == 10
+
+
+def test_overwriting_more_than_the_share_stops_before_writing(rig, capfd):
+    for i in range(10):
+        rig.edit("s0", f"p{i}@example.com", last_name="Bulk")
+    before = rig.rows("s1")
+    report = rig.run()
+    assert report.status == "failed"
+    assert "would overwrite values of 10 of 12 records in s1" in report.error
+    assert rig.rows("s1") == before
+    assert rig.run(allow_mass_change=True).systems["s1"]["updated"] == 10
+
+
+def test_an_empty_extract_is_a_fault_not_everything_deleted(rig):
+    with rig.engines["s0"].begin() as conn:
+        conn.execute(sa.delete(rig.tables["s0"]))
+    before = rig.rows("s1")
+    report = rig.run()
+    assert report.status == "failed"
+    assert "s0 returned none of its 12 known records (an empty extract)" in report.error
+    assert rig.rows("s1") == before
+
+
+def test_the_limit_is_configurable(tmp_path):
+    with sync_rig(tmp_path, mass_change_limit=0.9) as rig:
+        for i in range(N):
+            rig.add("s0", f"p{i}@example.com")
+        rig.run()
+        for i in range(10):
+            rig.delete("s0", f"p{i}@example.com")
+        assert rig.run().systems["s1"]["deleted"] == 10  # 10 of 12 < 90 %
