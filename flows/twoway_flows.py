@@ -28,7 +28,7 @@ from pydantic import AfterValidator, Field
 from twoway import catalog
 from twoway.definition import Definition, load_definition
 from twoway.engine import RunReport, Runtime, Steps, run_sync
-from twoway.report import COUNT_COLUMNS, TABLE_CAP, plan_rows
+from twoway.report import COUNT_COLUMNS, TABLE_CAP, count_plan_rows, plan_rows
 
 #: sync names known when this module was imported; the deployment's parameter schema lists
 #: them, so the server refuses a run of an unknown sync when the run is created
@@ -304,20 +304,21 @@ def summary_line(report: RunReport) -> str:
 
 
 def _publish(definition: Definition, report: RunReport) -> None:
-    rows = plan_rows(report.plan) if report.plan is not None else []
+    # only the rows the capped table shows are built: a large run plans millions of them
+    capped = plan_rows(report.plan, limit=TABLE_CAP) if report.plan is not None else []
+    total = count_plan_rows(report.plan) if report.plan is not None else 0
     changes_key = _artifact_key(report.sync, "changes")
     details = _store_details(definition, report)
     create_markdown_artifact(
         key=_artifact_key(report.sync, "report"),
-        markdown=report_markdown(report, details, len(rows), changes_key),
+        markdown=report_markdown(report, details, total, changes_key),
         description=f"twoway run report of {report.sync}",
     )
-    if rows:
-        capped = rows[:TABLE_CAP]
+    if capped:
         note = (
-            f" (first {TABLE_CAP} of {len(rows)} rows: the table is capped at {TABLE_CAP})"
-            if len(rows) > TABLE_CAP
-            else f" ({len(rows)} rows)"
+            f" (first {TABLE_CAP} of {total} rows: the table is capped at {TABLE_CAP})"
+            if total > TABLE_CAP
+            else f" ({total} rows)"
         )
         create_table_artifact(
             key=changes_key,

@@ -54,8 +54,15 @@ class Plan:
         return sum(isinstance(p.op, kind) for p in self.ops.get(system, []))
 
 
+_SCALARS = (str, int, bool, type(None))
+
+
 def _same(a: Any, b: Any) -> bool:
-    return a is b or (a == b and type(a) is type(b)) or json.dumps(a) == json.dumps(b)
+    if a is b or (a == b and type(a) is type(b)):
+        return True
+    if type(a) in _SCALARS and type(b) in _SCALARS:
+        return False  # unequal text, whole numbers, flags or null never encode alike
+    return json.dumps(a) == json.dumps(b)
 
 
 def compute_deltas(
@@ -154,8 +161,9 @@ def compute_deltas(
                     proposals[system] = value
             if not proposals:
                 continue
-            distinct = {json.dumps(v, sort_keys=True) for v in proposals.values()}
-            if len(distinct) == 1:
+            if len(proposals) == 1:
+                winner = next(iter(proposals))
+            elif len({json.dumps(v, sort_keys=True) for v in proposals.values()}) == 1:
                 winner = sorted(proposals)[0]
             else:
                 winner = _settle(policy, preferred, proposals, observed)

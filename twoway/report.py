@@ -18,11 +18,25 @@ def _value(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def plan_rows(plan: Plan) -> list[dict[str, Any]]:
-    """One row per field a plan would write: system, action, record, field, before, after."""
-    rows = []
+def count_plan_rows(plan: Plan) -> int:
+    """How many rows :func:`plan_rows` gives, without building them."""
+    return sum(
+        1 if isinstance(p.op, Delete) else len(p.fields)
+        for planned in plan.ops.values()
+        for p in planned
+    )
+
+
+def plan_rows(plan: Plan, limit: int | None = None) -> list[dict[str, Any]]:
+    """One row per field a plan would write: system, action, record, field, before, after.
+
+    With ``limit``, only the first ``limit`` rows (a capped table need not build the rest).
+    """
+    rows: list[dict[str, Any]] = []
     for system, planned in sorted(plan.ops.items()):
         for p in planned:
+            if limit is not None and len(rows) >= limit:
+                return rows[:limit]
             if isinstance(p.op, Delete):
                 rows.append(
                     {
@@ -49,7 +63,7 @@ def plan_rows(plan: Plan) -> list[dict[str, Any]]:
                         "after": "" if value is None else _value(value),
                     }
                 )
-    return rows
+    return rows if limit is None else rows[:limit]
 
 
 def text_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
