@@ -161,7 +161,6 @@ def settle(
         elif (letter["system"], letter["external_id"]) in linked_now - parked_now:
             changes.resolved_dead_letters.append(letter["id"])
     changes.dead_letters.extend(mapping.parked)
-    changes.conflicts.extend(plan.conflicts)
     for system, extract in extracts.items():
         changes.cursors[(system, scope)] = extract.cursor
     # an intent is settled once its create's outcome is known; a create that timed out may

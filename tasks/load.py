@@ -14,9 +14,11 @@ from typing import Any
 from prefect import task
 
 from tasks.common import TASK_OPTIONS, PlannedOp
-from twoway.contract import Endpoint, WriteResult, chunks
+from twoway.contract import Create, Endpoint, RawRecord, WriteResult, chunks
+from twoway.definition import Definition
 from twoway.errors import Retriable
 from twoway.retry import RetryPolicy
+from twoway.values import canonical, values_hash
 
 
 def load_changes(
@@ -26,10 +28,13 @@ def load_changes(
     sleep: Callable[[float], Any],
     rng: random.Random,
     on_progress: Callable[[int], Any] | None = None,
+    batch_size: int | None = None,
 ) -> list[WriteResult]:
-    """Apply ``planned`` in batches; one result per planned op, in order."""
+    """Apply ``planned`` in batches (the smaller of ``batch_size`` and what the endpoint
+    takes); one result per planned op, in order."""
     results: list[WriteResult] = []
-    for batch in chunks(planned, endpoint.max_batch()):
+    size = min(endpoint.max_batch(), batch_size or endpoint.max_batch())
+    for batch in chunks(planned, size):
         ops = [p.op for p in batch]
         try:
             out = policy.call(lambda ops=ops: endpoint.write(ops), sleep=sleep, rng=rng)
@@ -46,3 +51,46 @@ def load_changes(
 load_changes_task = task(
     load_changes, name="load", **{**TASK_OPTIONS, "retries": 0, "retry_condition_fn": None}
 )
+
+
+def confirm_unknown_creates(
+    definition: Definition,
+    system: str,
+    endpoint: Endpoint,
+    since: str | None,
+    planned: list[PlannedOp],
+    results: list[WriteResult],
+    known_keys: set[str],
+) -> list[WriteResult]:
+    """When unsure, read back: creates whose answer was lost are looked for among the
+    records our account changed since ``since`` (the whole collection when None), and
+    confirmed when found.
+
+    A create that timed out may have been applied; finding it now, within the run, keeps a
+    person from editing or deleting an unknown copy before the next run could recognise it.
+    """
+    unknown = [
+        i
+        for i, r in enumerate(results)
+        if isinstance(r.error, Retriable) and isinstance(planned[i].op, Create)
+    ]
+    if not unknown:
+        return results
+    names = definition.fields_of(system)
+    account = definition.systems[system].integration_account
+    by_hash: dict[str, list[RawRecord]] = {}
+    for record in endpoint.read_changes(since).records:
+        if record.key in known_keys or (account and record.modified_by != account):
+            continue
+        values = {f: canonical(record.values.get(col)) for f, col in names.items()}
+        by_hash.setdefault(values_hash(values), []).append(record)
+    confirmed = list(results)
+    for i in unknown:
+        wanted = values_hash({f: canonical(planned[i].fields.get(f)) for f in names})
+        found = by_hash.get(wanted)
+        if found:
+            record = found.pop(0)
+            confirmed[i] = WriteResult(
+                op=planned[i].op, key=record.key, version=record.version, values=record.values
+            )
+    return confirmed

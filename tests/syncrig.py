@@ -77,6 +77,9 @@ class SyncRig:
         for key, value in options.items():
             if key == "phone_direction":
                 doc["fields"]["phone"]["direction"] = value
+            elif key == "batch_size":
+                for system in doc["systems"].values():
+                    system["batch_size"] = value
             else:
                 doc[key] = value
         self.path = tmp_path / "sync.yaml"

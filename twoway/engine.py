@@ -22,13 +22,13 @@ from tasks.delta import Plan, compute_deltas, compute_deltas_task
 from tasks.echo import filter_echoes, filter_echoes_task
 from tasks.extract import canonicalise, extract_changes, extract_changes_task
 from tasks.idmap import map_ids, map_ids_task
-from tasks.load import load_changes, load_changes_task
+from tasks.load import confirm_unknown_creates, load_changes, load_changes_task
 from twoway.connectors import open_endpoint
 from twoway.contract import Create, Delete, Endpoint, Update
 from twoway.definition import Definition
 from twoway.errors import AlreadyRunning, MassChangeRefused, TwowayError
 from twoway.retry import RetryPolicy
-from twoway.state import Intent, StateStore
+from twoway.state import Intent, StateChanges, StateStore
 from twoway.values import canonical, values_hash
 
 SCOPE_ALL = "*"
@@ -301,6 +301,8 @@ def _run(
         pending,
         store.open_intents(sync),
     )
+    for batch in filtered.values():  # records no key identifies wait as dead letters
+        mapping.parked.extend(batch.parked)
     open_conflicts = {
         (c["link_id"], c["field"]) for c in store.open_conflicts(sync, mapping.observed.keys())
     }
@@ -339,6 +341,10 @@ def _run(
                 counts[kind] += 1
         return
 
+    # the conflict log and the intents are written before any write goes out: a run that
+    # dies after overwriting a conflict's loser must not lose the record of it
+    if plan.conflicts:
+        store.commit(sync, StateChanges(conflicts=plan.conflicts), report.run_id)
     fresh = [m for link in mapping.new_links for m in mapping.members.get(link, [])]
     store.record_intents(sync, report.run_id, _intents(definition, mapping, plan), fresh)
     results = {}
@@ -362,7 +368,18 @@ def _run(
             rt.sleep,
             rt.rng,
             progress,
+            definition.systems[system].batch_size,
         )
+        if system in extracts:
+            results[system] = confirm_unknown_creates(
+                definition,
+                system,
+                endpoints[system],
+                extracts[system].cursor,
+                planned,
+                results[system],
+                set(known.get(system, {})),
+            )
     changes, counts = settle(definition, mapping, plan, results, extracts, due, scope, store.now())
     for system, c in counts.items():
         report.systems[system].update(c)
@@ -418,15 +435,46 @@ def _reread_parked(
 
 
 def _guard_mass_change(definition: Definition, store: StateStore, plan: Plan) -> None:
-    """Refuse a run that would delete more than the allowed share of a system's records."""
+    """Refuse a run that would delete or overwrite too much of a system before it writes.
+
+    Three signs of a fault rather than of people's edits, each checked per system with at
+    least 10 linked records (below that a share says little): the system returned none of the records we
+    know (an empty extract: a wrong table, a filter, an outage answering "nothing"), more
+    than ``mass_change_limit`` of its records would be deleted, or more than that share of
+    its converged records would have values overwritten (first-time links do not count).
+    ``--allow-mass-change`` skips the guard.
+    """
+    floor = 10
     linked = store.counts(definition.name)["linked"]
     limit = definition.mass_change_limit
-    for system in definition.systems:
-        deletes = plan.count(system, Delete)
+    override = "If that is intended, run again with --allow-mass-change"
+    for system in sorted(definition.systems):
         live = linked.get(system, 0)
-        if deletes >= 10 and deletes > limit * live:
+        if live < floor:
+            continue
+        vanished = sum(system in lp.deleted_now for lp in plan.links.values())
+        if vanished >= live:
+            raise MassChangeRefused(
+                f"{system} returned none of its {live} known records (an empty extract); "
+                "twoway treats that as a fault of the system, not as every record deleted, "
+                f"and wrote nothing. {override}"
+            )
+        deletes = plan.count(system, Delete)
+        if deletes >= floor and deletes > limit * live:
             raise MassChangeRefused(
                 f"the run would delete {deletes} of {live} records in {system} "
-                f"(more than {limit:.0%}); nothing was written. If that is intended, "
-                "run again with --allow-mass-change"
+                f"(more than {limit:.0%}); nothing was written. {override}"
+            )
+        overwrites = sum(
+            1
+            for p in plan.ops.get(system, [])
+            if isinstance(p.op, Update)
+            and plan.links.get(p.link_id) is not None
+            and plan.links[p.link_id].base
+            and any(p.before.get(f) is not None for f in p.fields)
+        )
+        if overwrites >= floor and overwrites > limit * live:
+            raise MassChangeRefused(
+                f"the run would overwrite values of {overwrites} of {live} records in {system} "
+                f"(more than {limit:.0%}); nothing was written. {override}"
             )

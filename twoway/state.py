@@ -615,7 +615,10 @@ class StateStore:
             dead_letters.c.operation == letter["operation"],
             (dead_letters.c.link_id == letter["link_id"])
             if letter.get("link_id")
-            else (dead_letters.c.external_id == letter.get("external_id")),
+            else sa.and_(
+                dead_letters.c.external_id == letter.get("external_id"),
+                dead_letters.c.payload == _dumps(letter.get("payload")),
+            ),
         )
         existing = conn.execute(
             sa.select(dead_letters.c.id, dead_letters.c.attempts).where(same)
@@ -702,15 +705,14 @@ class StateStore:
                 ]
                 if rows:
                     conn.execute(id_map.insert(), rows)
+            forget = intents.delete().where(
+                intents.c.sync == sync,
+                intents.c.system == sa.bindparam("b_system"),
+                intents.c.link_id == sa.bindparam("b_link"),
+            )
             for part in chunks(list(announced), 500):
-                for item in part:
-                    conn.execute(
-                        intents.delete().where(
-                            intents.c.sync == sync,
-                            intents.c.system == item.system,
-                            intents.c.link_id == item.link_id,
-                        )
-                    )
+                # one executemany per part, not one compiled statement per intent
+                conn.execute(forget, [{"b_system": i.system, "b_link": i.link_id} for i in part])
                 conn.execute(
                     intents.insert(),
                     [

@@ -1,0 +1,228 @@
+"""Sequences the harness once found failing, replayed as named regression tests."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from tests.convergence.machine import MatchOnEmail, SyncMachine, ThreeSystems
+
+
+# these sequences were found with keys reused and a 60 s look-back window
+class ThreeSystemsReusingKeys(ThreeSystems):
+    reuse_keys = True
+    overlap = 60.0
+
+
+class MatchOnEmailReusingKeys(MatchOnEmail):
+    reuse_keys = True
+    overlap = 60.0
+
+
+class TwoSystemsReusingKeys(SyncMachine):
+    reuse_keys = True
+    overlap = 60.0
+
+
+class TwoSystemsWideWindow(SyncMachine):
+    overlap = 60.0
+
+
+# a person deletes a record, and before any run notices, a new record takes its key
+KEY_REUSED_AFTER_DELETE = (
+    ThreeSystemsReusingKeys,
+    """
+    start(seed=1711)
+    person_creates(side=2)
+    clock_skew(behind=0.0, side=2)
+    two_runs_race()
+    set_faults(applied_then_timeout=0.0, concurrent_edit=0.0, edit_while_paging=0.1, error_before=0.3, partial=0.0)
+    crash_run(after=True, step='filter echoes s0')
+    crash_after_write(step='load s0')
+    person_creates(side=0)
+    set_faults(applied_then_timeout=0.0, concurrent_edit=0.0, edit_while_paging=0.3, error_before=0.1, partial=0.0)
+    crash_run(after=False, step='extract s0')
+    person_deletes(pick=5, side=0)
+    two_runs_race()
+    person_deletes(pick=33, side=1)
+    crash_after_write(step='load s1')
+    crash_after_write(step='commit state')
+    run()
+    set_faults(applied_then_timeout=0.0, concurrent_edit=0.1, edit_while_paging=0.0, error_before=0.3, partial=0.1)
+    clock_skew(behind=20.0, side=2)
+    person_creates(side=1)
+    crash_run(after=False, step='filter echoes s0')
+    clock_skew(behind=20.0, side=1)
+    run()
+    person_deletes(pick=44, side=1)
+    run_again()
+    run()
+    run()
+    person_creates(side=2)
+    crash_after_write(step='commit state')
+    set_faults(applied_then_timeout=0.1, concurrent_edit=0.0, edit_while_paging=0.0, error_before=0.0, partial=0.3)
+    crash_after_write(step='commit state')
+    """,
+)
+
+# our own create after a crash got the key of a record a person had deleted unnoticed
+OWN_CREATE_REUSES_DELETED_KEY = (
+    MatchOnEmailReusingKeys,
+    """
+    start(seed=58013)
+    person_deletes(pick=7, side=0)
+    clock_skew(behind=20.0, side=1)
+    crash_after_write(step='load s1')
+    two_runs_race()
+    person_deletes(pick=49, side=1)
+    set_faults(applied_then_timeout=0.1, concurrent_edit=0.0, edit_while_paging=0.1, error_before=0.3, partial=0.3)
+    crash_after_write(step='commit state')
+    crash_after_write(step='load s0')
+    person_creates(side=1)
+    crash_run(after=True, step='filter echoes s0')
+    clock_skew(behind=40.0, side=2)
+    set_faults(applied_then_timeout=0.0, concurrent_edit=0.1, edit_while_paging=0.0, error_before=0.3, partial=0.0)
+    set_faults(applied_then_timeout=0.1, concurrent_edit=0.0, edit_while_paging=0.3, error_before=0.0, partial=0.0)
+    two_runs_race()
+    set_faults(applied_then_timeout=0.3, concurrent_edit=0.0, edit_while_paging=0.0, error_before=0.0, partial=0.3)
+    crash_run(after=True, step='load s1')
+    set_faults(applied_then_timeout=0.3, concurrent_edit=0.0, edit_while_paging=0.3, error_before=0.0, partial=0.1)
+    person_deletes(pick=15, side=1)
+    person_creates(side=2)
+    person_deletes(pick=6, side=1)
+    crash_after_write(step='load s1')
+    two_runs_race()
+    run_again()
+    person_creates(side=1)
+    set_faults(applied_then_timeout=0.3, concurrent_edit=0.0, edit_while_paging=0.3, error_before=0.1, partial=0.0)
+    person_creates(side=2)
+    two_runs_race()
+    set_faults(applied_then_timeout=0.3, concurrent_edit=0.0, edit_while_paging=0.1, error_before=0.3, partial=0.3)
+    person_deletes(pick=47, side=1)
+    """,
+)
+
+# a create parked with backoff must still be retried once its time comes
+PARKED_CREATE_RETRIED_AFTER_BACKOFF = (
+    TwoSystemsReusingKeys,
+    """
+    start(seed=825)
+    person_edits(field='last_name', pick=13, side=0)
+    crash_run(after=False, step='compute field deltas')
+    crash_run(after=False, step='filter echoes s0')
+    person_deletes(pick=36, side=0)
+    clock_skew(behind=5.0, side=2)
+    set_faults(applied_then_timeout=0.0, concurrent_edit=0.0, edit_while_paging=0.0, error_before=0.3, partial=0.0)
+    run()
+    two_runs_race()
+    run_again()
+    person_edits(field='first_name', pick=34, side=1)
+    two_runs_race()
+    person_edits(field='email', pick=21, side=2)
+    run()
+    person_creates(side=1)
+    crash_run(after=False, step='load s1')
+    run()
+    person_creates(side=1)
+    crash_after_write(step='commit state')
+    crash_run(after=False, step='extract s0')
+    run_again()
+    person_creates(side=2)
+    crash_after_write(step='commit state')
+    person_deletes(pick=27, side=2)
+    person_edits(field='email', pick=18, side=0)
+    person_creates(side=0)
+    person_creates(side=2)
+    clock_skew(behind=20.0, side=2)
+    clock_skew(behind=0.0, side=1)
+    two_runs_race()
+    """,
+)
+
+
+# a copy whose create answer was lost is edited by a person before the next run
+LOST_ANSWER_COPY_EDITED = (
+    TwoSystemsWideWindow,
+    """
+    start(seed=73055)
+    crash_after_write(step='load s0')
+    person_edits(field='first_name', pick=24, side=0)
+    person_edits(field='first_name', pick=13, side=0)
+    person_creates(side=0)
+    person_edits(field='email', pick=26, side=1)
+    clock_skew(behind=40.0, side=1)
+    crash_run(after=False, step='extract s0')
+    set_faults(applied_then_timeout=0.0, concurrent_edit=0.3, edit_while_paging=0.3, error_before=0.0, partial=0.3)
+    person_deletes(pick=32, side=1)
+    set_faults(applied_then_timeout=0.1, concurrent_edit=0.3, edit_while_paging=0.0, error_before=0.1, partial=0.0)
+    run_again()
+    set_faults(applied_then_timeout=0.0, concurrent_edit=0.1, edit_while_paging=0.0, error_before=0.3, partial=0.3)
+    crash_run(after=False, step='map IDs')
+    person_creates(side=2)
+    person_edits(field='email', pick=46, side=1)
+    person_creates(side=2)
+    person_edits(field='first_name', pick=41, side=0)
+    set_faults(applied_then_timeout=0.3, concurrent_edit=0.1, edit_while_paging=0.3, error_before=0.1, partial=0.0)
+    crash_after_write(step='commit state')
+    """,
+)
+
+
+# a run dies after overwriting a conflict's loser: the conflict log must survive it
+CONFLICT_LOG_SURVIVES_A_CRASH = (
+    SyncMachine,
+    """
+    start(records=4, seed=4505683)
+    person_edits(field='first_name', pick=10, side=0)
+    crash_run(after=True, step='commit state')
+    person_edits(field='last_name', pick=44, side=1)
+    person_edits(field='first_name', pick=11, side=0)
+    person_edits(field='first_name', pick=19, side=0)
+    crash_run(after=False, step='compute field deltas')
+    person_edits(field='first_name', pick=44, side=1)
+    crash_run(after=False, step='extract s1')
+    crash_run(after=True, step='extract s1')
+    person_edits(field='first_name', pick=8, side=2)
+    person_edits(field='email', pick=31, side=2)
+    person_edits(field='first_name', pick=29, side=1)
+    crash_run(after=False, step='commit state')
+    crash_run(after=False, step='extract s1')
+    person_edits(field='email', pick=35, side=1)
+    person_edits(field='first_name', pick=4, side=2)
+    crash_run(after=False, step='load s0')
+    crash_run(after=True, step='load s0')
+    person_edits(field='first_name', pick=37, side=1)
+    """,
+)
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        KEY_REUSED_AFTER_DELETE,
+        OWN_CREATE_REUSES_DELETED_KEY,
+        PARKED_CREATE_RETRIED_AFTER_BACKOFF,
+        LOST_ANSWER_COPY_EDITED,
+        CONFLICT_LOG_SURVIVES_A_CRASH,
+    ],
+    ids=[
+        "key-reused-after-delete",
+        "own-create-reuses-deleted-key",
+        "parked-create-retried",
+        "lost-answer-copy-edited",
+        "conflict-log-survives-a-crash",
+    ],
+)
+def test_replay(case, caplog):
+    caplog.set_level(logging.CRITICAL)
+    machine_class, steps = case
+    machine = machine_class()
+    try:
+        for line in filter(None, (s.strip() for s in steps.splitlines())):
+            eval(f"machine.{line}")  # noqa: S307 - the steps above, written by us
+    except BaseException:
+        if machine.world:
+            machine.world.close()
+        raise
+    machine.teardown()
