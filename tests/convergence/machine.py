@@ -154,7 +154,14 @@ class SyncMachine(RuleBasedStateMachine):
         try:
             report = run_sync(world.definition, runtime)
         except Crash:
-            world.crashed()
+            if isinstance(steps, CrashingSteps) and steps.at == "commit state" and steps.after:
+                # died after its state was committed: for the state, the run is done
+                world.uncommitted.clear()
+                for name, endpoint in world.endpoints.items():
+                    if endpoint.last_read_start is not None:
+                        self.prev_start[name] = endpoint.last_read_start
+            else:
+                world.crashed()
             raise
         world.uncommitted.clear()
         for name, endpoint in world.endpoints.items():
