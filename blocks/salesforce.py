@@ -318,7 +318,8 @@ class SalesforceObject(Block, Endpoint):
         stamp = item.get(self.modified_at)
         by = item.get(self.modified_by)
         return RawRecord(
-            key=sfid.to18(key),
+            # an id that is not a Salesforce id identifies nothing: the run parks that record
+            key=sfid.to18(key) if sfid.is_valid(key, strict=False) else "",
             values=values,
             modified_at=parse_timestamp(stamp),
             modified_by=sfid.to18(by)

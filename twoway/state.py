@@ -227,14 +227,17 @@ class StateStore:
     def __init__(self, url: str, *, clock: Callable[[], datetime] | None = None):
         self.url = url
         self.clock = clock or (lambda: datetime.now(UTC))
-        parsed = make_url(url)
-        kwargs: dict[str, Any] = {"pool_pre_ping": True}
-        if parsed.get_backend_name() == "sqlite":
-            db = parsed.database
-            if db and db != ":memory:":
-                Path(db).parent.mkdir(parents=True, exist_ok=True)
-            kwargs["connect_args"] = {"timeout": 30}
-        self.engine = sa.create_engine(parsed, **kwargs)
+        try:
+            parsed = make_url(url)
+            kwargs: dict[str, Any] = {"pool_pre_ping": True}
+            if parsed.get_backend_name() == "sqlite":
+                db = parsed.database
+                if db and db != ":memory:":
+                    Path(db).parent.mkdir(parents=True, exist_ok=True)
+                kwargs["connect_args"] = {"timeout": 30}
+            self.engine = sa.create_engine(parsed, **kwargs)
+        except (sa.exc.ArgumentError, ValueError, ImportError, OSError) as exc:
+            raise Fatal(f"cannot open the state store {_safe(url)}: {exc}") from None
         if parsed.get_backend_name() == "sqlite":
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
         self._migrated = False

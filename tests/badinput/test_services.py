@@ -131,3 +131,22 @@ def test_a_401_in_the_middle_of_paging_stops_the_read():
 
     error, seen = _read(handler)
     assert isinstance(error, Fatal) and "401" in str(error) and len(seen) == 2
+
+
+def test_a_salesforce_record_with_a_malformed_id_is_parked_not_fatal():
+    """A record whose Id is not a Salesforce id identifies nothing: it is read with no key."""
+    from blocks.salesforce import SalesforceObject
+
+    block = SalesforceObject(instance_url="http://127.0.0.1:1", columns_to_sync=["Email"])
+    record = block._record({"Id": "not-an-id!", "Email": "x@example.com", "SystemModstamp": None})
+    assert record.key == ""
+
+
+def test_a_state_url_that_cannot_be_opened_is_a_clear_error():
+    import pytest
+
+    from twoway.errors import Fatal
+    from twoway.state import StateStore
+
+    with pytest.raises(Fatal, match="cannot open the state store"):
+        StateStore("nosuchdriver+foo://user:pw@127.0.0.1/x")
