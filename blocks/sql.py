@@ -76,7 +76,7 @@ class SqlTable(Block, Endpoint):
     _engine: sa.Engine | None = PrivateAttr(None)
     _table: sa.Table | None = PrivateAttr(None)
     _clock: Callable[[], datetime] | None = PrivateAttr(None)
-    _after_page: Callable[[], Any] | None = PrivateAttr(None)
+    _after_page: Callable[[list[str]], Any] | None = PrivateAttr(None)
 
     @classmethod
     def from_definition(cls, name: str, system: SqlSystem, columns: list[str]) -> SqlTable:
@@ -100,8 +100,9 @@ class SqlTable(Block, Endpoint):
         """Take write timestamps from ``clock`` (tests run on virtual time)."""
         self._clock = clock
 
-    def use_page_hook(self, hook: Callable[[], Any] | None) -> None:
-        """Call ``hook`` between read pages (tests edit rows while a read is paging)."""
+    def use_page_hook(self, hook: Callable[[list[str]], Any] | None) -> None:
+        """Call ``hook`` with the keys read so far after each read page (tests edit rows
+        while a read is paging)."""
         self._after_page = hook
 
     def _url(self) -> sa.URL:
@@ -262,7 +263,7 @@ class SqlTable(Block, Endpoint):
                     requests += 1
                     records.extend(self._record(r) for r in rows)
                     if self._after_page:
-                        self._after_page()
+                        self._after_page([r.key for r in records])
                     if len(rows) < self.page_size or rows[-1]._mapping[self.modified_at] is None:
                         break
                     last = (rows[-1]._mapping[self.modified_at], rows[-1]._mapping[self.key])
@@ -287,7 +288,7 @@ class SqlTable(Block, Endpoint):
                 rows = conn.execute(query.order_by(key).limit(self.page_size)).all()
                 records.extend(self._record(r) for r in rows)
                 if self._after_page:
-                    self._after_page()
+                    self._after_page([r.key for r in records])
                 if len(rows) < self.page_size:
                     return records
                 last = rows[-1]._mapping[self.key]

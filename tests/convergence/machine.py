@@ -76,7 +76,7 @@ class SyncMachine(RuleBasedStateMachine):
         self.world: World | None = None
         self.prev_start: dict[str, datetime] = {}
 
-    @initialize(seed=st.integers(0, 2**32 - 1), records=st.integers(0, 8))
+    @initialize(seed=st.integers(0, 2**32 - 1), records=st.integers(0, 12))
     def start(self, seed: int, records: int = 0) -> None:
         self.world = World(
             self.systems,
@@ -113,6 +113,22 @@ class SyncMachine(RuleBasedStateMachine):
         if keys:
             self.world.clock.advance(1)
             self.world.edit(system, keys[pick % len(keys)], field)
+
+    @rule(pick=st.integers(0, 50), fields=st.permutations(FIELDS))
+    def people_edit_one_record_on_both_sides(self, pick: int, fields: list[str]) -> None:
+        """Two people change different fields of the same record in two systems: a merge."""
+        world = self.world
+        links: dict[str, dict[str, str]] = {}
+        for r in world.id_rows():
+            if r.deleted_at is None:
+                links.setdefault(r.link_id, {})[r.system] = r.external_id
+        shared = sorted(k for k, members in links.items() if len(members) >= 2)
+        if not shared:
+            return
+        members = links[shared[pick % len(shared)]]
+        for (system, key), fname in zip(sorted(members.items()), fields, strict=False):
+            world.clock.advance(1)
+            world.edit(system, key, fname)
 
     @rule(side=st.integers(0, 2), pick=st.integers(0, 50))
     def person_deletes(self, side: int, pick: int) -> None:
@@ -151,6 +167,8 @@ class SyncMachine(RuleBasedStateMachine):
             steps=steps or Steps(),
         )
         starts = {}
+        for endpoint in world.endpoints.values():
+            endpoint.arm()
         try:
             report = run_sync(world.definition, runtime)
         except Crash:
@@ -178,6 +196,16 @@ class SyncMachine(RuleBasedStateMachine):
     def run_again(self) -> None:
         """A second rule for runs, so sequences hold more of them."""
         self._run()
+
+    @rule()
+    def run_while_people_edit(self) -> None:
+        """A run whose reads page while people keep editing the records being read."""
+        faults = self.world.faults
+        self.world.faults = Faults(**{**vars(faults), "edit_while_paging": 0.7})
+        try:
+            self._run()
+        finally:
+            self.world.faults = faults
 
     @rule(step=st.sampled_from(RUN_STEPS), after=st.booleans())
     def crash_run(self, step: str, after: bool) -> None:
@@ -209,6 +237,8 @@ class SyncMachine(RuleBasedStateMachine):
                 outcomes.append("already running")
 
         world.clock.advance(2)
+        for endpoint in world.endpoints.values():
+            endpoint.arm()
         threads = [threading.Thread(target=one) for _ in range(2)]
         for t in threads:
             t.start()

@@ -46,7 +46,7 @@ def _incremental(self: SqlTable, cursor: str | None, select: Callable) -> Change
             rows = select(self, conn, since, page)
             records.extend(self._record(r) for r in rows)
             if self._after_page:
-                self._after_page()
+                self._after_page([r.key for r in records])
             if len(rows) < self.page_size:
                 break
             page += 1

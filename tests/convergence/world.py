@@ -99,19 +99,36 @@ class Flaky(Endpoint):
     def _roll(self, rate: float) -> bool:
         return rate > 0 and self.world.rng.random() < rate
 
-    def _between_pages(self) -> None:
+    def _between_pages(self, read_so_far: list[str]) -> None:
+        """A person edits a record while the read pages: one already read (which moves it
+        behind the read position) or any other."""
         if self._roll(self.world.faults.edit_while_paging):
-            self.world.random_edit(self.system)
+            live = set(self.world.keys(self.system))
+            done = [k for k in read_so_far if k in live]
+            if done and self.world.rng.random() < 0.7:
+                self.world.edit(
+                    self.system, self.world.rng.choice(done), self.world.rng.choice(FIELDS)
+                )
+            else:
+                self.world.random_edit(self.system)
 
     def columns(self) -> set[str]:
         return self.inner.columns()
 
+    def arm(self) -> None:
+        """A run starts: its first read is the extraction the completeness check looks at
+        (a later read in the same run, such as a read-back of lost answers, is not)."""
+        self._extraction = True
+
     def read_changes(self, cursor: str | None) -> ChangeSet:
         if self._roll(self.world.faults.error_before):
             raise Retriable(f"{self.system}: injected 503 on read")
-        self.last_read_start = self.world.clock()
+        extraction, self._extraction = getattr(self, "_extraction", False), False
+        started = self.world.clock()
         changes = self.inner.read_changes(cursor)
-        self.last_read_keys = {r.key for r in changes.records}
+        if extraction:
+            self.last_read_start = started
+            self.last_read_keys = {r.key for r in changes.records}
         return changes
 
     def read(self, keys):
