@@ -476,7 +476,7 @@ def test_forged_notifications_are_refused_and_start_nothing(api):
 def test_the_ui_shows_the_run_and_its_report(api):
     executable = chromium_path()
     if executable is None:
-        pytest.skip("chromium is not installed (scripts/ui-deps installs it as root)")
+        pytest.fail("chromium is not installed: run scripts/ui-deps as root (scripts/test does)")
     # the first run, which created records: it has all three artifacts
     (run,) = [r for r in _runs(api, "twoway-sync/contacts") if r.name == "contacts: run"]
     ui = api.api.removesuffix("/api")
