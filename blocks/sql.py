@@ -34,6 +34,7 @@ from twoway.contract import (
 )
 from twoway.definition import SqlSystem
 from twoway.errors import Fatal, PreconditionFailed, Retriable, Skippable
+from twoway.sqlbulk import insert_rows
 from twoway.values import format_timestamp, parse_timestamp
 
 
@@ -75,6 +76,7 @@ class SqlTable(Block, Endpoint):
 
     _engine: sa.Engine | None = PrivateAttr(None)
     _table: sa.Table | None = PrivateAttr(None)
+    _converting: dict[str, sa.types.TypeEngine] | None = PrivateAttr(None)
     _clock: Callable[[], datetime] | None = PrivateAttr(None)
     _after_page: Callable[[list[str]], Any] | None = PrivateAttr(None)
 
@@ -156,11 +158,12 @@ class SqlTable(Block, Endpoint):
             self._engine.dispose()
         self._engine = None
         self._table = None
+        self._converting = None
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
         private = dict(state.get("__pydantic_private__") or {})
-        private.update({"_engine": None, "_table": None})
+        private.update({"_engine": None, "_table": None, "_converting": None})
         state["__pydantic_private__"] = private
         return state
 
@@ -427,7 +430,7 @@ class SqlTable(Block, Endpoint):
         for indexes in groups.values():
             batch = [params[i] for i in indexes]
             if generated:
-                conn.execute(table.insert(), batch)
+                insert_rows(conn, table, batch)
                 new = [str(p[self.key]) for p in batch]
             elif returning:
                 stmt = table.insert().returning(key, sort_by_parameter_order=True)
@@ -440,12 +443,17 @@ class SqlTable(Block, Endpoint):
 
     def _native(self, values: dict[str, Any]) -> dict[str, Any]:
         """Canonical values in each column's own type (timestamps, dates, numbers, flags)."""
-        table = self.sa_table()
-        out = {}
-        for name, value in values.items():
-            column = table.c.get(name)
-            out[name] = _to_column_type(column.type, value, name) if column is not None else value
-        return out
+        if self._converting is None:
+            self._converting = {
+                c.name: c.type for c in self.sa_table().c if isinstance(c.type, _CONVERTED)
+            }
+        kinds = self._converting
+        return {
+            name: _to_column_type(kinds[name], value, name)
+            if value is not None and name in kinds
+            else value
+            for name, value in values.items()
+        }
 
     def _update(
         self, conn: sa.Connection, op: Update, stamps: dict[str, Any]
@@ -487,6 +495,10 @@ class SqlTable(Block, Endpoint):
         if exists is None:
             return Skippable(f"record {key} does not exist in {self.table}")
         return PreconditionFailed(f"record {key} in {self.table} changed since it was read")
+
+
+#: column types whose values :func:`_to_column_type` converts; text and floats pass as they are
+_CONVERTED = (sa.DateTime, sa.Date, sa.Boolean, sa.Numeric, sa.Integer)
 
 
 def _to_column_type(kind: sa.types.TypeEngine, value: Any, name: str) -> Any:

@@ -11,6 +11,7 @@ bar that moves while the run works. Its final state message is a one-line summar
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -99,14 +100,23 @@ class _Progress:
         self.writes_total = 0
         self.written: dict[str, int] = {}
         self.percent = 0.0
+        self._last = time.monotonic()
         self.artifact_id = create_progress_artifact(
             progress=0.0,
             key=_artifact_key(sync, "progress"),
             description=f"{sync}: starting",
         )
 
-    def _update(self, percent: float, what: str) -> None:
+    #: seconds between two updates: each is an API call, and a run of 100,000 records writes
+    #: 100s of batches
+    interval = 1.0
+
+    def _update(self, percent: float, what: str, force: bool = False) -> None:
         self.percent = max(self.percent, min(100.0, percent))
+        now = time.monotonic()
+        if not force and now - self._last < self.interval:
+            return
+        self._last = now
         update_progress_artifact(
             self.artifact_id, progress=round(self.percent, 1), description=f"{self.sync}: {what}"
         )
@@ -123,7 +133,7 @@ class _Progress:
             self.writes_total = sum(len(v) for v in ops.values())
             self._update(50.0, f"planned {self.writes_total} writes")
         elif name == "commit state":
-            self._update(100.0, "state committed")
+            self._update(100.0, "state committed", force=True)
 
     def wrote(self, system: str, done: int, total: int) -> None:
         """Load progress of one system (called after every write batch)."""
@@ -136,7 +146,7 @@ class _Progress:
             )
 
     def finish(self, status: str) -> None:
-        self._update(100.0, status)
+        self._update(100.0, status, force=True)
 
 
 class _ProgressSteps(Steps):

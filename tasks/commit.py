@@ -44,6 +44,7 @@ def settle(
             outcome.setdefault(p.link_id, []).append((p, r))
     failed_links: set[str] = set()
     members_by_link = mapping.members
+    columns = {s: definition.fields_of(s) for s in definition.systems}
 
     for link_id, lp in plan.links.items():
         live = {m.system: m for m in members_by_link.get(link_id, []) if m.deleted_at is None}
@@ -79,7 +80,7 @@ def settle(
                 )
                 continue
             counts[p.system][kind] += 1
-            stored = _canonical_stored(definition, p.system, r.values)
+            stored = _canonical_stored(columns[p.system], r.values)
             if isinstance(p.op, Delete):
                 member = live[p.system]
                 updated[p.system] = Member(
@@ -93,8 +94,10 @@ def settle(
                 )
             elif isinstance(p.op, Create):
                 seen = stored if stored is not None else dict(p.fields)
+                # most creates store what was sent: their intent's hash is the hash of it
+                known = p.created_hash if p.created is not None and seen == p.created else None
                 updated[p.system] = Member(
-                    p.system, str(r.key), link_id, seen, values_hash(seen), r.version, None
+                    p.system, str(r.key), link_id, seen, known or values_hash(seen), r.version, None
                 )
             else:
                 prior = updated.get(p.system) or live[p.system]
@@ -187,11 +190,11 @@ def _move_tombstones_off_reused_keys(members: list[Member]) -> None:
 
 
 def _canonical_stored(
-    definition: Definition, system: str, values: dict[str, Any] | None
+    columns: dict[str, str], values: dict[str, Any] | None
 ) -> dict[str, Any] | None:
     if values is None:
         return None
-    return {f: canonical(values.get(col)) for f, col in definition.fields_of(system).items()}
+    return {f: canonical(values.get(col)) for f, col in columns.items()}
 
 
 def commit_state(store: StateStore, sync: str, changes: StateChanges, run_id: str) -> None:

@@ -21,6 +21,7 @@ from tasks.common import TASK_OPTIONS, Observed, PlannedOp
 from tasks.idmap import Mapping, match_key
 from twoway.contract import Create, Delete, Update
 from twoway.definition import Definition
+from twoway.values import canonical
 
 _MISSING = object()
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -78,6 +79,17 @@ def compute_deltas(
     plan = Plan(ops={s: [] for s in definition.systems})
     decisions = decisions or {}
     policy, preferred = definition.policy
+    # per field, computed once: who may propose a value, and which way it flows
+    specs = [
+        (
+            fname,
+            fmap,
+            {s for s in fmap.columns if s in sources and (fmap.source is None or s == fmap.source)},
+            {(a, b) for a in definition.systems for b in definition.systems if fmap.flows(a, b)},
+        )
+        for fname, fmap in definition.field_maps.items()
+    ]
+    creates = _create_specs(definition)
     for link_id in sorted(mapping.observed.keys() | mapping.deleted.keys()):
         link = mapping.links.get(link_id)
         observed = mapping.observed.get(link_id, {})
@@ -131,9 +143,10 @@ def compute_deltas(
             live.pop(system)
             tombstoned.add(system)
 
-        for fname, fmap in definition.field_maps.items():
-            if (link_id, fname) in decisions:  # a person settled this field: apply their choice
-                conflict_id, value = decisions[(link_id, fname)]
+        for fname, fmap, proposers, flows in specs:
+            if decisions and (link_id, fname) in decisions:  # a person settled this field
+                conflict_id, chosen = decisions[(link_id, fname)]
+                value = canonical(chosen)  # a person's value takes the form read values have
                 plan.decided.setdefault(link_id, []).append(conflict_id)
                 lp.proposed[fname] = value
                 lp.needs[fname] = {
@@ -146,15 +159,14 @@ def compute_deltas(
                 }
                 continue
             proposals: dict[str, Any] = {}
+            prior = base.get(fname, _MISSING)
             for system, values in current.items():
-                if system not in sources or system not in fmap.columns:
+                # only sources that map the field propose; a one-way field never flows back
+                if system not in proposers:
                     continue
                 if system not in observed and live[system].seen is None:
                     continue  # known by key only (a crashed run's new link): its values are unknown
-                if fmap.source is not None and system != fmap.source:
-                    continue  # a one-way field never flows backwards
                 value = values.get(fname)
-                prior = base.get(fname, _MISSING)
                 if prior is _MISSING and value is None:
                     continue  # no value yet is not a change: never write a blank over data
                 if prior is _MISSING or not _same(value, prior):
@@ -187,7 +199,7 @@ def compute_deltas(
             for target, values in current.items():
                 if (
                     target in targets
-                    and fmap.flows(winner, target)
+                    and (winner, target) in flows
                     and not _same(values.get(fname), value)
                 ):
                     lp.needs[fname].add(target)
@@ -195,7 +207,7 @@ def compute_deltas(
         lp.match_key = (
             match_key(definition, {**base, **lp.proposed}) if definition.match_on else None
         )
-        _plan_writes(definition, plan, lp, live, tombstoned, targets)
+        _plan_writes(definition, plan, lp, live, tombstoned, targets, creates)
     return plan
 
 
@@ -227,6 +239,22 @@ def _settle(
     return max(proposals, key=when)
 
 
+def _create_specs(definition: Definition) -> dict[str, list[tuple[str, str, str | None, set]]]:
+    """Per system: (field, column, one-way source, systems that send it there) for creates."""
+    return {
+        system: [
+            (
+                fname,
+                column,
+                definition.field_maps[fname].source,
+                {s for s in definition.systems if definition.field_maps[fname].flows(s, system)},
+            )
+            for fname, column in definition.fields_of(system).items()
+        ]
+        for system in definition.systems
+    }
+
+
 def _plan_writes(
     definition: Definition,
     plan: Plan,
@@ -234,8 +262,8 @@ def _plan_writes(
     live: dict,
     tombstoned: set[str],
     targets: set[str],
+    creates: dict[str, list[tuple[str, str, str | None, set]]],
 ) -> None:
-    merged = {**lp.base, **lp.proposed}
     for system, member in live.items():
         fields = {f: lp.proposed[f] for f, need in lp.needs.items() if system in need}
         if not fields:
@@ -253,34 +281,30 @@ def _plan_writes(
         )
     if not lp.current:
         return
+    merged = {**lp.base, **lp.proposed}
+    holders = lp.current.keys()
     for system in definition.systems:
         if system in live or system in tombstoned or system not in targets:
             continue
-        columns = definition.fields_of(system)
         fields = {}
-        for fname in columns:
-            fmap = definition.field_maps[fname]
-            senders = [s for s in lp.current if fmap.flows(s, system)]
-            if not senders:
+        values = {}
+        for fname, column, source, senders in creates[system]:
+            if holders.isdisjoint(senders):
                 continue
-            if fmap.source is not None:
-                value = lp.current[fmap.source].get(fname) if fmap.source in lp.current else None
+            if source is not None:
+                value = lp.current[source].get(fname) if source in lp.current else None
             else:
                 value = merged.get(fname)
             if value is not None:
                 fields[fname] = value
+                values[column] = value
         if not fields:
             continue
-        for fname in fields:
+        for fname, value in fields.items():
             lp.needs.setdefault(fname, set()).add(system)
-            lp.proposed.setdefault(fname, fields[fname])
+            lp.proposed.setdefault(fname, value)
         plan.ops[system].append(
-            PlannedOp(
-                lp.link_id,
-                system,
-                Create(lp.link_id, {columns[f]: v for f, v in fields.items()}),
-                fields=fields,
-            )
+            PlannedOp(lp.link_id, system, Create(lp.link_id, values), fields=fields)
         )
 
 

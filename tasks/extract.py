@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prefect import task
 
 from tasks.common import TASK_OPTIONS, Extract, Observed
@@ -12,9 +14,12 @@ from twoway.values import canonical, values_hash
 
 def canonicalise(definition: Definition, system: str, record: RawRecord) -> Observed:
     """A system's record as canonical fields (names per the mapping, values normalised)."""
-    values = {
-        f: canonical(record.values.get(col)) for f, col in definition.fields_of(system).items()
-    }
+    return _canonicalise(definition.fields_of(system), system, record)
+
+
+def _canonicalise(columns: dict[str, str], system: str, record: RawRecord) -> Observed:
+    raw = record.values
+    values = {f: canonical(raw.get(col)) for f, col in columns.items()}
     return Observed(
         system=system,
         key=record.key,
@@ -31,22 +36,26 @@ def extract_changes(
     system: str,
     endpoint: Endpoint,
     cursor: str | None,
-    known_live: set[str],
+    known_live: Callable[[], set[str]],
 ) -> Extract:
     """Records changed since ``cursor`` and the keys deleted since.
 
     Deletions come from the system's change feed where it has one; otherwise the keys we
-    know to be live are compared with the system's key list (hard deletes).
+    know to be live (``known_live()``, asked only then) are compared with the system's key
+    list or, after a full read, with the keys read (hard deletes).
     """
     changes = endpoint.read_changes(cursor)
-    records = [canonicalise(definition, system, r) for r in changes.records]
+    columns = definition.fields_of(system)
+    records = [_canonicalise(columns, system, r) for r in changes.records]
     deleted = set(changes.deleted)
-    if changes.full:
-        deleted |= known_live - {r.key for r in records}
     keys = endpoint.list_keys()
-    if keys is not None:
-        deleted |= known_live - keys
-    deleted &= known_live | set(changes.deleted)
+    if changes.full or keys is not None:
+        live = known_live()
+        if changes.full:
+            deleted |= live - {r.key for r in records}
+        if keys is not None:
+            deleted |= live - keys
+        deleted &= live | set(changes.deleted)
     return Extract(
         system=system,
         records=records,

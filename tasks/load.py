@@ -86,7 +86,7 @@ def confirm_unknown_creates(
         by_hash.setdefault(values_hash(values), []).append(record)
     confirmed = list(results)
     for i in unknown:
-        wanted = values_hash({f: canonical(planned[i].fields.get(f)) for f in names})
+        wanted = values_hash({f: planned[i].fields.get(f) for f in names})  # canonical already
         found = by_hash.get(wanted)
         if found:
             record = found.pop(0)

@@ -17,6 +17,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     SecretStr,
     ValidationError,
     field_validator,
@@ -182,6 +183,9 @@ class Definition(BaseModel):
     # filled in by load_definition
     path: Path | None = Field(None, exclude=True)
     field_maps: dict[str, FieldMap] = Field(default_factory=dict, exclude=True)
+    _fields_of: dict[str, tuple[dict[str, FieldMap], dict[str, str]]] = PrivateAttr(
+        default_factory=dict
+    )
 
     @field_validator("systems")
     @classmethod
@@ -201,8 +205,15 @@ class Definition(BaseModel):
         return self.conflicts, None
 
     def fields_of(self, system: str) -> dict[str, str]:
-        """Canonical field -> column, for the fields this system maps."""
-        return {f: m.columns[system] for f, m in self.field_maps.items() if system in m.columns}
+        """Canonical field -> column, for the fields this system maps (computed once per
+        field map: runs ask for it per record; callers must not change the result)."""
+        cached = self._fields_of.get(system)
+        if cached is None or cached[0] is not self.field_maps:
+            columns = {
+                f: m.columns[system] for f, m in self.field_maps.items() if system in m.columns
+            }
+            cached = self._fields_of[system] = (self.field_maps, columns)
+        return cached[1]
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

@@ -29,6 +29,7 @@ from sqlalchemy.engine import make_url
 
 from twoway.contract import chunks
 from twoway.errors import AlreadyRunning, Fatal
+from twoway.sqlbulk import insert_rows, upsert_rows
 
 metadata = sa.MetaData()
 S = sa.String(120)
@@ -53,13 +54,16 @@ id_map = sa.Table(
     sa.Column("deleted_at", sa.DateTime, nullable=True),
     sa.Index("ix_id_map_link", "sync", "link_id"),
 )
+#: part of the table; stores older than version 3 get it from a migration
+_LIVE_INDEX = sa.Index(
+    "ix_id_map_live", id_map.c.sync, id_map.c.system, id_map.c.deleted_at, id_map.c.external_id
+)
 shadow = sa.Table(
     "shadow",
     metadata,
     sa.Column("sync", S, primary_key=True),
     sa.Column("link_id", sa.String(36), primary_key=True),
     sa.Column("base", sa.Text, nullable=False),
-    sa.Column("base_hash", sa.String(32), nullable=False),
     sa.Column("match_key", sa.String(32), nullable=True),
     sa.Column("deleted_at", sa.DateTime, nullable=True),
     sa.Column("updated_at", sa.DateTime, nullable=False),
@@ -160,8 +164,24 @@ def _intent_log(conn: sa.Connection) -> None:
     metadata.create_all(conn, tables=[intents])
 
 
+def _live_index(conn: sa.Connection) -> None:
+    """Version 3: live keys per system come from an index, not a scan of every seen value."""
+    _LIVE_INDEX.create(conn, checkfirst=True)  # new stores have it from their first version
+
+
+def _no_base_hash(conn: sa.Connection) -> None:
+    """Version 4: the merge base's hash column goes (nothing read it; every commit paid for it)."""
+    if "base_hash" in {c["name"] for c in sa.inspect(conn).get_columns("shadow")}:
+        conn.exec_driver_sql("ALTER TABLE shadow DROP COLUMN base_hash")
+
+
 #: ordered schema migrations; number N brings a store from version N-1 to N
-MIGRATIONS: list[Callable[[sa.Connection], None]] = [_initial, _intent_log]
+MIGRATIONS: list[Callable[[sa.Connection], None]] = [
+    _initial,
+    _intent_log,
+    _live_index,
+    _no_base_hash,
+]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -170,8 +190,12 @@ def _naive(when: datetime) -> datetime:
     return when.astimezone(UTC).replace(tzinfo=None) if when.tzinfo else when
 
 
+_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
 def _dumps(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    """Stored JSON: compact, keys sorted (equal values store as equal text)."""
+    return _ENCODER.encode(value)
 
 
 @dataclass(slots=True)
@@ -328,13 +352,14 @@ class StateStore:
                     out.setdefault(match_key, []).append(link_id)
         return out
 
-    def live_keys(self, sync: str, system: str) -> dict[str, str]:
-        """external_id -> link_id of every record of a system not known to be deleted."""
-        query = sa.select(id_map.c.external_id, id_map.c.link_id).where(
+    def live_keys(self, sync: str, system: str) -> set[str]:
+        """The external IDs of a system's records not known to be deleted (read from the
+        ``ix_id_map_live`` index alone: a hard-delete check reads it whole)."""
+        query = sa.select(id_map.c.external_id).where(
             id_map.c.sync == sync, id_map.c.system == system, id_map.c.deleted_at.is_(None)
         )
         with self.engine.connect() as conn:
-            return dict(conn.execute(query).all())
+            return set(conn.execute(query).scalars())
 
     def cursor(self, sync: str, system: str, scope: str) -> str | None:
         query = sa.select(cursors.c.cursor).where(
@@ -506,57 +531,50 @@ class StateStore:
         """Write a run's observations in one transaction: all of them or none."""
         now = self.now()
         with self.engine.begin() as conn:
+            # the records of a link and its merge base mostly hold the same values: each
+            # distinct value set is encoded once (by its hash, or compared with the link's)
+            text_of: dict[str, str] = {}
+            seen_of_link: dict[str, tuple[dict[str, Any], str]] = {}
             if changes.members:
                 rows = {(m.system, m.external_id): m for m in changes.members}
-                for part in chunks(list(rows), 500):
-                    for system in {s for s, _ in part}:
-                        ids = [e for s, e in part if s == system]
-                        conn.execute(
-                            id_map.delete().where(
-                                id_map.c.sync == sync,
-                                id_map.c.system == system,
-                                id_map.c.external_id.in_(ids),
-                            )
-                        )
-                conn.execute(
-                    id_map.insert(),
-                    [
+                member_rows = []
+                for m in rows.values():
+                    seen = None
+                    if m.seen is not None:
+                        seen = text_of.get(m.seen_hash) if m.seen_hash else None
+                        if seen is None:
+                            seen = _dumps(m.seen)
+                            if m.seen_hash:
+                                text_of[m.seen_hash] = seen
+                        seen_of_link[m.link_id] = (m.seen, seen)
+                    member_rows.append(
                         {
                             "sync": sync,
                             "system": m.system,
                             "external_id": m.external_id,
                             "link_id": m.link_id,
-                            "seen": _dumps(m.seen) if m.seen is not None else None,
+                            "seen": seen,
                             "seen_hash": m.seen_hash,
                             "version": m.version,
                             "deleted_at": m.deleted_at,
                         }
-                        for m in rows.values()
-                    ],
-                )
-            if changes.links:
-                from twoway.values import values_hash
-
-                rows_l = {link.link_id: link for link in changes.links}
-                for part in chunks(list(rows_l), 500):
-                    conn.execute(
-                        shadow.delete().where(shadow.c.sync == sync, shadow.c.link_id.in_(part))
                     )
-                conn.execute(
-                    shadow.insert(),
-                    [
+                upsert_rows(conn, id_map, member_rows)
+            if changes.links:
+                link_rows = []
+                for link in {link.link_id: link for link in changes.links}.values():
+                    same = seen_of_link.get(link.link_id)
+                    link_rows.append(
                         {
                             "sync": sync,
                             "link_id": link.link_id,
-                            "base": _dumps(link.base),
-                            "base_hash": values_hash(link.base),
+                            "base": same[1] if same and same[0] == link.base else _dumps(link.base),
                             "match_key": link.match_key,
                             "deleted_at": link.deleted_at,
                             "updated_at": now,
                         }
-                        for link in rows_l.values()
-                    ],
-                )
+                    )
+                upsert_rows(conn, shadow, link_rows)
             for (system, scope), value in changes.cursors.items():
                 conn.execute(
                     cursors.delete().where(
@@ -590,15 +608,18 @@ class StateStore:
                     .where(conflicts.c.id.in_(changes.resolved_conflicts))
                     .values(status="resolved", resolved_at=now)
                 )
-            if changes.settled_intents:
-                conn.execute(
-                    intents.delete().where(
-                        intents.c.sync == sync,
-                        intents.c.system == sa.bindparam("b_system"),
-                        intents.c.link_id == sa.bindparam("b_link"),
-                    ),
-                    [{"b_system": s, "b_link": lid} for s, lid in changes.settled_intents],
-                )
+            settled: dict[str, list[str]] = {}
+            for system, link_id in changes.settled_intents:
+                settled.setdefault(system, []).append(link_id)
+            for system, link_ids in settled.items():
+                for part in chunks(link_ids, 500):
+                    conn.execute(
+                        intents.delete().where(
+                            intents.c.sync == sync,
+                            intents.c.system == system,
+                            intents.c.link_id.in_(part),
+                        )
+                    )
             if changes.resolved_dead_letters:
                 for part in chunks(changes.resolved_dead_letters, 500):
                     conn.execute(
@@ -706,20 +727,14 @@ class StateStore:
                     for m in fresh
                     if m.system == system and m.external_id not in taken
                 ]
-                if rows:
-                    conn.execute(id_map.insert(), rows)
-            forget = intents.delete().where(
-                intents.c.sync == sync,
-                intents.c.system == sa.bindparam("b_system"),
-                intents.c.link_id == sa.bindparam("b_link"),
-            )
-            for part in chunks(list(announced), 500):
-                # one executemany per part, not one compiled statement per intent
-                conn.execute(forget, [{"b_system": i.system, "b_link": i.link_id} for i in part])
-                conn.execute(
-                    intents.insert(),
-                    [
-                        {
+                insert_rows(conn, id_map, rows)
+            # an intent of an earlier run for the same link is replaced by this run's
+            upsert_rows(
+                conn,
+                intents,
+                list(
+                    {
+                        (i.system, i.link_id): {
                             "sync": sync,
                             "system": i.system,
                             "link_id": i.link_id,
@@ -728,9 +743,10 @@ class StateStore:
                             "members": _dumps([list(m) for m in i.members]),
                             "created_at": now,
                         }
-                        for i in part
-                    ],
-                )
+                        for i in announced
+                    }.values()
+                ),
+            )
 
     def open_intents(self, sync: str) -> list[Intent]:
         """Intents no run has settled: creates whose outcome a crash may have hidden."""
@@ -833,6 +849,8 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
+    # 64 MiB of page cache: the ID map's indexes take random inserts of 100,000s of keys
+    cursor.execute("PRAGMA cache_size=-65536")
     cursor.close()
 
 

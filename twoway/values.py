@@ -32,7 +32,15 @@ def _valid_text(text: str) -> str:
 
 def canonical(value: Any) -> Any:
     """The canonical form of one value: JSON-safe, stable, and equal for equal data."""
-    if value is None or isinstance(value, bool):
+    kind = type(value)
+    if kind is str:
+        # ASCII text is valid UTF-8 and already NFC: the common case costs one check
+        return value if value.isascii() else unicodedata.normalize("NFC", _valid_text(value))
+    if value is None or kind is bool:
+        return value
+    if kind is int and -(2**63) <= value < 2**63:
+        return value
+    if isinstance(value, bool):
         return value
     if isinstance(value, str):
         return unicodedata.normalize("NFC", _valid_text(value))
@@ -103,5 +111,8 @@ def canonical_record(values: Mapping[str, Any]) -> dict[str, Any]:
 
 def values_hash(values: Mapping[str, Any]) -> str:
     """A stable hash of canonical values (field order does not matter)."""
-    text = json.dumps(values, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    text = _ENCODER.encode(values)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
+
+
+_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)

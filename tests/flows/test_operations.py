@@ -132,6 +132,7 @@ def test_progress_moves_and_the_change_table_states_its_cap(tmp_path, monkeypatc
 
     monkeypatch.setattr(twoway_flows, "update_progress_artifact", recording)
     monkeypatch.setattr(twoway_flows, "TABLE_CAP", 5)
+    monkeypatch.setattr(twoway_flows._Progress, "interval", 0.0)  # every step, however quick
     with sync_rig(tmp_path) as rig:
         for i in range(40):
             rig.add("s0", f"p{i}@example.com", "A", f"L{i}")
@@ -191,3 +192,23 @@ def test_history_prints_the_last_runs_from_the_prefect_api(tmp_path, monkeypatch
 
         runs = json.loads(capsys.readouterr().out)
         assert [r["dry_run"] for r in runs] == [True, False]
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_progress_updates_at_most_once_a_second_but_always_ends(tmp_path, monkeypatch):
+    seen: list[float] = []
+    original = twoway_flows.update_progress_artifact
+
+    def recording(artifact_id, progress, description=None):
+        seen.append(progress)
+        return original(artifact_id, progress=progress, description=description)
+
+    monkeypatch.setattr(twoway_flows, "update_progress_artifact", recording)
+    monkeypatch.setattr(twoway_flows._Progress, "interval", 3600.0)
+    with sync_rig(tmp_path) as rig:
+        for i in range(40):
+            rig.add("s0", f"p{i}@example.com", "A", f"L{i}")
+        state = two_way_sync(definition=str(rig.path), return_state=True)
+        assert state.is_completed()
+    # each update is an API call: within the interval only the state commit and the end go out
+    assert seen == [100.0, 100.0]

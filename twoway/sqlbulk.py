@@ -1,0 +1,76 @@
+"""Bulk inserts and upserts: the one place that writes 100,000s of rows to a database at once."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+
+
+def insert_rows(conn: sa.Connection, table: sa.Table, rows: list[dict[str, Any]]) -> None:
+    """Insert many rows at once. On SQLite the driver's own executemany takes the rows: at
+    100,000s of rows SQLAlchemy's per-row parameter processing costs more than the database;
+    elsewhere SQLAlchemy's multi-row VALUES batches are the fast path."""
+    if not rows:
+        return
+    if conn.dialect.name != "sqlite":
+        conn.execute(table.insert(), rows)
+        return
+    _sqlite_executemany(conn, table, rows, "INSERT")
+
+
+def upsert_rows(conn: sa.Connection, table: sa.Table, rows: list[dict[str, Any]]) -> None:
+    """Insert many rows, replacing those whose primary key exists (rows must not repeat a
+    key): one statement per batch instead of a delete and an insert."""
+    if not rows:
+        return
+    dialect = conn.dialect.name
+    if dialect == "sqlite":
+        _sqlite_executemany(conn, table, rows, "INSERT OR REPLACE")
+        return
+    keys = [c.name for c in table.primary_key.columns]
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+
+        stmt = insert(table)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=keys,
+            set_={n: stmt.excluded[n] for n in rows[0] if n not in keys},
+        )
+    elif dialect in ("mysql", "mariadb"):
+        from sqlalchemy.dialects.mysql import insert
+
+        stmt = insert(table)
+        stmt = stmt.on_duplicate_key_update({n: stmt.inserted[n] for n in rows[0] if n not in keys})
+    else:
+        for row in rows:  # any other database: delete, then insert, row by row
+            conn.execute(table.delete().where(*(table.c[k] == row[k] for k in keys)))
+        conn.execute(table.insert(), rows)
+        return
+    conn.execute(stmt, rows)
+
+
+def _sqlite_executemany(
+    conn: sa.Connection, table: sa.Table, rows: list[dict[str, Any]], verb: str
+) -> None:
+    names = list(rows[0])
+    convert = [
+        (i, proc)
+        for i, name in enumerate(names)
+        if (proc := table.c[name].type.dialect_impl(conn.dialect).bind_processor(conn.dialect))
+        is not None
+    ]
+    params = []
+    for row in rows:
+        values = [row[n] for n in names]
+        for i, proc in convert:
+            if values[i] is not None:
+                values[i] = proc(values[i])
+        params.append(tuple(values))
+    preparer = conn.dialect.identifier_preparer
+    sql = (
+        f"{verb} INTO {preparer.format_table(table)} "
+        f"({', '.join(preparer.quote(n) for n in names)}) "
+        f"VALUES ({', '.join('?' for _ in names)})"
+    )
+    conn.exec_driver_sql(sql, params)
