@@ -19,10 +19,27 @@ exit (wall, user+system CPU, peak RSS from ``wait4``):
 - ``no-change``: the next run after that with nothing changed by people (twoway reads its own
   writes of the previous run back from the changes feed and must write nothing).
 
+- ``full-reconciliation``: right after the initial run and its echo read-back, ``twoway run
+  --full``: both sides read whole and compared with the merge base; nothing may be written.
+
+``--target postgres`` (or ``both``) runs the same workloads against PostgreSQL
+(``--pg-url``): twoway syncs the collection with a table in a fresh schema per repetition
+(dropped after), the floor upserts with psycopg2 ``execute_values`` and dlt loads through its
+postgres destination. Those workloads are named with ``-pg`` (``initial-pg``, ...); every
+row also carries ``target``.
+
+``writes-sharepoint`` / ``writes-salesforce`` (``--writes-n`` records): a one-way twoway
+sync (every field ``db -> sp``/``db -> sf``) from a SQLite table into an empty list of the
+Graph simulator (``$batch``, 20 a call) or an empty object of the Salesforce simulator
+(sObject Collections, 200 a call), each simulator in its own process (``bench/saas.py``),
+against ``bench/writes.py``, a plain httpx script making the same batched calls (the
+"raw batched calls" ceiling); rows report records/s and twoway's share of the raw rate.
+
 Once per invocation it also times ``initial-cold``: ``twoway run`` with no Prefect server
-configured, which pays for Prefect's temporary server. Peers run in their own virtual
-environment, ``bench/.venv-peers`` (created on first use with pip; git-ignored), never in
-twoway's. Results: ``bench/results/latest.json`` (see BENCHMARKS.md).
+configured, which pays for Prefect's temporary server. ``--workloads`` picks among
+``sync`` (initial, incremental-1pct, no-change), ``full``, ``writes`` and ``cold``. Peers run
+in their own virtual environment, ``bench/.venv-peers`` (created on first use with pip;
+git-ignored), never in twoway's. Results: ``bench/results/latest.json`` (see BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -48,9 +65,22 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 PEERS_VENV = HERE / ".venv-peers"
-PEER_PACKAGES = ["dlt[duckdb,sqlalchemy,parquet]", "httpx"]
+PEER_PACKAGES = ["dlt[duckdb,sqlalchemy,parquet,postgres]", "httpx"]
 FIELDS = [f"f{i:02d}" for i in range(1, 21)]
-PEERS = ("floor", "dlt-sqlite", "dlt-duckdb-parquet")
+PEERS_BY_TARGET = {
+    "sqlite": ("floor", "dlt-sqlite", "dlt-duckdb-parquet"),
+    "postgres": ("floor", "dlt-postgres"),
+}
+RAW = "raw-batched"
+PEERS = ("floor", "dlt-sqlite", "dlt-duckdb-parquet", "dlt-postgres", RAW)
+TOOLS = ("twoway", *PEERS)
+WORKLOADS = ("sync", "full", "writes", "cold")
+SUFFIX = {"sqlite": "", "postgres": "-pg"}
+PG_TYPES = {"TEXT": "TEXT", "INTEGER": "BIGINT", "REAL": "DOUBLE PRECISION", "BOOLEAN": "BOOLEAN"}
+DEFAULT_PG_URL = os.environ.get(
+    "TWOWAY_TEST_POSTGRES", "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
+)
+CLIENT_SECRET = "bench-secret"  # the simulators' client secret, passed by environment
 BIN = Path(sys.executable).parent
 
 
@@ -171,11 +201,23 @@ def start_prefect(work: Path) -> tuple[Service, str]:
 
 
 def start_collection(n: int, work: Path) -> tuple[Service, str]:
+    """The REST collection of ``n`` records in its own process (bench/serve.py)."""
     port = free_port()
     cmd = [sys.executable, str(HERE / "serve.py"), "--port", str(port), "--n", str(n)]
     service = Service(cmd, dict(os.environ), work / f"collection-{port}.log")
     base = f"http://127.0.0.1:{port}"
-    wait_http(base + "/_bench/stats", 120, service.proc)
+    wait_http(base + "/_bench/stats", 120 + n / 5_000, service.proc)  # 1M loads in ~30 s
+    return service, base
+
+
+def start_saas(kind: str, work: Path) -> tuple[Service, str]:
+    """The Graph (``sharepoint``) or Salesforce simulator in its own process (bench/saas.py)."""
+    port = free_port()
+    cmd = [sys.executable, str(HERE / "saas.py"), kind, "--port", str(port)]
+    env = {**os.environ, "BENCH_CLIENT_SECRET": CLIENT_SECRET}
+    service = Service(cmd, env, work / f"{kind}-{port}.log")
+    base = f"http://127.0.0.1:{port}"
+    wait_http(base + "/_bench/stats", 60, service.proc)
     return service, base
 
 
@@ -183,7 +225,7 @@ def ensure_peers(log: Any) -> Path | None:
     """The peers' virtual environment, built with pip on first use; None when that fails."""
     python = PEERS_VENV / "bin" / "python"
     marker = PEERS_VENV / ".ready"
-    if marker.exists():
+    if marker.exists() and marker.read_text() == " ".join(PEER_PACKAGES):
         return python
     log(f"building {PEERS_VENV} ({', '.join(PEER_PACKAGES)}) ...")
     try:
@@ -205,25 +247,108 @@ def ensure_peers(log: Any) -> Path | None:
 
 
 def column_types() -> dict[str, str]:
+    """The SQL type of each field's column (bench/serve.py's COLUMN_TYPES)."""
     sys.path.insert(0, str(HERE))
     from serve import COLUMN_TYPES
 
     return COLUMN_TYPES
 
 
-def make_table(db: Path) -> None:
-    """The SQLite table twoway keeps in step with the collection (empty at first)."""
+@dataclass
+class Target:
+    """Where twoway's table (and the peers' loads) live for one repetition."""
+
+    kind: str  # "sqlite" | "postgres"
+    db: Path | None = None  # the SQLite file
+    pg_url: str = ""  # SQLAlchemy URL of the PostgreSQL database
+    schema: str = ""  # the repetition's PostgreSQL schema
+
+    @property
+    def suffix(self) -> str:
+        return SUFFIX[self.kind]
+
+    @property
+    def dsn(self) -> str:
+        """The libpq form of ``pg_url`` (for psycopg2 and dlt)."""
+        scheme, _, rest = self.pg_url.partition("://")
+        return f"{scheme.split('+')[0]}://{rest}"
+
+
+def pg_execute(dsn: str, statements: list[str]) -> list[Any]:
+    """Run statements in autocommit mode; the rows of the last one (if it returns any)."""
+    import psycopg2
+
+    conn = psycopg2.connect(dsn)
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            for statement in statements:
+                cur.execute(statement)
+            return cur.fetchall() if cur.description else []
+    finally:
+        conn.close()
+
+
+def drop_schemas(target: Target) -> None:
+    """Drop the repetition's schema and the ones dlt made beside it (``<schema>_dlt*``)."""
+    if target.kind != "postgres" or not target.schema:
+        return
+    found = pg_execute(
+        target.dsn,
+        [
+            f"SELECT nspname FROM pg_namespace WHERE nspname = '{target.schema}' "
+            f"OR nspname LIKE '{target.schema}\\_dlt%'"
+        ],
+    )
+    pg_execute(target.dsn, [f'DROP SCHEMA IF EXISTS "{name}" CASCADE' for (name,) in found])
+
+
+def make_table(target: Target) -> None:
+    """The table twoway keeps in step with the collection (empty at first): SQLite, or
+    ``<schema>.items`` in PostgreSQL (a fresh schema)."""
     types = column_types()
-    cols = ", ".join(f"{f} {types[f]}" for f in FIELDS)
-    with sqlite3.connect(db) as conn:
-        conn.execute(
-            f"CREATE TABLE items (id TEXT PRIMARY KEY, {cols}, updated_at TEXT, updated_by TEXT)"
-        )
-        conn.execute("CREATE INDEX items_updated ON items (updated_at, id)")
+    if target.kind == "sqlite":
+        assert target.db is not None
+        cols = ", ".join(f"{f} {types[f]}" for f in FIELDS)
+        with sqlite3.connect(target.db) as conn:
+            conn.execute(
+                f"CREATE TABLE items (id TEXT PRIMARY KEY, {cols}, updated_at TEXT, updated_by TEXT)"
+            )
+            conn.execute("CREATE INDEX items_updated ON items (updated_at, id)")
+        return
+    cols = ", ".join(f"{f} {PG_TYPES[types[f]]}" for f in FIELDS)
+    table = f'"{target.schema}".items'
+    pg_execute(
+        target.dsn,
+        [
+            f'CREATE SCHEMA "{target.schema}"',
+            f"CREATE TABLE {table} (id TEXT PRIMARY KEY, {cols}, "
+            "updated_at TIMESTAMP(6) WITH TIME ZONE, updated_by TEXT)",
+            f"CREATE INDEX items_updated ON {table} (updated_at, id)",
+        ],
+    )
 
 
-def write_definition(path: Path, base: str, db: Path) -> None:
-    """The sync: the REST collection and the SQLite table, every field both ways."""
+def db_system(target: Target) -> str:
+    """The definition's ``db`` system for the target table (YAML, indented)."""
+    if target.kind == "sqlite":
+        where = f"url: sqlite:///{target.db}"
+    else:
+        where = f"url: {target.pg_url}\n    schema: {target.schema}"
+    return f"""  db:
+    kind: sql
+    {where}
+    table: items
+    key: id
+    modified_at: updated_at
+    modified_by: updated_by
+    integration_account: svc-sync
+    overlap_seconds: 0
+"""
+
+
+def write_definition(path: Path, base: str, target: Target) -> None:
+    """The sync: the REST collection and the target table, every field both ways."""
     fields = "\n".join(f"  {f}: {{api: {f}, db: {f}}}" for f in FIELDS)
     path.write_text(
         f"""name: bench
@@ -243,16 +368,7 @@ systems:
     modified_by: modified_by
     integration_account: svc-sync
     overlap_seconds: 0
-  db:
-    kind: sql
-    url: sqlite:///{db}
-    table: items
-    key: id
-    modified_at: updated_at
-    modified_by: updated_by
-    integration_account: svc-sync
-    overlap_seconds: 0
-fields:
+{db_system(target)}fields:
 {fields}
 conflicts: last_writer_wins
 deletes: propagate
@@ -260,18 +376,35 @@ deletes: propagate
     )
 
 
-def twoway_run(definition: Path, api_url: str | None, work: Path, timeout: float) -> Sample:
-    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+def written(sample: Sample) -> int:
+    """Records a twoway run created, updated or deleted, over every system."""
+    return sum(
+        int(c.get("created", 0)) + int(c.get("updated", 0)) + int(c.get("deleted", 0))
+        for c in sample.extra["systems"].values()
+    )
+
+
+def twoway_run(
+    definition: Path, api_url: str | None, work: Path, timeout: float, full: bool = False
+) -> Sample:
+    """One ``twoway run DEFINITION --json`` (``--full`` too when asked), timed whole."""
+    env = {
+        **os.environ,
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "BENCH_CLIENT_SECRET": CLIENT_SECRET,
+    }
     if api_url:
         env["PREFECT_API_URL"] = api_url
     else:  # the cold path: no server configured, Prefect starts a temporary one
         env.pop("PREFECT_API_URL", None)
         env["PREFECT_HOME"] = str(work / "prefect-cold-home")
-    sample = timed([str(BIN / "twoway"), "run", str(definition), "--json"], env, timeout)
+    cmd = [str(BIN / "twoway"), "run", str(definition), "--json", *(["--full"] if full else [])]
+    sample = timed(cmd, env, timeout)
     report = json.loads(sample.output.strip().splitlines()[-1])
     if report.get("status") != "completed":
         raise RuntimeError(f"twoway run did not complete: {report}")
     sample.extra["systems"] = report["systems"]
+    sample.extra["written"] = written(sample)
     return sample
 
 
@@ -296,10 +429,25 @@ def edit_api(base: str, n: int, share: float, rng: random.Random) -> list[str]:
     return ids
 
 
-def edit_table(db: Path, share: float, rng: random.Random, avoid_f06: set[int]) -> int:
+def edit_table(target: Target, share: float, rng: random.Random, avoid_f06: set[int]) -> int:
     """People edit ``share`` of the table's rows (two other fields), not rows edited on the API."""
+    if target.kind == "postgres":
+        import psycopg2
+
+        table = f'"{target.schema}".items'
+        with psycopg2.connect(target.dsn) as conn, conn.cursor() as cur:
+            cur.execute(f"SELECT id, f06 FROM {table}")
+            rows = [r for (r, f06) in cur.fetchall() if f06 not in avoid_f06]
+            picked = rng.sample(rows, max(1, int(len(rows) * share)))
+            cur.executemany(
+                f"UPDATE {table} SET f13 = 'edited in db', f17 = %s, updated_at = now(), "
+                "updated_by = 'alice' WHERE id = %s",
+                [(rng.randrange(1000), key) for key in picked],
+            )
+        conn.close()
+        return len(picked)
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
-    with sqlite3.connect(db) as conn:
+    with sqlite3.connect(target.db or "") as conn:
         rows = [r for (r, f06) in conn.execute("SELECT id, f06 FROM items") if f06 not in avoid_f06]
         picked = rng.sample(rows, max(1, int(len(rows) * share)))
         conn.executemany(
@@ -320,50 +468,72 @@ def repetition(
     api_url: str,
     peers_python: Path | None,
     tools: list[str],
+    workloads: list[str],
+    target: Target,
     timeout: float,
     log: Any,
 ) -> list[tuple[str, str, Sample]]:
-    """All workloads once, on a fresh collection; (workload, tool, sample) per timed run."""
+    """The sync workloads (and full reconciliation) once, on a fresh collection and a fresh
+    target table; (workload, tool, sample) per timed run."""
     out: list[tuple[str, str, Sample]] = []
-    here = work / f"rep{rep}"
+    suffix = target.suffix
+    here = work / f"rep{rep}{suffix}"
     here.mkdir()
+    if target.kind == "sqlite":
+        target.db = here / "db.sqlite"
+    else:
+        target.schema = f"twoway_bench_{os.getpid()}_r{rep}"
+    sync = "sync" in workloads
     collection, base = start_collection(n, work)
     try:
-        peers = [t for t in tools if t in PEERS and (t == "floor" or peers_python)]
+        peers = [
+            t
+            for t in tools
+            if sync and t in PEERS_BY_TARGET[target.kind] and (t == "floor" or peers_python)
+        ]
 
         def peer(tool: str, workload: str) -> None:
             python = str(peers_python or sys.executable)
             cmd = [python, str(HERE / "peers.py"), tool, base, str(here / tool)]
+            if target.kind == "postgres":
+                cmd += ["--postgres", target.dsn, "--schema", target.schema]
             http_json("POST", base + "/_bench/reset")
             sample = timed(cmd, dict(os.environ), timeout)
             sample.extra["api"] = http_json("GET", base + "/_bench/stats")
-            out.append((workload, tool, sample))
-            log(f"  {workload:18} {tool:20} {sample.wall_s:8.2f} s wall {sample.cpu_s:8.2f} s cpu")
+            out.append((workload + suffix, tool, sample))
+            log(
+                f"  {workload + suffix:22} {tool:20} {sample.wall_s:8.2f} s wall "
+                f"{sample.cpu_s:8.2f} s cpu"
+            )
 
-        def ours(workload: str, definition: Path, record: bool = True) -> Sample:
+        def ours(workload: str, definition: Path, record: bool = True, full: bool = False) -> None:
             http_json("POST", base + "/_bench/reset")
-            sample = twoway_run(definition, api_url, here, timeout)
+            sample = twoway_run(definition, api_url, here, timeout, full=full)
             sample.extra["api"] = http_json("GET", base + "/_bench/stats")
             if record:
-                out.append((workload, "twoway", sample))
+                out.append((workload + suffix, "twoway", sample))
             log(
-                f"  {workload:18} {'twoway':20} {sample.wall_s:8.2f} s wall "
+                f"  {workload + suffix:22} {'twoway':20} {sample.wall_s:8.2f} s wall "
                 f"{sample.cpu_s:8.2f} s cpu  {sample.extra['systems']}  api {sample.extra['api']}"
             )
-            return sample
+            if workload in ("no-change", "full-reconciliation") and sample.extra["written"]:
+                log(f"  WARNING: {workload + suffix} wrote {sample.extra['written']} record(s)")
 
         definition = here / "bench.sync.yaml"
-        db = here / "db.sqlite"
-        make_table(db)
-        write_definition(definition, base, db)
+        make_table(target)
+        write_definition(definition, base, target)
 
         for tool in peers:
             peer(tool, "initial")
         if "twoway" in tools:
-            ours("initial", definition)
+            ours("initial", definition, record=sync)
             # the run after the initial one reads twoway's own N writes back (echoes): the
             # steady state the incremental workload starts from
             ours("echo-readback", definition, record=False)
+            if "full" in workloads:
+                ours("full-reconciliation", definition, full=True)
+        if not sync:
+            return out
         rng = random.Random(rep)
         edited = edit_api(base, n, 0.01, rng)
         for tool in peers:
@@ -371,11 +541,12 @@ def repetition(
         for tool in peers:
             peer(tool, "no-change")
         if "twoway" in tools:
-            edit_table(db, 0.01, rng, {int(k[1:]) for k in edited})
+            edit_table(target, 0.01, rng, {int(k[1:]) for k in edited})
             ours("incremental-1pct", definition)
             ours("no-change", definition)
     finally:
         collection.stop()
+        drop_schemas(target)
     return out
 
 
@@ -386,37 +557,158 @@ def cold(n: int, work: Path, timeout: float, log: Any) -> Sample:
     collection, base = start_collection(n, work)
     try:
         definition = here / "bench.sync.yaml"
-        db = here / "db.sqlite"
-        make_table(db)
-        write_definition(definition, base, db)
+        target = Target("sqlite", db=here / "db.sqlite")
+        make_table(target)
+        write_definition(definition, base, target)
         sample = twoway_run(definition, None, here, timeout)
-        log(f"  {'initial-cold':18} {'twoway':20} {sample.wall_s:8.2f} s wall")
+        log(f"  {'initial-cold':22} {'twoway':20} {sample.wall_s:8.2f} s wall")
         return sample
     finally:
         collection.stop()
+
+
+# -- writes into the SaaS simulators -----------------------------------------------------------
+
+
+def make_source(db: Path, n: int) -> None:
+    """The SQLite table ``items`` a one-way sync loads from: the collection's first ``n``
+    records (the same 20 fields), stamped as people's rows."""
+    sys.path.insert(0, str(HERE))
+    from serve import records
+
+    make_table(Target("sqlite", db=db))
+    insert = f"INSERT INTO items VALUES ({', '.join('?' for _ in range(len(FIELDS) + 3))})"
+    with sqlite3.connect(db) as conn:
+        conn.executemany(
+            insert,
+            (
+                (
+                    r["id"],
+                    *(r[f] for f in FIELDS),
+                    r["modified_at"].strftime("%Y-%m-%d %H:%M:%S.%f"),
+                    "loader",
+                )
+                for r in records(n)
+            ),
+        )
+
+
+def write_saas_definition(path: Path, kind: str, base: str, db: Path) -> None:
+    """A one-way sync: every field flows from the SQLite table into the simulator."""
+    if kind == "sharepoint":
+        system = f"""  sp:
+    kind: sharepoint
+    graph_url: {base}
+    token_url: {base}/contoso.onmicrosoft.com/oauth2/v2.0/token
+    client_id: bench
+    client_secret: ${{BENCH_CLIENT_SECRET}}
+    list: Bench
+    integration_account: svc-sync
+"""
+        name, column = "sp", "{f}"
+    else:
+        system = f"""  sf:
+    kind: salesforce
+    instance_url: {base}
+    client_id: bench
+    client_secret: ${{BENCH_CLIENT_SECRET}}
+    object: Bench__c
+"""
+        name, column = "sf", "{f}__c"
+    fields = "\n".join(
+        f"  {f}: {{db: {f}, {name}: {column.format(f=f)}, direction: db -> {name}}}" for f in FIELDS
+    )
+    path.write_text(
+        f"""name: bench-writes
+state: sqlite:///{path.parent / "state.db"}
+systems:
+  db:
+    kind: sql
+    url: sqlite:///{db}
+    table: items
+    key: id
+    modified_at: updated_at
+    modified_by: updated_by
+    integration_account: svc-sync
+{system}fields:
+{fields}
+conflicts: last_writer_wins
+deletes: propagate
+"""
+    )
+
+
+def writes(
+    rep: int, n: int, work: Path, api_url: str, tools: list[str], timeout: float, log: Any
+) -> list[tuple[str, str, Sample]]:
+    """``writes-sharepoint`` and ``writes-salesforce``: each tool loads the same ``n`` rows
+    into a freshly started, empty simulator; the simulator must then hold ``n`` records."""
+    out: list[tuple[str, str, Sample]] = []
+    here = work / f"writes{rep}"
+    here.mkdir()
+    source = here / "source.sqlite"
+    make_source(source, n)
+    for kind in ("sharepoint", "salesforce"):
+        workload = f"writes-{kind}"
+        for tool in [t for t in (RAW, "twoway") if t in tools]:
+            run_dir = here / f"{kind}-{tool}"
+            run_dir.mkdir()
+            db = run_dir / "source.sqlite"
+            shutil.copyfile(source, db)  # each run reads an untouched copy
+            service, base = start_saas(kind, work)
+            try:
+                if tool == "twoway":
+                    definition = run_dir / "writes.sync.yaml"
+                    write_saas_definition(definition, kind, base, db)
+                    sample = twoway_run(definition, api_url, run_dir, timeout)
+                else:
+                    env = {**os.environ, "BENCH_CLIENT_SECRET": CLIENT_SECRET}
+                    cmd = [sys.executable, str(HERE / "writes.py"), kind, base, str(db)]
+                    sample = timed(cmd, env, timeout)
+                stats = http_json("GET", base + "/_bench/stats")
+            finally:
+                service.stop()
+            if stats["records"] != n:
+                raise RuntimeError(
+                    f"{workload} {tool}: the simulator holds {stats['records']} of {n}"
+                )
+            sample.extra["api"] = stats
+            sample.extra["n"] = n
+            out.append((workload, tool, sample))
+            log(
+                f"  {workload:22} {tool:20} {sample.wall_s:8.2f} s wall {sample.cpu_s:8.2f} s cpu"
+                f"  {n / sample.wall_s:9.0f} records/s  api {stats}"
+            )
+    return out
 
 
 # -- reporting --------------------------------------------------------------------------------
 
 
 def summarise(samples: list[tuple[str, str, Sample]], n: int) -> list[dict[str, Any]]:
+    """One row per (workload, tool): lists of per-run figures, in run order."""
     grouped: dict[tuple[str, str], list[Sample]] = {}
     for workload, tool, sample in samples:
         grouped.setdefault((workload, tool), []).append(sample)
     rows = []
     for (workload, tool), group in grouped.items():
-        rows.append(
-            {
-                "workload": workload,
-                "tool": tool,
-                "n": n,
-                "wall_s": [s.wall_s for s in group],
-                "cpu_s": [s.cpu_s for s in group],
-                "peak_rss_mb": [s.peak_rss_mb for s in group],
-                "api_calls": [s.extra.get("api") for s in group],
-                **({"counts": [s.extra["systems"] for s in group]} if tool == "twoway" else {}),
-            }
-        )
+        size = group[0].extra.get("n", n)
+        row: dict[str, Any] = {
+            "workload": workload,
+            "tool": tool,
+            "n": size,
+            "target": target_of(workload),
+            "wall_s": [s.wall_s for s in group],
+            "cpu_s": [s.cpu_s for s in group],
+            "peak_rss_mb": [s.peak_rss_mb for s in group],
+            "api_calls": [s.extra.get("api") for s in group],
+        }
+        if tool == "twoway":
+            row["counts"] = [s.extra["systems"] for s in group]
+            row["written"] = [s.extra["written"] for s in group]
+        if workload.startswith("writes-"):
+            row["records_per_s"] = [round(size / s.wall_s, 1) for s in group]
+        rows.append(row)
     # run-by-run ratio of twoway to each peer (same repetition, same collection)
     by = {(r["workload"], r["tool"]): r for r in rows}
     for row in rows:
@@ -430,10 +722,24 @@ def summarise(samples: list[tuple[str, str, Sample]], n: int) -> list[dict[str, 
                     round(a / b, 2) for a, b in zip(row["wall_s"], other["wall_s"], strict=True)
                 ]
         row["ratio_to"] = ratios
+        raw = by.get((row["workload"], RAW))
+        if "records_per_s" in row and raw and len(raw["wall_s"]) == len(row["wall_s"]):
+            # twoway's records/s as a share of the raw script's (the issue's target: >= 0.7)
+            row["share_of_raw"] = [
+                round(r / w, 3) for w, r in zip(row["wall_s"], raw["wall_s"], strict=True)
+            ]
     return rows
 
 
+def target_of(workload: str) -> str:
+    """What the workload writes into: sqlite, postgres, sharepoint or salesforce."""
+    if workload.startswith("writes-"):
+        return workload.removeprefix("writes-")
+    return "postgres" if workload.endswith("-pg") else "sqlite"
+
+
 def fmt(values: list[float]) -> str:
+    """Median, and the range when there are several values."""
     if not values:
         return "-"
     med = statistics.median(values)
@@ -443,14 +749,31 @@ def fmt(values: list[float]) -> str:
 
 
 def table(rows: list[dict[str, Any]]) -> str:
+    """The results as a text table, workloads in the order they run."""
     head = ["workload", "tool", "n", "wall s", "cpu s", "peak RSS MiB", "twoway / peer"]
     lines = [head]
-    order = {"initial": 0, "initial-cold": 1, "incremental-1pct": 2, "no-change": 3}
-    tools = {"twoway": 0, "floor": 1, "dlt-sqlite": 2, "dlt-duckdb-parquet": 3}
-    for r in sorted(rows, key=lambda r: (order.get(r["workload"], 9), tools.get(r["tool"], 9))):
+    order = [
+        "initial",
+        "initial-cold",
+        "full-reconciliation",
+        "incremental-1pct",
+        "no-change",
+    ]
+    rank = {
+        w + suffix: i + 100 * j for j, suffix in enumerate(("", "-pg")) for i, w in enumerate(order)
+    }
+    rank |= {"writes-sharepoint": 200, "writes-salesforce": 201}
+    tools = {t: i for i, t in enumerate(TOOLS)}
+    for r in sorted(rows, key=lambda r: (rank.get(r["workload"], 999), tools.get(r["tool"], 99))):
         ratio = ", ".join(
             f"{p}: {statistics.median(v):.2f}x" for p, v in r.get("ratio_to", {}).items()
         )
+        if "records_per_s" in r:
+            ratio = f"{statistics.median(r['records_per_s']):.0f} rec/s" + (
+                f", {statistics.median(r['share_of_raw']):.0%} of raw"
+                if "share_of_raw" in r
+                else ""
+            )
         lines.append(
             [
                 r["workload"],
@@ -468,15 +791,42 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(text)
 
 
+def split_list(text: str, allowed: tuple[str, ...], what: str) -> list[str]:
+    """A comma-separated option as a list, every item one of ``allowed``."""
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    unknown = [t for t in items if t not in allowed]
+    if unknown:
+        raise SystemExit(f"unknown {what}: {', '.join(unknown)} (choose from {', '.join(allowed)})")
+    return items
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Parse the options, run every selected workload, print the table, write the JSON."""
     parser = argparse.ArgumentParser(description="twoway's benchmark suite (see BENCHMARKS.md)")
-    parser.add_argument("--quick", action="store_true", help="1 run of each, N=20,000")
+    parser.add_argument(
+        "--quick", action="store_true", help="1 run of each, N=20,000, writes N=5,000"
+    )
     parser.add_argument("--n", type=int, default=None, help="records (default 100,000)")
     parser.add_argument("--repeat", type=int, default=None, help="repetitions (default 3)")
     parser.add_argument(
-        "--tools",
-        default="twoway,floor,dlt-sqlite,dlt-duckdb-parquet",
-        help="comma-separated: twoway, floor, dlt-sqlite, dlt-duckdb-parquet",
+        "--tools", default=",".join(TOOLS), help="comma-separated: " + ", ".join(TOOLS)
+    )
+    parser.add_argument(
+        "--workloads",
+        default=",".join(WORKLOADS),
+        help="comma-separated: sync (initial, incremental-1pct, no-change), full "
+        "(full-reconciliation), writes (writes-sharepoint, writes-salesforce), cold",
+    )
+    parser.add_argument(
+        "--target",
+        choices=["sqlite", "postgres", "both"],
+        default="sqlite",
+        help="the table of the sync workloads: SQLite (default), PostgreSQL (workloads "
+        "named *-pg), or both",
+    )
+    parser.add_argument("--pg-url", default=DEFAULT_PG_URL, help="PostgreSQL (SQLAlchemy URL)")
+    parser.add_argument(
+        "--writes-n", type=int, default=None, help="records of the write workloads (default: --n)"
     )
     parser.add_argument("--no-cold", action="store_true", help="skip the cold-path run")
     parser.add_argument("--timeout", type=float, default=600, help="seconds allowed per run")
@@ -485,13 +835,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     repeat = args.repeat or (1 if args.quick else 3)
     args.n = args.n or (20_000 if args.quick else 100_000)
-    tools = [t.strip() for t in args.tools.split(",") if t.strip()]
+    writes_n = args.writes_n or (min(args.n, 5_000) if args.quick else args.n)
+    tools = split_list(args.tools, TOOLS, "tools")
+    workloads = split_list(args.workloads, WORKLOADS, "workloads")
+    targets = ["sqlite", "postgres"] if args.target == "both" else [args.target]
     started = time.monotonic()
 
     def log(message: str) -> None:
         print(f"[{time.monotonic() - started:6.1f}s] {message}", flush=True)
 
-    peers_python = ensure_peers(log) if any(t.startswith("dlt") for t in tools) else None
+    wanted_peers = {t for k in targets for t in PEERS_BY_TARGET[k]} & set(tools)
+    needs_peers = "sync" in workloads and any(t.startswith("dlt") for t in wanted_peers)
+    peers_python = ensure_peers(log) if needs_peers else None
     work = Path(tempfile.mkdtemp(prefix="twoway-bench-"))
     prefect = None
     samples: list[tuple[str, str, Sample]] = []
@@ -501,11 +856,26 @@ def main(argv: list[str] | None = None) -> int:
             prefect, api_url = start_prefect(work)
             log(f"Prefect server at {api_url}")
         for rep in range(repeat):
-            log(f"repetition {rep + 1} of {repeat}, N={args.n}")
-            samples += repetition(
-                rep, args.n, work, api_url or "", peers_python, tools, args.timeout, log
-            )
-        if "twoway" in tools and not args.no_cold:
+            if {"sync", "full"} & set(workloads):
+                for kind in targets:
+                    log(f"repetition {rep + 1} of {repeat}, N={args.n}, target {kind}")
+                    target = Target(kind, pg_url=args.pg_url)
+                    samples += repetition(
+                        rep,
+                        args.n,
+                        work,
+                        api_url or "",
+                        peers_python,
+                        tools,
+                        workloads,
+                        target,
+                        args.timeout,
+                        log,
+                    )
+            if "writes" in workloads and {"twoway", RAW} & set(tools):
+                log(f"repetition {rep + 1} of {repeat}, writes, N={writes_n}")
+                samples += writes(rep, writes_n, work, api_url or "", tools, args.timeout, log)
+        if "twoway" in tools and "cold" in workloads and not args.no_cold:
             samples.append(("initial-cold", "twoway", cold(args.n, work, args.timeout, log)))
     finally:
         if prefect is not None:

@@ -16,6 +16,7 @@ import argparse
 import json
 import random
 import sys
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -90,18 +91,21 @@ def make_record(i: int, rng: random.Random) -> dict[str, Any]:
     }
 
 
-def records(n: int, seed: int = 6) -> list[dict[str, Any]]:
-    """The collection the benchmark starts from, its changes spread over the past two hours."""
+def records(n: int, seed: int = 6) -> Iterator[dict[str, Any]]:
+    """The collection the benchmark starts from, its changes spread over the past two hours.
+
+    A generator: the server loads the records one by one, so a million of them never sit
+    in memory as dicts, only as the simulator's JSON texts (about 0.9 GB resident for 1M;
+    generating and loading them takes under a minute).
+    """
     rng = random.Random(seed)
     when = datetime.now(UTC) - timedelta(hours=2)
     step = timedelta(seconds=3600) / max(n, 1)
-    out = []
     for i in range(n):
         record = make_record(i, rng)
         record["modified_at"] = when + i * step
         record["modified_by"] = "loader"
-        out.append(record)
-    return out
+        yield record
 
 
 class _Counting:

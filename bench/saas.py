@@ -1,0 +1,116 @@
+"""The benchmark's SharePoint list or Salesforce object, served from its own process.
+
+``python bench/saas.py sharepoint --port P`` serves the Graph simulator
+(:mod:`twoway.simulators.graph`) with an empty list ``Bench`` whose columns ``f01``..``f20``
+take the benchmark's 20 fields (text, number, boolean); ``python bench/saas.py salesforce
+--port P`` serves the Salesforce simulator (:mod:`twoway.simulators.salesforce`) with an
+empty custom object ``Bench__c`` and fields ``f01__c``..``f20__c`` (string, int, double,
+checkbox). Both accept the client credentials ``bench`` / the value of the environment
+variable ``BENCH_CLIENT_SECRET``; the Graph app's display name, and so its integration
+account, is ``svc-sync``.
+
+Two extra routes for the harness: ``GET /_bench/stats`` returns the requests served since
+``POST /_bench/reset`` by kind (``token``, ``batch``: Graph ``$batch`` or Salesforce sObject
+Collections calls, ``other``) and the number of records the list or object holds, so the
+harness can check that a load wrote every record, in how many calls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from serve import COLUMN_TYPES  # noqa: E402
+
+CLIENT_ID = "bench"
+LIST = "Bench"
+SOBJECT = "Bench__c"
+GRAPH_TYPES = {"TEXT": "text", "INTEGER": "number", "REAL": "number", "BOOLEAN": "boolean"}
+SALESFORCE_TYPES = {"TEXT": "string", "INTEGER": "int", "REAL": "double", "BOOLEAN": "boolean"}
+
+
+def salesforce_field(field: str) -> str:
+    """The API name of a benchmark field on ``Bench__c``."""
+    return f"{field}__c"
+
+
+class Counting:
+    """ASGI wrapper counting the requests a simulator serves, plus the ``/_bench`` routes."""
+
+    def __init__(self, app: Any, batch_paths: tuple[str, ...], count: Any):
+        self.app = app
+        self.batch_paths = batch_paths
+        self.count = count
+        self.stats = {"token": 0, "batch": 0, "other": 0}
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """Count the request by kind and pass it on; answer ``/_bench/*`` here."""
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path = scope["path"]
+        if path.startswith("/_bench/"):
+            if path == "/_bench/reset":
+                self.stats = dict.fromkeys(self.stats, 0)
+            body = json.dumps({**self.stats, "records": self.count()}).encode()
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [(b"content-type", b"application/json")],
+                }
+            )
+            await send({"type": "http.response.body", "body": body})
+            return None
+        if "token" in path:
+            self.stats["token"] += 1
+        elif path.endswith(self.batch_paths):
+            self.stats["batch"] += 1
+        else:
+            self.stats["other"] += 1
+        return await self.app(scope, receive, send)
+
+
+def sharepoint_app(secret: str) -> Counting:
+    """The Graph simulator with the empty list ``Bench``."""
+    from twoway.simulators.graph import GraphState, create_app
+
+    state = GraphState(client_id=CLIENT_ID, client_secret=secret, display_name="svc-sync")
+    state.add_list(LIST, {f: GRAPH_TYPES[t] for f, t in COLUMN_TYPES.items()})
+    return Counting(create_app(state), ("/$batch",), lambda: len(state.items(LIST)))
+
+
+def salesforce_app(secret: str) -> Counting:
+    """The Salesforce simulator with the empty custom object ``Bench__c``."""
+    from twoway.simulators.salesforce import SalesforceState, create_app
+
+    state = SalesforceState()
+    state.add_client(CLIENT_ID, secret, "Integration User")
+    state.define(
+        SOBJECT,
+        {salesforce_field(f): {"type": SALESFORCE_TYPES[t]} for f, t in COLUMN_TYPES.items()},
+    )
+    return Counting(
+        create_app(state), ("/composite/sobjects",), lambda: len(state.records(SOBJECT))
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Serve one simulator on 127.0.0.1 (blocking)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("kind", choices=["sharepoint", "salesforce"])
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args(argv)
+    secret = os.environ.get("BENCH_CLIENT_SECRET", "bench-secret")
+    app = sharepoint_app(secret) if args.kind == "sharepoint" else salesforce_app(secret)
+    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", access_log=False)
+
+
+if __name__ == "__main__":
+    main()
