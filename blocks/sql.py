@@ -303,7 +303,7 @@ class SqlTable(Block, Endpoint):
         with self._connect() as conn:
             for part in chunks(wanted, 500):
                 out.extend(
-                    self._record(r) for r in conn.execute(self._select().where(key.in_(part)))
+                    self._record(r) for r in conn.execute(self._select().where(key.in_(part))).all()
                 )
         return out
 
@@ -402,7 +402,9 @@ class SqlTable(Block, Endpoint):
         key = self.sa_table().c[self.key]
         out = []
         for part in chunks([self._key_param(k) for k in keys], 500):
-            out.extend(self._record(r) for r in conn.execute(self._select().where(key.in_(part))))
+            out.extend(
+                self._record(r) for r in conn.execute(self._select().where(key.in_(part))).all()
+            )
         return out
 
     def _insert(
@@ -416,10 +418,11 @@ class SqlTable(Block, Endpoint):
             or key.server_default is not None
         )
         params = []
+        kinds, key_name = self._converted_columns(), self.key
         for values in rows:
-            row = {**self._native(values), **stamps}
-            if generated and self.key not in row:
-                row[self.key] = uuid.uuid4().hex
+            row = {**self._native(values, kinds), **stamps}
+            if generated and key_name not in row:
+                row[key_name] = uuid.uuid4().hex
             params.append(row)
         # one executemany per set of columns: rows leave out the fields they have no value for
         groups: dict[tuple[str, ...], list[int]] = {}
@@ -441,13 +444,20 @@ class SqlTable(Block, Endpoint):
                 keys[i] = k
         return keys
 
-    def _native(self, values: dict[str, Any]) -> dict[str, Any]:
-        """Canonical values in each column's own type (timestamps, dates, numbers, flags)."""
+    def _converted_columns(self) -> dict[str, sa.types.TypeEngine]:
+        """The columns whose values need converting, by name, found once per table."""
         if self._converting is None:
             self._converting = {
                 c.name: c.type for c in self.sa_table().c if isinstance(c.type, _CONVERTED)
             }
-        kinds = self._converting
+        return self._converting
+
+    def _native(
+        self, values: dict[str, Any], kinds: dict[str, sa.types.TypeEngine] | None = None
+    ) -> dict[str, Any]:
+        """Canonical values in each column's own type (timestamps, dates, numbers, flags)."""
+        if kinds is None:
+            kinds = self._converted_columns()
         return {
             name: _to_column_type(kinds[name], value, name)
             if value is not None and name in kinds

@@ -90,6 +90,9 @@ def compute_deltas(
         for fname, fmap in definition.field_maps.items()
     ]
     creates = _create_specs(definition)
+    proposable = {s: [f for f, _, who, _ in specs if s in who] for s in definition.systems}
+    if decisions:  # a field a person settled takes the full path below
+        proposable = {}
     for link_id in sorted(mapping.observed.keys() | mapping.deleted.keys()):
         link = mapping.links.get(link_id)
         observed = mapping.observed.get(link_id, {})
@@ -143,7 +146,16 @@ def compute_deltas(
             live.pop(system)
             tombstoned.add(system)
 
-        for fname, fmap, proposers, flows in specs:
+        if link is None and proposable and len(observed) == 1 and observed.keys() == current.keys():
+            # a new record, seen in one system: each of its values it may send is proposed
+            # (what the loop below decides for this case, without its per-field work)
+            ((source, values),) = current.items()
+            lp.proposed = {f: v for f in proposable[source] if (v := values.get(f)) is not None}
+            lp.needs = {f: set() for f in lp.proposed}
+            fields_left: list = []
+        else:
+            fields_left = specs
+        for fname, fmap, proposers, flows in fields_left:
             if decisions and (link_id, fname) in decisions:  # a person settled this field
                 conflict_id, chosen = decisions[(link_id, fname)]
                 value = canonical(chosen)  # a person's value takes the form read values have
@@ -264,10 +276,11 @@ def _plan_writes(
     targets: set[str],
     creates: dict[str, list[tuple[str, str, str | None, set]]],
 ) -> None:
+    needed = set().union(*lp.needs.values())  # systems some field must be written to
     for system, member in live.items():
-        fields = {f: lp.proposed[f] for f, need in lp.needs.items() if system in need}
-        if not fields:
+        if system not in needed:
             continue
+        fields = {f: lp.proposed[f] for f, need in lp.needs.items() if system in need}
         columns = definition.fields_of(system)
         version = lp.observed[system].version if system in lp.observed else member.version
         plan.ops[system].append(
@@ -282,29 +295,41 @@ def _plan_writes(
     if not lp.current:
         return
     merged = {**lp.base, **lp.proposed}
-    holders = lp.current.keys()
+    current = lp.current
+    holders = current.keys()
     for system in definition.systems:
         if system in live or system in tombstoned or system not in targets:
             continue
-        fields = {}
-        values = {}
-        for fname, column, source, senders in creates[system]:
-            if holders.isdisjoint(senders):
-                continue
-            if source is not None:
-                value = lp.current[source].get(fname) if source in lp.current else None
-            else:
-                value = merged.get(fname)
-            if value is not None:
-                fields[fname] = value
-                values[column] = value
+        # each field some holder sends here: the merged value, or a one-way field's source's
+        fields = {
+            fname: value
+            for fname, _, source, senders in creates[system]
+            if not holders.isdisjoint(senders)
+            and (
+                value := merged.get(fname)
+                if source is None
+                else (current[source].get(fname) if source in current else None)
+            )
+            is not None
+        }
         if not fields:
             continue
-        for fname, value in fields.items():
-            lp.needs.setdefault(fname, set()).add(system)
-            lp.proposed.setdefault(fname, value)
+        columns = definition.fields_of(system)
+        needs = lp.needs
+        for fname in fields:
+            need = needs.get(fname)
+            if need is None:
+                needs[fname] = {system}
+            else:
+                need.add(system)
+        lp.proposed = {**fields, **lp.proposed}  # values already proposed stay
         plan.ops[system].append(
-            PlannedOp(lp.link_id, system, Create(lp.link_id, values), fields=fields)
+            PlannedOp(
+                lp.link_id,
+                system,
+                Create(lp.link_id, {columns[f]: v for f, v in fields.items()}),
+                fields=fields,
+            )
         )
 
 

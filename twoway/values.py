@@ -11,6 +11,7 @@ import unicodedata
 from collections.abc import Mapping
 from datetime import UTC, date, datetime, time
 from decimal import Decimal
+from functools import lru_cache
 from typing import Any
 
 TIMESTAMP_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
@@ -90,7 +91,13 @@ def parse_timestamp(value: Any) -> datetime | None:
         return as_utc(value)
     if isinstance(value, date):
         return datetime(value.year, value.month, value.day, tzinfo=UTC)
-    text = str(value).strip()
+    return _parse_text(str(value))
+
+
+@lru_cache(maxsize=4096)
+def _parse_text(value: str) -> datetime | None:
+    """Timestamps as text, parsed once each: a batch of writes shares one stamp."""
+    text = value.strip()
     if not text:
         return None
     if text.endswith("Z"):
