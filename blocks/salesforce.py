@@ -6,9 +6,12 @@ sObject Collections (at most 200 records a call) and check every item's result, 
 200 answer can hold failed items. A create with ``external_id_field`` set is an upsert
 keyed by the link id, so a retried create never duplicates. Updates and deletes that carry
 a version are checked first: sObject Collections take no per-record precondition, so the
-block reads the batch's SystemModstamps (one collection GET) and refuses, as
+block reads the batch's SystemModstamps (one collection retrieve) and refuses, as
 PreconditionFailed, the records that changed since they were read. A change landing
 between that check and the write is not detected (Salesforce offers no atomic check).
+The collections' write answers carry ids only, so the new SystemModstamps (the versions
+the next read will show) are read back once per ``write()`` call: a collection retrieve
+sent by POST, the ids in the body, up to 2,000 records a call.
 
 The integration account is the integration user's 18-character User Id. Left empty, it is
 taken from the OAuth token response's ``id`` URL (``.../id/<orgId>/<userId>``); an admin
@@ -54,12 +57,25 @@ logger = logging.getLogger("twoway.salesforce")
 
 COLLECTION_LIMIT = 200  # records per sObject Collections write
 READ_CHUNK = 200  # ids per collection GET (keeps the URL short)
+RETRIEVE_LIMIT = 2000  # ids per collection retrieve sent by POST (ids in the body)
 SOQL_STAMP = "%Y-%m-%dT%H:%M:%S.%fZ"
 CURSOR_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 #: statuses worth another try: throttling (403 REQUEST_LIMIT_EXCEEDED), server trouble
 RETRY_STATUSES = frozenset({500, 502, 503, 504})
+#: answers after which a request may have been applied (a timeout of a request still
+#: running): a create sent again could make a second record
+OUTCOME_UNKNOWN = frozenset({500, 502, 504})
 #: row errors that say "already gone" (a delete's goal holds)
 GONE_CODES = frozenset({"ENTITY_IS_DELETED", "INVALID_CROSS_REFERENCE_KEY", "NOT_FOUND"})
+
+
+class _OutcomeUnknown(Exception):
+    """A request that must not be sent twice got no answer that says whether it was
+    applied; not retriable, so the retry policy lets it through."""
+
+    def __init__(self, error: Retriable):
+        super().__init__(str(error))
+        self.error = error
 
 
 class SalesforceObject(Block, Endpoint):
@@ -244,10 +260,13 @@ class SalesforceObject(Block, Endpoint):
         params: dict[str, str] | None = None,
         json: Any = None,
         headers: dict[str, str] | None = None,
+        once: bool = False,
     ) -> tuple[int, Any, httpx.Headers]:
         """One API call with retries: transient failures (403 REQUEST_LIMIT_EXCEEDED, 5xx,
         timeouts) are tried again per the policy, honouring Retry-After; a 401 gets a new
-        token once. Returns status, parsed JSON and headers; other statuses are the caller's."""
+        token once. Returns status, parsed JSON and headers; other statuses are the caller's.
+        With ``once`` (the call creates records), a failure after which the call may have
+        been applied (a 500, 502 or 504, a timeout once sent) raises Retriable at once."""
         refreshed = False
 
         def attempt() -> tuple[int, Any, httpx.Headers]:
@@ -266,7 +285,13 @@ class SalesforceObject(Block, Endpoint):
                     method, url, params=params, json=json, headers=send_headers
                 )
             except httpx.TransportError as exc:
-                raise Retriable(f"{where}: {_transport_reason(exc)}") from None
+                error = Retriable(f"{where}: {_transport_reason(exc)}")
+                sent = not isinstance(
+                    exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout
+                )
+                if once and sent:
+                    raise _OutcomeUnknown(error) from None
+                raise error from None
             self._requests += 1
             body = _json_or_none(reply)
             status = reply.status_code
@@ -287,14 +312,20 @@ class SalesforceObject(Block, Endpoint):
                 or code == "REQUEST_LIMIT_EXCEEDED"
                 or code == "UNABLE_TO_LOCK_ROW"
             ):
-                raise Retriable(
+                error = Retriable(
                     f"{where}: refused with {status}{_reason(body)}",
                     status=status,
                     retry_after=retry_after_seconds(reply.headers.get("retry-after")),
                 )
+                if once and status in OUTCOME_UNKNOWN:
+                    raise _OutcomeUnknown(error)
+                raise error
             return status, body, reply.headers
 
-        return self.policy.call(attempt, sleep=self._sleep, rng=self._rng)
+        try:
+            return self.policy.call(attempt, sleep=self._sleep, rng=self._rng)
+        except _OutcomeUnknown as exc:
+            raise exc.error from None
 
     def _expect(
         self, method: str, path: str, ok: tuple[int, ...] = (200,), **kwargs: Any
@@ -373,7 +404,9 @@ class SalesforceObject(Block, Endpoint):
         deleted: list[str] = []
         covered: datetime | None = None
         if since is not None:
-            deleted, covered = self._deleted_since(since - timedelta(seconds=self.overlap_seconds))
+            deleted, covered = self._deleted_since(
+                since - timedelta(seconds=self.overlap_seconds), signpost
+            )
         mark = signpost or newest or covered or since
         return ChangeSet(
             records=list(latest.values()),
@@ -383,8 +416,13 @@ class SalesforceObject(Block, Endpoint):
             requests=self._requests,
         )
 
-    def _deleted_since(self, start: datetime) -> tuple[list[str], datetime | None]:
-        end = datetime.now(UTC) + timedelta(seconds=60)  # the server caps it at its own clock
+    def _deleted_since(
+        self, start: datetime, server_now: datetime | None
+    ) -> tuple[list[str], datetime | None]:
+        """Ids deleted since ``start``. The window ends a minute past the server's time (or
+        ours when it sent none): the server caps it at its own clock, and a local clock
+        running behind the org's would otherwise end the window before it starts."""
+        end = max(filter(None, [server_now, datetime.now(UTC)])) + timedelta(seconds=60)
         params = {
             "start": start.astimezone(UTC).isoformat(timespec="seconds"),
             "end": end.isoformat(timespec="seconds"),
@@ -401,16 +439,22 @@ class SalesforceObject(Block, Endpoint):
         ]
         return keys, parse_timestamp(body.get("latestDateCovered"))
 
-    def _get_many(self, keys: Sequence[str], fields: list[str]) -> dict[str, dict[str, Any]]:
-        """Live records by 18-character id, read with collection GETs (missing ones left out)."""
+    def _get_many(
+        self, keys: Sequence[str], fields: list[str], *, post: bool = False
+    ) -> dict[str, dict[str, Any]]:
+        """Live records by 18-character id, read with collection retrieves (missing ones
+        left out): GETs of 200 ids, or with ``post`` POSTs of up to 2,000 ids in the body,
+        which the write path uses to read back versions in as few calls as it can."""
         found: dict[str, dict[str, Any]] = {}
-        for part in chunks(list(keys), READ_CHUNK):
-            params = {"ids": ",".join(part), "fields": ",".join(fields)}
-            body, _ = self._expect(
-                "GET", self._data_path(f"/composite/sobjects/{self.object}"), params=params
-            )
+        path = self._data_path(f"/composite/sobjects/{self.object}")
+        for part in chunks(list(keys), RETRIEVE_LIMIT if post else READ_CHUNK):
+            if post:
+                body, _ = self._expect("POST", path, json={"ids": part, "fields": fields})
+            else:
+                params = {"ids": ",".join(part), "fields": ",".join(fields)}
+                body, _ = self._expect("GET", path, params=params)
             if not isinstance(body, list):
-                raise Fatal(f"GET records of {self.object}: the answer is not a list")
+                raise Fatal(f"retrieving records of {self.object}: the answer is not a list")
             for item in body:
                 if isinstance(item, dict) and isinstance(item.get(self.key), str):
                     found[sfid.to18(item[self.key])] = item
@@ -457,15 +501,17 @@ class SalesforceObject(Block, Endpoint):
         return [results[i] for i in range(len(ops))]
 
     def _add_versions(self, results: dict[int, WriteResult]) -> None:
-        """Fill in the SystemModstamp of written records (one collection GET per 200); when
-        that read fails the writes stand and the versions stay unknown."""
+        """Fill in the SystemModstamp of written records (one collection retrieve per 2,000
+        ids); when that read fails the writes stand and the versions stay unknown."""
         written = [
             r.key for r in results.values() if r.ok and r.key and not isinstance(r.op, Delete)
         ]
         if not written:
             return
         try:
-            stamps = self._get_many(list(dict.fromkeys(written)), [self.key, self.modified_at])
+            stamps = self._get_many(
+                list(dict.fromkeys(written)), [self.key, self.modified_at], post=True
+            )
         except (Retriable, Fatal) as exc:
             logger.warning("could not read the new versions of %s records: %s", self.object, exc)
             return
@@ -496,7 +542,9 @@ class SalesforceObject(Block, Endpoint):
             keyed[i] = sfid.to18(op.key)
         if checked:
             current = self._get_many(
-                [keyed[i] for i, _ in checked if i in keyed], [self.key, self.modified_at]
+                [keyed[i] for i, _ in checked if i in keyed],
+                [self.key, self.modified_at],
+                post=True,
             )
             for i, op in checked:
                 if i not in keyed:
@@ -584,10 +632,12 @@ class SalesforceObject(Block, Endpoint):
         while pending:
             method, path, params, body = build(pending, keyed)
             try:
-                status, answer, _ = self._request(method, path, params=params, json=body)
+                # a create is sent once (an upsert by external ID may be sent again)
+                once = method == "POST"
+                status, answer, _ = self._request(method, path, params=params, json=body, once=once)
             except (Retriable, Fatal) as exc:
-                if exc.status is None or exc.status == 504:  # no answer: it may have been applied
-                    self._write_sent = True
+                if exc.status is None or exc.status in OUTCOME_UNKNOWN:
+                    self._write_sent = True  # no answer: it may have been applied
                 raise
             self._write_sent = True
             if status != 200 or not isinstance(answer, list) or len(answer) != len(pending):

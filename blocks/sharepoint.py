@@ -43,6 +43,9 @@ from twoway.values import as_utc, canonical, parse_timestamp
 
 BATCH_LIMIT = 20  # requests per Graph $batch call
 RETRIABLE_STATUSES = frozenset({408, 423, 429, 500, 502, 503, 504, 509})
+#: transient answers after which a request may have been applied (a gateway gave up on a
+#: backend still working): sending a create again could make a second item
+OUTCOME_UNKNOWN = frozenset({500, 502, 504})
 TOKEN_MARGIN = 60.0  # seconds before expiry a cached token is renewed
 
 
@@ -54,6 +57,15 @@ def safe_url(url: str) -> str:
 
 class _DeltaGone(Exception):
     """The delta token is no longer valid (410 Gone): read everything again."""
+
+
+class _OutcomeUnknown(Exception):
+    """A request that must not be sent twice got no answer that says whether it was
+    applied; not retriable, so the retry policy lets it through."""
+
+    def __init__(self, error: Retriable):
+        super().__init__(str(error))
+        self.error = error
 
 
 class SharePointList(Block, Endpoint):
@@ -149,9 +161,12 @@ class SharePointList(Block, Endpoint):
         self.close()
         self._transport = transport
 
-    def use_sleep(self, sleep: Callable[[float], Any]) -> None:
-        """Wait between retries with ``sleep`` (tests record the waits instead)."""
+    def use_sleep(self, sleep: Callable[[float], Any], rng: random.Random | None = None) -> None:
+        """Wait between retries with ``sleep`` (tests record the waits instead), drawing the
+        jitter from ``rng`` when given (a seeded source makes the waits replayable)."""
         self._sleep = sleep
+        if rng is not None:
+            self._rng = rng
 
     def _where(self) -> str:
         return f"SharePoint list {self.list!r} on {safe_url(self.graph_url)}"
@@ -251,6 +266,21 @@ class SharePointList(Block, Endpoint):
         except httpx.HTTPError as exc:
             raise Retriable(f"{what}: {type(exc).__name__} talking to {self._where()}") from None
 
+    def _send_once(self, what: str, send: Callable[[], httpx.Response]) -> httpx.Response:
+        """``send``, with the failures after which it may have been applied made final."""
+        try:
+            return send()
+        except Retriable as exc:
+            if exc.status in OUTCOME_UNKNOWN:
+                raise _OutcomeUnknown(exc) from None
+            raise
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout):
+            raise  # never sent: safe to send again
+        except httpx.TransportError as exc:
+            raise _OutcomeUnknown(
+                Retriable(f"{what}: {type(exc).__name__} talking to {self._where()}")
+            ) from None
+
     def _send(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
         """One authenticated request; a 401 renews the token once, transient statuses raise."""
         client = self.client()
@@ -275,13 +305,30 @@ class SharePointList(Block, Endpoint):
         return response
 
     def _call(
-        self, method: str, url: str, *, ok: tuple[int, ...] = (200,), **kwargs: Any
+        self,
+        method: str,
+        url: str,
+        *,
+        ok: tuple[int, ...] = (200,),
+        once: bool = False,
+        **kwargs: Any,
     ) -> httpx.Response:
-        """A request with retries; any status outside ``ok`` is Fatal."""
+        """A request with retries; any status outside ``ok`` is Fatal. With ``once`` (the
+        request creates items), it is not sent again after an answer that leaves open
+        whether it was applied (a gateway timeout, a read timeout): that raises Retriable
+        for the caller to report as an unknown outcome."""
         self._check_origin(url)
-        response = self._with_retries(
-            lambda: self._send(method, url, **kwargs), f"{method} {safe_url(url)}"
-        )
+        what = f"{method} {safe_url(url)}"
+
+        def send() -> httpx.Response:
+            if once:
+                return self._send_once(what, lambda: self._send(method, url, **kwargs))
+            return self._send(method, url, **kwargs)
+
+        try:
+            response = self._with_retries(send, what)
+        except _OutcomeUnknown as exc:
+            raise exc.error from None
         if response.status_code not in ok:
             raise Fatal(
                 f"{method} {safe_url(url)} answered {response.status_code} "
@@ -306,6 +353,9 @@ class SharePointList(Block, Endpoint):
         Returns each sub-response by its id. Sub-requests that still fail transiently after
         the last try raise Retriable, or with ``keep_failures`` come back as their last
         answer (writes: the others of the batch were applied and must be reported).
+        Creates (POST) are never sent twice: one answered with a status that leaves open
+        whether it was applied, or not answered, comes back as that answer at once, and a
+        batch holding creates is not sent again when its own answer leaves that open.
         """
         if len(requests) > BATCH_LIMIT:
             raise ValueError(f"a $batch holds at most {BATCH_LIMIT} requests")
@@ -315,7 +365,8 @@ class SharePointList(Block, Endpoint):
         attempt = 1
         while True:
             envelope = {"requests": [{"id": rid, **req} for rid, req in pending.items()]}
-            response = self._call("POST", self._api("$batch"), json=envelope)
+            creates = any(req["method"] == "POST" for req in pending.values())
+            response = self._call("POST", self._api("$batch"), json=envelope, once=creates)
             try:
                 answers = {str(r["id"]): r for r in response.json()["responses"]}
             except (ValueError, KeyError, TypeError):
@@ -326,7 +377,9 @@ class SharePointList(Block, Endpoint):
             for rid, req in pending.items():
                 answer = answers.get(rid)
                 status = int(answer.get("status", 0)) if answer else 0
-                if answer is None or status in RETRIABLE_STATUSES:
+                if req["method"] == "POST" and (answer is None or status in OUTCOME_UNKNOWN):
+                    done[rid] = answer or {"id": rid, "status": 504, "body": {}}
+                elif answer is None or status in RETRIABLE_STATUSES:
                     retry[rid] = req
                     statuses.append(status)
                     wait = retry_after_seconds(_header(answer or {}, "Retry-After"))

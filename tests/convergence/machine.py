@@ -1,27 +1,34 @@
-"""The randomized convergence harness: a Hypothesis state machine over two or three SQL
-systems on virtual time, with people editing, faults, crashes, races and runs.
+"""The randomized convergence harness: a Hypothesis state machine over two or three
+systems on virtual time (SQL tables, or the SaaS simulators of saas_world.py), with people
+editing, faults, crashes, races and runs.
 
 After every step it checks what needs no quiescence (the ID map is a bijection; a
 completed run returned every row changed since the previous completed extraction began).
 At the end it stops the people and the faults, runs until a run writes nothing, and checks
 every invariant of the design: convergence, no echo, no lost update, no duplicate, no
-resurrection.
+resurrection. A failing sequence is printed as a case of test_regressions.py.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, note, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+from hypothesis.errors import InvalidArgument
+from hypothesis.stateful import RuleBasedStateMachine, invariant
+from hypothesis.stateful import initialize as hypothesis_initialize
+from hypothesis.stateful import rule as hypothesis_rule
 
-from tests.convergence.world import FIELDS, Faults, World
+from tests.convergence.world import FIELDS, Faults, Side, SqlSide, World
 from twoway.engine import RunReport, Runtime, Steps, run_sync
 from twoway.errors import AlreadyRunning
 from twoway.state import conflicts
@@ -62,10 +69,37 @@ class CrashingSteps(Steps):
 fault_rates = st.sampled_from([0.0, 0.0, 0.1, 0.3])
 
 
+def _logged(fn: Callable[..., None]) -> Callable[..., None]:
+    """A rule that writes itself into the machine's steps, as a replay names it."""
+
+    @functools.wraps(fn)
+    def step(self: SyncMachine, **arguments: Any) -> None:
+        shown = ", ".join(f"{k}={v!r}" for k, v in sorted(arguments.items()))
+        self.steps.append(f"{fn.__name__}({shown})")
+        return fn(self, **arguments)
+
+    return step
+
+
+def rule(**arguments: Any) -> Callable[[Callable[..., None]], Any]:
+    """A Hypothesis rule whose calls are kept for the replay printed on a failure."""
+    return lambda fn: hypothesis_rule(**arguments)(_logged(fn))
+
+
+def initialize(**arguments: Any) -> Callable[[Callable[..., None]], Any]:
+    """A Hypothesis initialize rule whose call is kept for the replay."""
+    return lambda fn: hypothesis_initialize(**arguments)(_logged(fn))
+
+
 class SyncMachine(RuleBasedStateMachine):
-    """People, faults and runs in any order; the invariants must hold throughout."""
+    """People, faults and runs in any order; the invariants must hold throughout.
+
+    ``sides`` names the systems' kinds (SQL tables unless a subclass says otherwise, as the
+    SaaS machines of saas_world.py do); rules pick a system by index modulo their number.
+    """
 
     systems = 2
+    sides: tuple[type[Side], ...] = ()  # empty: ``systems`` SQL tables
     match_on = False
     reuse_keys = False
     overlap = 5.0
@@ -74,12 +108,21 @@ class SyncMachine(RuleBasedStateMachine):
         super().__init__()
         self.world: World | None = None
         self.prev_start: dict[str, datetime] = {}
+        self.steps: list[str] = []
+
+    def replay(self) -> str:
+        """The steps so far as a case of test_regressions.py replays them."""
+        lines = "".join(f"    {step}\n" for step in self.steps)
+        return (
+            "replay with tests/convergence/test_regressions.py:\n"
+            f'NAME = (\n    {type(self).__name__},\n    """\n{lines}    """,\n)'
+        )
 
     @initialize(seed=st.integers(0, 2**32 - 1), records=st.integers(0, 12))
     def start(self, seed: int, records: int = 0) -> None:
         self.world = World(
-            self.systems,
             seed,
+            self.sides or (SqlSide,) * self.systems,
             match_on=self.match_on,
             reuse_keys=self.reuse_keys,
             overlap=self.overlap,
@@ -88,6 +131,8 @@ class SyncMachine(RuleBasedStateMachine):
             self.world.create(self.world.names[i % self.world.systems])
 
     def teardown(self) -> None:
+        with contextlib.suppress(InvalidArgument):  # outside Hypothesis (a replay): no notes
+            note(self.replay())  # shown with the failing example only
         if self.world is None:
             return
         try:
@@ -173,14 +218,17 @@ class SyncMachine(RuleBasedStateMachine):
         except Crash:
             if isinstance(steps, CrashingSteps) and steps.at == "commit state" and steps.after:
                 # died after its state was committed: for the state, the run is done
-                world.uncommitted.clear()
+                world.committed()
                 for name, endpoint in world.endpoints.items():
                     if endpoint.last_read_start is not None:
                         self.prev_start[name] = endpoint.last_read_start
             else:
                 world.crashed()
             raise
-        world.uncommitted.clear()
+        if report.status == "completed":
+            world.committed()
+        else:  # a run that failed after writing committed no state: as after a crash
+            world.crashed()
         for name, endpoint in world.endpoints.items():
             starts[name] = endpoint.last_read_start
         if report.status == "completed":

@@ -7,6 +7,7 @@ import logging
 import pytest
 
 from tests.convergence.machine import MatchOnEmail, SyncMachine, ThreeSystems
+from tests.convergence.saas_world import SalesforceAndSql, SharePointAndSql
 
 
 # these sequences were found with keys reused and a 60 s look-back window
@@ -197,6 +198,27 @@ CONFLICT_LOG_SURVIVES_A_CRASH = (
 )
 
 
+# Graph answered a create inside $batch with a gateway timeout after applying it; the
+# SharePoint block sent the create again and the list held the record twice
+GRAPH_CREATE_SENT_AGAIN_AFTER_LOST_ANSWER = (
+    SharePointAndSql,
+    """
+    start(records=9, seed=10017)
+    crash_after_write(step='load s0')
+    """,
+)
+
+# the org answered a create collection with 504 after applying it; the Salesforce block
+# sent the collection again and the object held the records twice
+SALESFORCE_CREATE_SENT_AGAIN_AFTER_LOST_ANSWER = (
+    SalesforceAndSql,
+    """
+    start(records=3, seed=1)
+    crash_after_write(step='load s0')
+    """,
+)
+
+
 @pytest.mark.parametrize(
     "case",
     [
@@ -205,6 +227,8 @@ CONFLICT_LOG_SURVIVES_A_CRASH = (
         PARKED_CREATE_RETRIED_AFTER_BACKOFF,
         LOST_ANSWER_COPY_EDITED,
         CONFLICT_LOG_SURVIVES_A_CRASH,
+        GRAPH_CREATE_SENT_AGAIN_AFTER_LOST_ANSWER,
+        SALESFORCE_CREATE_SENT_AGAIN_AFTER_LOST_ANSWER,
     ],
     ids=[
         "key-reused-after-delete",
@@ -212,6 +236,8 @@ CONFLICT_LOG_SURVIVES_A_CRASH = (
         "parked-create-retried",
         "lost-answer-copy-edited",
         "conflict-log-survives-a-crash",
+        "graph-create-sent-again-after-lost-answer",
+        "salesforce-create-sent-again-after-lost-answer",
     ],
 )
 def test_replay(case, caplog):

@@ -1,8 +1,10 @@
-"""The world the randomized harness drives: SQL tables on virtual time, people writing
-unique values into them, and endpoints that fail on demand.
+"""The world the randomized harness drives: systems on virtual time (SQL tables here, the
+SaaS simulators in saas_world.py), people writing unique values into them, and endpoints
+that fail on demand.
 
-Everything random comes from one seeded source; the clock only moves when the harness
-moves it, so a failing sequence replays exactly.
+Each system is a :class:`Side`: how a person reaches it, how its endpoint is built, how
+its faults are injected. Everything random comes from one seeded source; the clock only
+moves when the harness moves it, so a failing sequence replays exactly.
 """
 
 from __future__ import annotations
@@ -10,7 +12,8 @@ from __future__ import annotations
 import random
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -73,7 +76,8 @@ class Deletion:
 
 @dataclass
 class Faults:
-    """Rates of each fault kind, drawn per call from the world's random source."""
+    """Rates of each fault kind, drawn per call from the world's random source (SQL), or
+    turned into the simulator's own HTTP faults (see each side's ``set_faults``)."""
 
     error_before: float = 0.0  # a read or write fails before anything happens
     applied_then_timeout: float = 0.0  # a write is applied, then the answer is lost
@@ -85,19 +89,167 @@ class Faults:
         return any(v > 0 for v in vars(self).values())
 
 
-class Flaky(Endpoint):
-    """Wraps a real endpoint: counts what reaches it and injects the world's faults."""
+class Side:
+    """One system of the world: its records as people and the checks see them (the
+    system's own keys, values under the canonical field names), and its endpoint."""
 
-    def __init__(self, world: World, system: str, inner: SqlTable):
-        self.world, self.system, self.inner = world, system, inner
-        self.integration_account = inner.integration_account
+    #: the simulator injects the world's faults itself, at the HTTP level; else the
+    #: endpoint wrapper draws them
+    http_faults = False
+
+    def __init__(self, world: World, name: str):
+        self.world, self.name = world, name
+
+    def system(self) -> dict[str, Any]:
+        """The system's entry in the sync definition."""
+        raise NotImplementedError
+
+    def column(self, field_name: str) -> str:
+        """The system's column of a canonical field."""
+        raise NotImplementedError
+
+    def endpoint(self, between_pages: Callable[[list[str]], None]) -> Endpoint:
+        """The endpoint twoway uses, calling ``between_pages`` with the keys read so far
+        while a read pages."""
+        raise NotImplementedError
+
+    def insert(self, values: dict[str, str]) -> str:
+        """A person creates a record; its key."""
+        raise NotImplementedError
+
+    def update(self, key: str, values: dict[str, str]) -> bool:
+        """A person changes fields of a record; False when it is gone."""
+        raise NotImplementedError
+
+    def remove(self, key: str) -> bool:
+        """A person deletes a record; False when it was gone already."""
+        raise NotImplementedError
+
+    def live_keys(self) -> list[str]:
+        """Live keys, in a stable order (rules pick records by position)."""
+        raise NotImplementedError
+
+    def rows(self) -> dict[str, dict[str, str]]:
+        """Live records: key -> canonical field -> value."""
+        raise NotImplementedError
+
+    def set_faults(self, faults: Faults) -> None:
+        """Take the world's fault rates (sides with ``http_faults`` pass them on)."""
+
+    def close(self) -> None:
+        """Release what the side holds."""
+
+
+class SqlSide(Side):
+    """A SQLite table; people write to it directly, stamping their own (maybe skewed)
+    clock and name."""
+
+    def __init__(self, world: World, name: str):
+        super().__init__(world, name)
+        self.url = f"sqlite:///{world.folder / (name + '.db')}"
+        self.engine = sa.create_engine(self.url)
+        self.table = sa.Table(
+            "records",
+            sa.MetaData(),
+            sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+            *(sa.Column(f"{name}_{f}", sa.String(80)) for f in FIELDS),
+            sa.Column("stamp", sa.String(32)),
+            sa.Column("who", sa.String(40)),
+            sqlite_autoincrement=not world.reuse_keys,
+        )
+        self.table.create(self.engine)
+
+    def system(self) -> dict[str, Any]:
+        return {
+            "kind": "sql",
+            "url": self.url,
+            "table": "records",
+            "key": "id",
+            "modified_at": "stamp",
+            "modified_by": "who",
+            "integration_account": "sync",
+            "overlap_seconds": self.world.overlap,
+        }
+
+    def column(self, field_name: str) -> str:
+        return f"{self.name}_{field_name}"
+
+    def endpoint(self, between_pages: Callable[[list[str]], None]) -> Endpoint:
+        table = SqlTable(
+            url=SecretStr(self.url),
+            table="records",
+            key="id",
+            modified_at="stamp",
+            modified_by="who",
+            integration_account="sync",
+            columns_to_sync=[self.column(f) for f in FIELDS],
+            page_size=3,
+            overlap_seconds=self.world.overlap,
+        )
+        table.use_clock(self.world.clock)
+        table.use_page_hook(between_pages)
+        return table
+
+    def _stamp(self) -> dict[str, str]:
+        behind = self.world.skew.get(self.name, 0.0)
+        return {
+            "stamp": format_timestamp(self.world.clock() - timedelta(seconds=behind)),
+            "who": f"person-{self.name}",
+        }
+
+    def _columns(self, values: dict[str, str]) -> dict[str, str]:
+        return {self.column(f): v for f, v in values.items()} | self._stamp()
+
+    def insert(self, values: dict[str, str]) -> str:
+        with self.engine.begin() as conn:
+            inserted = conn.execute(self.table.insert().values(self._columns(values)))
+            return str(inserted.inserted_primary_key[0])
+
+    def update(self, key: str, values: dict[str, str]) -> bool:
+        table = self.table
+        with self.engine.begin() as conn:
+            query = table.update().where(table.c.id == int(key)).values(self._columns(values))
+            return bool(conn.execute(query).rowcount)
+
+    def remove(self, key: str) -> bool:
+        table = self.table
+        with self.engine.begin() as conn:
+            return bool(conn.execute(table.delete().where(table.c.id == int(key))).rowcount)
+
+    def live_keys(self) -> list[str]:
+        with self.engine.connect() as conn:
+            ids = conn.execute(sa.select(self.table.c.id).order_by("id")).scalars()
+            return [str(k) for k in ids]
+
+    def rows(self) -> dict[str, dict[str, str]]:
+        with self.engine.connect() as conn:
+            return {
+                str(r.id): {f: r._mapping[self.column(f)] for f in FIELDS}
+                for r in conn.execute(sa.select(self.table))
+            }
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+class Flaky(Endpoint):
+    """Wraps a real endpoint: counts what reaches it and injects the world's faults (the
+    SQL ones itself; a simulator's side injects them at the HTTP level instead)."""
+
+    def __init__(self, world: World, side: Side):
+        self.world, self.system, self.side = world, side.name, side
+        self.inner = side.endpoint(self._between_pages)
+        self.integration_account = getattr(self.inner, "integration_account", None)
         self.ops_sent = 0
         self.last_read_keys: set[str] = set()
         self.last_read_start: datetime | None = None
-        inner.use_page_hook(self._between_pages)
 
     def _roll(self, rate: float) -> bool:
         return rate > 0 and self.world.rng.random() < rate
+
+    def _endpoint_fault(self, rate: float) -> bool:
+        """A fault this wrapper injects: never for a side whose simulator injects them."""
+        return not self.side.http_faults and self._roll(rate)
 
     def _between_pages(self, read_so_far: list[str]) -> None:
         """A person edits a record while the read pages: one already read (which moves it
@@ -121,7 +273,7 @@ class Flaky(Endpoint):
         self._extraction = True
 
     def read_changes(self, cursor: str | None) -> ChangeSet:
-        if self._roll(self.world.faults.error_before):
+        if self._endpoint_fault(self.world.faults.error_before):
             raise Retriable(f"{self.system}: injected 503 on read")
         extraction, self._extraction = getattr(self, "_extraction", False), False
         started = self.world.clock()
@@ -135,7 +287,7 @@ class Flaky(Endpoint):
         return self.inner.read(keys)
 
     def list_keys(self):
-        if self._roll(self.world.faults.error_before):
+        if self._endpoint_fault(self.world.faults.error_before):
             raise Retriable(f"{self.system}: injected timeout listing keys")
         return self.inner.list_keys()
 
@@ -144,20 +296,28 @@ class Flaky(Endpoint):
 
     def write(self, ops: list[Op]) -> list[WriteResult]:
         faults = self.world.faults
-        if self._roll(faults.error_before):
+        if self._endpoint_fault(faults.error_before):
             raise Retriable(f"{self.system}: injected 429 before the batch")
         for op in ops:
             if isinstance(op, Update) and self._roll(faults.concurrent_edit):
                 self.world.edit(self.system, op.key, self.world.rng.choice(FIELDS))
-        refused = {i for i in range(len(ops)) if self._roll(faults.partial)}
+        refused = {i for i in range(len(ops)) if self._endpoint_fault(faults.partial)}
         applied = [op for i, op in enumerate(ops) if i not in refused]
         self.ops_sent += len(applied)
-        applied_results = self.inner.write(applied)
+        before = set(self.side.live_keys()) if self.side.http_faults else set()
+        try:
+            applied_results = self.inner.write(applied)
+        except Exception:
+            if self.side.http_faults:  # a failed call may still have made records
+                self._note_lost_creates(before, applied, [])
+            raise
         for r in applied_results:
             if r.ok and r.key and not isinstance(r.op, Delete):
                 self.world.true_change[(self.system, r.key)] = self.world.clock()
             if r.ok and isinstance(r.op, Create):
                 self.world.uncommitted[(self.system, r.key)] = r.op.ref
+        if self.side.http_faults:
+            self._note_lost_creates(before, applied, applied_results)
         results = iter(applied_results)
         out = []
         for i, op in enumerate(ops):
@@ -170,7 +330,7 @@ class Flaky(Endpoint):
                 out.append(WriteResult(op=op, error=error))
             else:
                 out.append(next(results))
-        if self._roll(faults.applied_then_timeout):
+        if self._endpoint_fault(faults.applied_then_timeout):
             for r in out:
                 if r.ok and isinstance(r.op, Create):
                     self.world.unconfirmed_keys.add((self.system, r.key))
@@ -181,110 +341,115 @@ class Flaky(Endpoint):
             ]
         return out
 
+    def _note_lost_creates(
+        self, before: set[str], ops: list[Op], results: list[WriteResult]
+    ) -> None:
+        """Records our creates made whose answer the simulator lost: found as new keys no
+        result names, matched to their create by the (unique) values it carried."""
+        answered = {r.key for r in results if r.ok}
+        lost = [k for k in self.side.live_keys() if k not in before and k not in answered]
+        if not lost:
+            return
+        rows = self.side.rows()
+        creates = {
+            tuple(op.values.get(self.side.column(f)) for f in FIELDS): op.ref
+            for op in ops
+            if isinstance(op, Create)
+        }
+        for key in lost:
+            self.world.true_change[(self.system, key)] = self.world.clock()
+            self.world.unconfirmed_keys.add((self.system, key))
+            ref = creates.get(tuple(rows.get(key, {}).get(f) for f in FIELDS))
+            if ref is not None:
+                self.world.unconfirmed_links.add(ref)
+
     def close(self) -> None:
         self.inner.close()
 
 
-@dataclass
 class World:
-    """N SQL systems, their people, and everything they wrote."""
+    """Systems (one :class:`Side` each), their people, and everything they wrote."""
 
-    systems: int
-    seed: int
-    match_on: bool = False
-    reuse_keys: bool = False  # SQLite without AUTOINCREMENT gives a deleted row's key again
-    overlap: float = OVERLAP
-    rng: random.Random = field(init=False)
-    clock: VirtualClock = field(init=False)
-    folder: Path = field(init=False)
-    writes: list[UserWrite] = field(default_factory=list)
-    deleted: list[Deletion] = field(default_factory=list)
-    rid_of: dict[tuple[str, str], int] = field(default_factory=dict)  # live (system, key) -> record
-    # creates whose answer was lost (applied, then a timeout): twoway cannot know of them
-    unconfirmed_keys: set[tuple[str, str]] = field(default_factory=set)
-    unconfirmed_links: set[str] = field(default_factory=set)
-    uncommitted: dict[tuple[str, str], str] = field(default_factory=dict)  # created this run
-    ambiguous_values: set[str] = field(default_factory=set)
-    engine_deleted: dict[int, tuple[str, str]] = field(
-        default_factory=dict
-    )  # record -> (system, key)
-    faults: Faults = field(default_factory=Faults)
-    skew: dict[str, float] = field(default_factory=dict)  # seconds a person's clock is behind
-    true_change: dict[tuple[str, str], datetime] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self.rng = random.Random(self.seed)
+    def __init__(
+        self,
+        seed: int,
+        sides: Sequence[type[Side]] = (SqlSide, SqlSide),
+        *,
+        match_on: bool = False,
+        reuse_keys: bool = False,  # SQLite without AUTOINCREMENT gives a deleted row's key again
+        overlap: float = OVERLAP,
+    ):
+        self.seed, self.match_on, self.reuse_keys, self.overlap = (
+            seed,
+            match_on,
+            reuse_keys,
+            overlap,
+        )
+        self.rng = random.Random(seed)
         self.clock = VirtualClock(datetime(2030, 1, 1, tzinfo=UTC))
         self.folder = Path(tempfile.mkdtemp(prefix="twoway-harness-"))
-        self.names = [f"s{i}" for i in range(self.systems)]
-        self.engines: dict[str, sa.Engine] = {}
-        self.tables: dict[str, sa.Table] = {}
+        self.writes: list[UserWrite] = []
+        self.deleted: list[Deletion] = []
+        self.rid_of: dict[tuple[str, str], int] = {}  # live (system, key) -> record
+        # creates whose answer was lost (applied, then a timeout): twoway cannot know of them
+        self.unconfirmed_keys: set[tuple[str, str]] = set()
+        self.unconfirmed_links: set[str] = set()
+        self.uncommitted: dict[tuple[str, str], str] = {}  # created this run
+        # values of this run's copies a person touched while the run went on
+        self.touched: dict[tuple[str, str], set[str]] = {}
+        self.ambiguous_values: set[str] = set()
+        self.engine_deleted: dict[int, tuple[str, str]] = {}  # record -> (system, key)
+        self.skew: dict[str, float] = {}  # seconds a person's clock is behind
+        self.true_change: dict[tuple[str, str], datetime] = {}
+        self._faults = Faults()
         self.counter = 0
+        self.names = [f"s{i}" for i in range(len(sides))]
+        self.systems = len(sides)
+        self.sides: dict[str, Side] = {}
+        self.endpoints: dict[str, Flaky] = {}
+        self.store: StateStore | None = None
+        try:
+            self._build(sides)
+        except BaseException:
+            self.close()
+            raise
+
+    def _build(self, sides: Sequence[type[Side]]) -> None:
+        for name, side in zip(self.names, sides, strict=True):
+            self.sides[name] = side(self, name)
         doc: dict[str, Any] = {
             "name": "harness",
             "state": f"sqlite:///{self.folder / 'state.db'}",
-            "systems": {},
-            "fields": {f: {} for f in FIELDS},
+            "systems": {name: side.system() for name, side in self.sides.items()},
+            "fields": {f: {n: s.column(f) for n, s in self.sides.items()} for f in FIELDS},
         }
         if self.match_on:
             doc["match_on"] = ["email"]
-        for name in self.names:
-            url = f"sqlite:///{self.folder / (name + '.db')}"
-            engine = sa.create_engine(url)
-            table = sa.Table(
-                "records",
-                sa.MetaData(),
-                sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-                *(sa.Column(f"{name}_{f}", sa.String(80)) for f in FIELDS),
-                sa.Column("stamp", sa.String(32)),
-                sa.Column("who", sa.String(40)),
-                sqlite_autoincrement=not self.reuse_keys,
-            )
-            table.create(engine)
-            self.engines[name], self.tables[name] = engine, table
-            doc["systems"][name] = {
-                "kind": "sql",
-                "url": url,
-                "table": "records",
-                "key": "id",
-                "modified_at": "stamp",
-                "modified_by": "who",
-                "integration_account": "sync",
-                "overlap_seconds": self.overlap,
-            }
-            for f in FIELDS:
-                doc["fields"][f][name] = f"{name}_{f}"
         self.path = self.folder / "sync.yaml"
         self.path.write_text(yaml.safe_dump(doc))
         self.definition = load_definition(self.path)
         self.store = StateStore(self.definition.state, clock=self.clock)
         self.store.migrate()
-        self.endpoints = {
-            name: Flaky(self, name, self._table_endpoint(name)) for name in self.names
-        }
+        for name, side in self.sides.items():
+            self.endpoints[name] = Flaky(self, side)
 
-    def _table_endpoint(self, name: str) -> SqlTable:
-        spec = self.definition.systems[name]
-        table = SqlTable(
-            url=SecretStr(spec.url),
-            table="records",
-            key="id",
-            modified_at="stamp",
-            modified_by="who",
-            integration_account="sync",
-            columns_to_sync=[f"{name}_{f}" for f in FIELDS],
-            page_size=3,
-            overlap_seconds=self.overlap,
-        )
-        table.use_clock(self.clock)
-        return table
+    @property
+    def faults(self) -> Faults:
+        return self._faults
+
+    @faults.setter
+    def faults(self, faults: Faults) -> None:
+        self._faults = faults
+        for side in self.sides.values():
+            side.set_faults(faults)
 
     def close(self) -> None:
         for endpoint in self.endpoints.values():
             endpoint.close()
-        for engine in self.engines.values():
-            engine.dispose()
-        self.store.close()
+        for side in self.sides.values():
+            side.close()
+        if self.store is not None:
+            self.store.close()
         shutil.rmtree(self.folder, ignore_errors=True)
 
     # -- people -----------------------------------------------------------------------
@@ -292,13 +457,6 @@ class World:
     def unique(self, tag: str) -> str:
         self.counter += 1
         return f"{tag}{self.counter}"
-
-    def _stamp(self, system: str) -> dict[str, str]:
-        behind = self.skew.get(system, 0.0)
-        return {
-            "stamp": format_timestamp(self.clock() - timedelta(seconds=behind)),
-            "who": f"person-{system}",
-        }
 
     def _log(self, system: str, key: str, values: dict[str, str]) -> None:
         if (
@@ -317,48 +475,46 @@ class World:
 
     def create(self, system: str) -> str:
         values = {f: self.unique(f[0]) for f in FIELDS}
-        table = self.tables[system]
-        with self.engines[system].begin() as conn:
-            key = conn.execute(
-                table.insert().values(
-                    {f"{system}_{f}": v for f, v in values.items()} | self._stamp(system)
-                )
-            ).inserted_primary_key[0]
-        replaced = self.rid_of.get((system, str(key)))
+        key = self.sides[system].insert(values)
+        replaced = self.rid_of.get((system, key))
         if replaced is not None:  # the engine deleted that record and the database reused its key
-            self.engine_deleted[replaced] = (system, str(key))
-        self.rid_of[(system, str(key))] = self._new_rid()
-        self._log(system, str(key), values)
-        return str(key)
+            self.engine_deleted[replaced] = (system, key)
+        self.rid_of[(system, key)] = self._new_rid()
+        self._log(system, key, values)
+        return key
 
     def keys(self, system: str) -> list[str]:
-        with self.engines[system].connect() as conn:
-            return [
-                str(k)
-                for k in conn.execute(sa.select(self.tables[system].c.id).order_by("id")).scalars()
-            ]
+        return self.sides[system].live_keys()
 
     def edit(self, system: str, key: str, fname: str) -> None:
         value = self.unique(fname[0])
-        table = self.tables[system]
-        with self.engines[system].begin() as conn:
-            done = conn.execute(
-                table.update()
-                .where(table.c.id == int(key))
-                .values({f"{system}_{fname}": value} | self._stamp(system))
-            ).rowcount
-        if done:
+        if self.sides[system].update(key, {fname: value}):
             self._note_if_unconfirmed(system, key, {fname: value})
             self._log(system, key, {fname: value})
 
+    def committed(self) -> None:
+        """A run committed its state: the creates it applied are known."""
+        self.uncommitted.clear()
+        self.touched.clear()
+
     def crashed(self) -> None:
-        """A run died: the creates it applied are copies no committed state knows of."""
+        """A run died, or failed, before committing its state: the creates it applied are
+        copies no committed state knows of, and those a person touched meanwhile are as
+        ambiguous as when touched later."""
         self.unconfirmed_keys |= set(self.uncommitted)
         self.unconfirmed_links |= set(self.uncommitted.values())
+        for values in self.touched.values():
+            self.ambiguous_values |= values
         self.uncommitted.clear()
+        self.touched.clear()
 
     def _note_if_unconfirmed(self, system: str, key: str, new: dict[str, str]) -> None:
-        """A person touching a copy twoway cannot know of yet makes its values ambiguous."""
+        """A person touching a copy twoway cannot know of yet makes its values ambiguous
+        (for a copy the running run made: once that run dies without committing)."""
+        if (system, key) in self.uncommitted:
+            touched = self.touched.setdefault((system, key), set())
+            touched |= set(self.rows(system).get(key, {}).values()) | set(new.values())
+            return
         if (system, key) not in self.unconfirmed_keys:
             return
         if any(
@@ -376,10 +532,7 @@ class World:
     def delete(self, system: str, key: str) -> None:
         values = self.rows(system).get(key)
         self._note_if_unconfirmed(system, key, {})
-        table = self.tables[system]
-        with self.engines[system].begin() as conn:
-            done = conn.execute(table.delete().where(table.c.id == int(key))).rowcount
-        if done:
+        if self.sides[system].remove(key):
             link = next(
                 (
                     r.link_id
@@ -395,12 +548,7 @@ class World:
     # -- what the systems and the state hold ---------------------------------------------
 
     def rows(self, system: str) -> dict[str, dict[str, str]]:
-        table = self.tables[system]
-        with self.engines[system].connect() as conn:
-            return {
-                str(r.id): {f: r._mapping[f"{system}_{f}"] for f in FIELDS}
-                for r in conn.execute(sa.select(table))
-            }
+        return self.sides[system].rows()
 
     def id_rows(self) -> list[Any]:
         with self.store.engine.connect() as conn:

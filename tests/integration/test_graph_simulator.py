@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
+from twoway.simulators.faults import FaultPlan
 from twoway.simulators.graph import GraphState, create_app
 from twoway.simulators.server import BackgroundServer
 
@@ -303,6 +304,32 @@ def test_faults_answer_before_touching_data(graph):
     started = time.monotonic()
     assert http.get(ITEMS, headers=headers).status_code == 200
     assert time.monotonic() - started >= 0.05
+
+
+def test_lost_fault_applies_then_answers_a_gateway_timeout(graph):
+    """``lost``: the request is applied, then the client gets 504 (as after a gateway gave
+    up on a backend still working), in a plain request and inside a $batch."""
+    state, http, _ = graph
+    headers = auth(http, state)
+    state.faults.set(lost=1.0)
+    lost = http.post(ITEMS, headers=headers, json={"fields": {"Title": "made"}})
+    assert lost.status_code == 504 and lost.json()["error"]["code"] == "gatewayTimeout"
+    assert [i["fields"]["Title"] for i in state.items("Contacts")] == ["made"]
+    create = {
+        "id": "1",
+        "method": "POST",
+        "url": "/sites/root/lists/Contacts/items",
+        "headers": {"Content-Type": "application/json"},
+        "body": {"fields": {"Title": "batched"}},
+    }
+    # the envelope's answer is lost (one draw), or the sub-request's (one draw each)
+    state.faults = FaultPlan(rates={"lost": 1.0})
+    assert (
+        http.post("/v1.0/$batch", headers=headers, json={"requests": [create]}).status_code == 504
+    )
+    assert state.count("Contacts") == 2
+    state.faults.set()
+    assert http.get(ITEMS, headers=headers).status_code == 200
 
 
 class Receiver:

@@ -229,6 +229,30 @@ def test_collections_create_update_get_delete_and_all_or_none(api):
     assert again.json()[0]["errors"][0]["statusCode"] == "ENTITY_IS_DELETED"
 
 
+def test_collections_retrieve_by_post_takes_ids_and_fields_in_the_body(api):
+    """The POST form of the collection retrieve answers as the GET form does (for id lists
+    too long for a URL), null for unknown ids, 400 when the body lacks ids or fields."""
+    _, client, _ = api
+    records = [{"attributes": {"type": "Contact"}, "LastName": f"P{i}"} for i in range(3)]
+    created = client.post(f"{V}/composite/sobjects", json={"records": records}).json()
+    ids = [r["id"] for r in created] + ["003000000000099AAA"]
+    by_post = client.post(
+        f"{V}/composite/sobjects/Contact", json={"ids": ids, "fields": ["Id", "LastName"]}
+    )
+    by_get = client.get(
+        f"{V}/composite/sobjects/Contact", params={"ids": ",".join(ids), "fields": "Id,LastName"}
+    )
+    assert by_post.status_code == 200
+    assert by_post.json() == by_get.json()
+    assert [r and r["LastName"] for r in by_post.json()] == ["P0", "P1", "P2", None]
+    no_fields = client.post(f"{V}/composite/sobjects/Contact", json={"ids": ids})
+    assert no_fields.status_code == 400
+    too_many = client.post(
+        f"{V}/composite/sobjects/Contact", json={"ids": [ids[0]] * 2001, "fields": ["Id"]}
+    )
+    assert too_many.status_code == 400 and too_many.json()[0]["errorCode"] == "EXCEEDED_ID_LIMIT"
+
+
 def test_upsert_by_external_id(api):
     state, client, _ = api
     path = f"{V}/sobjects/Invoice__c/Number__c/INV-1"
@@ -339,6 +363,33 @@ def test_faults(api):
     assert client.get(f"{V}/sobjects/Contact/{rid}").status_code == 504
     state.faults.set()
     assert client.get(f"{V}/sobjects/Contact/{rid}").json()["Title"] is None  # nothing half applied
+
+
+def test_lost_fault_applies_then_answers_a_timeout(api):
+    """``lost``: the write is applied, then the client gets 504 REQUEST_RUNNING_TOO_LONG."""
+    state, client, _ = api
+    state.faults.set(lost=1.0)
+    lost = client.post(f"{V}/sobjects/Contact", json={"LastName": "Applied"})
+    assert lost.status_code == 504 and lost.json()[0]["errorCode"] == "REQUEST_RUNNING_TOO_LONG"
+    state.faults.set()
+    assert [r["LastName"] for r in state.records("Contact")] == ["Applied"]
+
+
+def test_date_header_is_the_orgs_clock():
+    """The Date header comes from the org's clock (a virtual one in tests), and only once."""
+    when = datetime(2031, 5, 6, 7, 8, 9, tzinfo=UTC)
+    state = SalesforceState(clock=lambda: when)
+    state.add_client("sync", "sync-secret", "Integration User")
+    with BackgroundServer(create_app(state)) as server:
+        answer = httpx.post(
+            f"{server.url}/services/oauth2/token",
+            data={
+                "grant_type": "client_credentials",
+                "client_id": "sync",
+                "client_secret": "sync-secret",
+            },
+        )
+    assert answer.headers.get_list("date") == ["Tue, 06 May 2031 07:08:09 GMT"]
 
 
 def test_data_document_and_two_orgs_at_once(tmp_path):

@@ -1,7 +1,10 @@
 """Faults on demand for the simulators: ``lock=0.05,throttle=0.05,unavailable=0.02,timeout=0.01``.
 
 A fault is decided before a request touches any data, so a faulted write is never half
-applied. Each simulator turns a fault kind into its own protocol's answer.
+applied: it is refused whole (``lock``, ``throttle``, ``unavailable``, ``timeout``), slowed
+(``slow``), or applied whole with its answer lost (``lost``: a gateway timeout after the
+change was made, the case that duplicates creates sent again). Each simulator turns a
+fault kind into its own protocol's answer.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ import random
 import threading
 from dataclasses import dataclass, field
 
-FAULT_KINDS = ("lock", "throttle", "unavailable", "timeout", "slow")
+FAULT_KINDS = ("lock", "throttle", "unavailable", "timeout", "slow", "lost")
 
 
 @dataclass

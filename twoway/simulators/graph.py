@@ -1079,6 +1079,14 @@ def fault_answer(state: GraphState, kind: str | None, method: str) -> Answer | N
     return None
 
 
+def lost_answer(kind: str | None, answer: Answer) -> Answer:
+    """The answer a client gets: a ``lost`` fault replaces it, after the request was
+    applied, with the gateway timeout of a backend that finished too late."""
+    if kind == "lost":
+        return Answer.error(GraphError(504, "gatewayTimeout", "The request timed out"))
+    return answer
+
+
 def fault_delay(state: GraphState, kind: str | None) -> float:
     """Seconds a drawn fault stalls the answer."""
     if kind == "timeout":
@@ -1369,7 +1377,7 @@ def create_app(state: GraphState | None = None) -> Starlette:
                     Answer.error(GraphError(405, "BadRequest", "Use POST for $batch"))
                 )
             answer = await _batch(graph, dispatcher, body, identity, base)
-            return _json_response(answer)
+            return _json_response(lost_answer(kind, answer))
         with graph._lock:
             graph.requests += 1
         kind = graph.faults.draw()
@@ -1379,7 +1387,7 @@ def create_app(state: GraphState | None = None) -> Starlette:
             return _json_response(faulted)
         headers = {k.lower(): v for k, v in request.headers.items()}
         answer = await dispatcher.handle(method, path, query, headers, body, identity, base)
-        return _json_response(answer)
+        return _json_response(lost_answer(kind, answer))
 
     app = Starlette(
         routes=[
@@ -1469,8 +1477,8 @@ async def _batch(
         else:
             with graph._lock:
                 graph.requests += 1
-            answer = fault_answer(graph, kinds[rid], method) or await _sub_request(
-                dispatcher, req, method, identity, base
+            answer = fault_answer(graph, kinds[rid], method) or lost_answer(
+                kinds[rid], await _sub_request(dispatcher, req, method, identity, base)
             )
         statuses[rid] = answer.status
         item: dict[str, Any] = {"id": str(req["id"]), "status": answer.status}

@@ -477,6 +477,13 @@ class RestApp:
             return _error(504, "gatewayTimeout", "the request timed out")
         return None
 
+    def lost_answer(self, fault: str | None, answer: _Answer) -> _Answer:
+        """The answer the client gets: a ``lost`` fault replaces it, after the request was
+        applied, with a gateway timeout."""
+        if fault == "lost":
+            return _error(504, "gatewayTimeout", "the request timed out")
+        return answer
+
     async def fault_delay(self, fault: str | None) -> None:
         if fault == "timeout":
             await asyncio.sleep(self.faults.timeout_seconds)
@@ -618,7 +625,7 @@ class RestApp:
         answer = self.dispatch(
             request.method, path, dict(request.query_params), headers, body, user, base
         )
-        return _response(answer)
+        return _response(self.lost_answer(fault, answer))
 
     async def _batch(self, request: Request, user: str, base: str) -> _Answer:
         """Graph's JSON batch: each request gets its own status; faults are drawn per request."""
@@ -655,7 +662,7 @@ class RestApp:
         for sub, fault in zip(requests, faults, strict=True):
             answer = self.fault_answer(fault) if fault else None
             if answer is None:
-                answer = self._batch_item(sub, user, base)
+                answer = self.lost_answer(fault, self._batch_item(sub, user, base))
             head = _encode({"id": sub["id"], "status": answer.status, "headers": answer.headers})
             body = answer.body if answer.body is not None else b"null"
             parts.append(head[:-1].encode("utf-8") + b',"body":' + body + b"}")

@@ -1,5 +1,6 @@
 """A Salesforce org's REST API in memory: OAuth2 token, SOQL query with paging, sObject
-rows, upsert by external ID, sObject Collections, describe, getUpdated/getDeleted.
+rows, upsert by external ID, sObject Collections (retrieve by GET or POST), describe,
+getUpdated/getDeleted.
 
 Used by tests, the demo and benchmarks, and from the shell::
 
@@ -34,7 +35,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
-from email.utils import parsedate_to_datetime
+from email.utils import format_datetime, parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
@@ -1188,10 +1189,12 @@ class SalesforceApp:
         return {"Sforce-Limit-Info": f"api-usage={self.state.api_usage}/{self.state.api_limit}"}
 
     async def handle(self, request: Request) -> Response:
-        """Answer one request; every answer carries the Sforce-Limit-Info header."""
+        """Answer one request; every answer carries the Sforce-Limit-Info header, and a
+        Date header from the org's clock (clients take it as the server's time)."""
         response = await self._handle(request)
         if "sforce-limit-info" not in response.headers:
             response.headers.update(self._limit_header())
+        response.headers["Date"] = format_datetime(self.state.now(), usegmt=True)
         return response
 
     async def _handle(self, request: Request) -> Response:
@@ -1217,15 +1220,7 @@ class SalesforceApp:
         fault = state.faults.draw()
         if fault == "timeout":
             await asyncio.sleep(state.faults.timeout_seconds)
-            return _json(
-                [
-                    {
-                        "errorCode": "REQUEST_RUNNING_TOO_LONG",
-                        "message": "Your request was running for too long, and has been stopped.",
-                    }
-                ],
-                504,
-            )
+            return _too_long()
         if fault == "slow":
             await asyncio.sleep(state.faults.slow_seconds)
         retry_after = {"Retry-After": str(state.faults.retry_after)}
@@ -1278,7 +1273,9 @@ class SalesforceApp:
             locked = fault == "lock" and writing
             response = self.route(request, path, body, user, base, locked)
         except SfError as exc:
-            return _error(exc, limit)
+            return _too_long() if fault == "lost" else _error(exc, limit)
+        if fault == "lost":  # applied, but the answer never reaches the client
+            return _too_long()
         response.headers.update(limit)
         return response
 
@@ -1536,12 +1533,17 @@ class SalesforceApp:
         locked: bool,
     ) -> Response:
         state = self.state
-        if method == "GET":
+        if method == "GET" or (method == "POST" and len(parts) == 1):
+            # retrieve: GET with ids and fields in the query string, or POST with them in
+            # the body ({"ids": [...], "fields": [...]}, for lists too long for a URL)
             if len(parts) != 1:
                 raise _not_found()
             obj = state.sobject(parts[0])
-            ids = [i for i in (query.get("ids") or "").split(",") if i]
-            fields = [f for f in (query.get("fields") or "").split(",") if f]
+            if method == "GET":
+                ids = [i for i in (query.get("ids") or "").split(",") if i]
+                fields = [f for f in (query.get("fields") or "").split(",") if f]
+            else:
+                ids, fields = _retrieve_body(body)
             if not ids or not fields:
                 raise SfError(400, "MISSING_ARGUMENT", "ids and fields are required")
             if len(ids) > COLLECTION_GET_LIMIT:
@@ -1697,6 +1699,18 @@ def _item_error(exc: SfError, rid: str) -> SfError:
     return exc
 
 
+def _too_long() -> Response:
+    return _json(
+        [
+            {
+                "errorCode": "REQUEST_RUNNING_TOO_LONG",
+                "message": "Your request was running for too long, and has been stopped.",
+            }
+        ],
+        504,
+    )
+
+
 def _too_many() -> SfError:
     return SfError(
         400,
@@ -1709,6 +1723,19 @@ def _object_body(body: Any) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise SfError(400, "JSON_PARSER_ERROR", "the body must be a JSON object")
     return {k: v for k, v in body.items() if k != "attributes" and k.lower() != "id"}
+
+
+def _retrieve_body(body: Any) -> tuple[list[str], list[str]]:
+    """The ids and fields of an sObject Collections retrieve sent by POST: a JSON object
+    with the lists ``ids`` and ``fields`` (strings only)."""
+    if not isinstance(body, dict):
+        raise SfError(400, "JSON_PARSER_ERROR", "the body needs 'ids' and 'fields' lists")
+    ids, fields = body.get("ids"), body.get("fields")
+    if not isinstance(ids, list) or not isinstance(fields, list):
+        raise SfError(400, "JSON_PARSER_ERROR", "the body needs 'ids' and 'fields' lists")
+    if not all(isinstance(v, str) for v in (*ids, *fields)):
+        raise SfError(400, "JSON_PARSER_ERROR", "'ids' and 'fields' hold strings")
+    return [i for i in ids if i], [f for f in fields if f]
 
 
 def _batch_size(request: Request) -> int:
@@ -1745,6 +1772,7 @@ def create_app(state: SalesforceState | None = None) -> Starlette:
     methods = ["GET", "POST", "PATCH", "PUT", "DELETE", "HEAD"]
     app = Starlette(routes=[Route("/{path:path}", sf.handle, methods=methods)])
     app.state.salesforce = org
+    app.state.sends_date = True  # servers leave their own Date header out (see server.py)
     return app
 
 
@@ -1787,4 +1815,11 @@ def serve(
         f"token URL: {base}/services/oauth2/token (client_credentials, client id {client_id})",
         flush=True,
     )
-    uvicorn.run(create_app(state), host=host, port=port, log_level="warning", access_log=False)
+    uvicorn.run(
+        create_app(state),
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,
+        date_header=False,  # the org sends its own
+    )

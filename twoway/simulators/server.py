@@ -11,7 +11,8 @@ import uvicorn
 
 
 class BackgroundServer:
-    """A uvicorn server in a daemon thread; ``port=0`` picks a free port.
+    """A uvicorn server in a daemon thread; ``port=0`` picks a free port. An app whose
+    ``state.sends_date`` is true answers with its own Date header, and uvicorn adds none.
 
     Use as a context manager, or call :meth:`start` and :meth:`stop`.
     """
@@ -24,7 +25,11 @@ class BackgroundServer:
         self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._sock.bind((host, port))
         self.port = self._sock.getsockname()[1]
-        config = uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False)
+        # an app keeping its own time (a simulator on a virtual clock) sends its own Date
+        own_date = getattr(getattr(app, "state", None), "sends_date", False)
+        config = uvicorn.Config(
+            app, log_level="warning", lifespan="off", access_log=False, date_header=not own_date
+        )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._run, name=f"server-{self.port}", daemon=True)
 
