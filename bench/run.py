@@ -405,6 +405,7 @@ def twoway_run(
         raise RuntimeError(f"twoway run did not complete: {report}")
     sample.extra["systems"] = report["systems"]
     sample.extra["written"] = written(sample)
+    sample.extra["run_s"] = report.get("seconds")  # the sync itself, after start-up
     return sample
 
 
@@ -706,6 +707,7 @@ def summarise(samples: list[tuple[str, str, Sample]], n: int) -> list[dict[str, 
         if tool == "twoway":
             row["counts"] = [s.extra["systems"] for s in group]
             row["written"] = [s.extra["written"] for s in group]
+            row["run_s"] = [s.extra.get("run_s") for s in group]
         if workload.startswith("writes-"):
             row["records_per_s"] = [round(size / s.wall_s, 1) for s in group]
         rows.append(row)

@@ -85,6 +85,7 @@ class RunReport:
     plan: Plan | None = None
     conflict_list: list[dict[str, Any]] = field(default_factory=list)
     failures: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0  # the run itself: state, reads, writes, commit (not start-up)
 
     def as_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -93,6 +94,7 @@ class RunReport:
             "dry_run": self.dry_run,
             "conflicts": self.conflicts,
             "systems": self.systems,
+            "seconds": round(self.seconds, 3),
         }
         if self.error is not None:
             out["error"] = self.error
@@ -159,8 +161,11 @@ def run_sync(
     Raises :class:`~twoway.errors.AlreadyRunning` when another run holds the lease; any
     other error is recorded in the run history and returned as a failed report.
     """
+    started = time.perf_counter()
     with _collector_paused():
-        return _run_sync(definition, runtime, dry_run, full, sources, targets, allow_mass_change)
+        report = _run_sync(definition, runtime, dry_run, full, sources, targets, allow_mass_change)
+    report.seconds = time.perf_counter() - started
+    return report
 
 
 @contextmanager

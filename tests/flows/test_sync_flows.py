@@ -102,6 +102,8 @@ def test_cli_run_json_prints_exactly_one_object(tmp_path, capsys):
             "failed",
         }
         assert report["systems"]["s1"]["created"] == 1
+        # the run's own time, without start-up: positive, and less than the whole call took
+        assert 0 < report["seconds"] < 60
 
 
 def test_cli_run_reports_a_failed_run_with_exit_1(tmp_path, capsys):
