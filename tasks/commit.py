@@ -95,7 +95,11 @@ def settle(
             elif isinstance(p.op, Create):
                 seen = stored if stored is not None else dict(p.fields)
                 # most creates store what was sent: their intent's hash is the hash of it
-                known = p.created_hash if p.created is not None and seen == p.created else None
+                known = (
+                    p.created_hash
+                    if p.created_hash and seen == {f: p.fields.get(f) for f in columns[p.system]}
+                    else None
+                )
                 updated[p.system] = Member(
                     p.system, str(r.key), link_id, seen, known or values_hash(seen), r.version, None
                 )

@@ -70,6 +70,5 @@ class PlannedOp:
     op: Op
     fields: dict[str, Any] = field(default_factory=dict)
     before: dict[str, Any] = field(default_factory=dict)  # the target's values it replaces
-    # a create's values over every field the target maps, and their hash (its intent's)
-    created: dict[str, Any] | None = None
+    # a create's hash (its intent's) of its values over every field the target maps
     created_hash: str | None = None

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 from prefect import task
@@ -34,7 +35,7 @@ class LinkPlan:
     link_id: str
     base: dict[str, Any]  # the merge base before this run
     proposed: dict[str, Any]  # field -> value the base moves to when its writes succeed
-    needs: dict[str, set[str]]  # field -> systems that must accept a write first
+    needs: dict[str, frozenset[str]]  # field -> systems that must accept a write first
     current: dict[str, dict[str, Any]]  # system -> values it holds now (read or last seen)
     observed: dict[str, Observed]  # records read this run
     deleted_now: set[str]  # systems whose record was deleted this run
@@ -56,6 +57,15 @@ class Plan:
 
 
 _SCALARS = (str, int, bool, type(None))
+
+#: the systems a field must still be written to are frozen sets, shared between links (a run
+#: of 100,000 new records would otherwise hold two million small sets)
+_NOBODY: frozenset[str] = frozenset()
+
+
+@lru_cache(maxsize=1024)
+def _plus(need: frozenset[str], system: str) -> frozenset[str]:
+    return need | {system}
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -151,7 +161,7 @@ def compute_deltas(
             # (what the loop below decides for this case, without its per-field work)
             ((source, values),) = current.items()
             lp.proposed = {f: v for f in proposable[source] if (v := values.get(f)) is not None}
-            lp.needs = {f: set() for f in lp.proposed}
+            lp.needs = dict.fromkeys(lp.proposed, _NOBODY)
             fields_left: list = []
         else:
             fields_left = specs
@@ -161,14 +171,14 @@ def compute_deltas(
                 value = canonical(chosen)  # a person's value takes the form read values have
                 plan.decided.setdefault(link_id, []).append(conflict_id)
                 lp.proposed[fname] = value
-                lp.needs[fname] = {
+                lp.needs[fname] = frozenset(
                     t
                     for t, values in current.items()
                     if t in targets
                     and t in fmap.columns
                     and fmap.source != t
                     and not _same(values.get(fname), value)
-                }
+                )
                 continue
             proposals: dict[str, Any] = {}
             prior = base.get(fname, _MISSING)
@@ -207,14 +217,15 @@ def compute_deltas(
                     continue  # manual: hold the field everywhere
             value = proposals[winner]
             lp.proposed[fname] = value
-            lp.needs[fname] = set()
+            need = _NOBODY
             for target, values in current.items():
                 if (
                     target in targets
                     and (winner, target) in flows
                     and not _same(values.get(fname), value)
                 ):
-                    lp.needs[fname].add(target)
+                    need = _plus(need, target)
+            lp.needs[fname] = need
 
         lp.match_key = (
             match_key(definition, {**base, **lp.proposed}) if definition.match_on else None
@@ -317,11 +328,7 @@ def _plan_writes(
         columns = definition.fields_of(system)
         needs = lp.needs
         for fname in fields:
-            need = needs.get(fname)
-            if need is None:
-                needs[fname] = {system}
-            else:
-                need.add(system)
+            needs[fname] = _plus(needs.get(fname, _NOBODY), system)
         lp.proposed = {**fields, **lp.proposed}  # values already proposed stay
         plan.ops[system].append(
             PlannedOp(

@@ -447,7 +447,7 @@ def _intents(definition: Definition, mapping: Any, plan: Plan) -> list[Intent]:
                     for r in mapping.observed.get(p.link_id, {}).values()
                     if r.values == values
                 )
-                p.created, p.created_hash = values, next(known, None) or values_hash(values)
+                p.created_hash = next(known, None) or values_hash(values)
                 members = [
                     (m.system, m.external_id)
                     for m in mapping.members.get(p.link_id, [])

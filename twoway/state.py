@@ -533,12 +533,13 @@ class StateStore:
         with self.engine.begin() as conn:
             # the records of a link and its merge base mostly hold the same values: each
             # distinct value set is encoded once (by its hash, or compared with the link's)
-            text_of: dict[str, str] = {}
+            # rows go in parts of a few thousand, so a large run never holds them all at once
             seen_of_link: dict[str, tuple[dict[str, Any], str]] = {}
-            if changes.members:
-                rows = {(m.system, m.external_id): m for m in changes.members}
+            members = list({(m.system, m.external_id): m for m in changes.members}.values())
+            for part in chunks(members, 5000):
+                text_of: dict[str, str] = {}  # a link's records sit together in a part
                 member_rows = []
-                for m in rows.values():
+                for m in part:
                     seen = None
                     if m.seen is not None:
                         seen = text_of.get(m.seen_hash) if m.seen_hash else None
@@ -560,9 +561,10 @@ class StateStore:
                         }
                     )
                 upsert_rows(conn, id_map, member_rows)
-            if changes.links:
+            links = list({link.link_id: link for link in changes.links}.values())
+            for part in chunks(links, 5000):
                 link_rows = []
-                for link in {link.link_id: link for link in changes.links}.values():
+                for link in part:
                     same = seen_of_link.get(link.link_id)
                     link_rows.append(
                         {
