@@ -1,15 +1,124 @@
-"""What the endpoint blocks share: building one from a definition's system entry."""
+"""What the endpoint blocks share: their base class, and building one from a definition."""
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+import abc
+import random
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar, Self, TypeVar
 
 from prefect.blocks.core import Block
+from pydantic import Field
 
 from blocks.credentials import IntegrationAccountCredentials
-from twoway.errors import DefinitionError
+from twoway.contract import Endpoint
+from twoway.definition import OAuthClientMixin, SystemBase
+from twoway.errors import DefinitionError, Retriable
+from twoway.retry import RetryPolicy
 
 B = TypeVar("B", bound=Block)
+
+#: settings every system model has, copied into the block when the block has that field
+#: (a SQL table has no retry attempts, a SharePoint list no overlap window)
+COMMON_SETTINGS = (
+    "key",
+    "modified_at",
+    "modified_by",
+    "integration_account",
+    "overlap_seconds",
+    "retry_attempts",
+    "batch_size",
+)
+
+
+class EndpointBlock(Block, Endpoint, abc.ABC):
+    """An endpoint that is also a Prefect block: what the SQL, SharePoint, Salesforce and REST
+    blocks share.
+
+    Not a block type of its own: Prefect registers no block class that names ``ABC`` among
+    its direct bases, so ``prefect block register -m blocks.sql`` and ``save()`` register
+    only the concrete blocks. The fields stay on each block (their defaults, descriptions
+    and order are part of its registered schema); the one declared here,
+    ``integration_account``, is also the first field of every endpoint block, since the
+    ``Endpoint`` contract declares it.
+    """
+
+    integration_account: str | None = Field(None, description="Account twoway writes as")
+
+    #: private attributes a pickled copy starts from afresh (clients, engines, tokens): a
+    #: copy sent to another process opens its own connection instead of a dead one
+    _fresh_when_pickled: ClassVar[dict[str, Any]] = {}
+
+    @classmethod
+    def from_definition(cls, name: str, system: SystemBase, columns: list[str]) -> Self:
+        """The endpoint for one system of a definition.
+
+        The settings every system model has are copied here, the block's own ones come from
+        :meth:`_own_settings`; credentials written in the definition (``client_id`` and
+        ``client_secret``: offline trials, the demo) become a credentials block. The model
+        refuses them beside a saved block, so exactly one source supplies them.
+        """
+        settings: dict[str, Any] = {
+            setting: getattr(system, setting)
+            for setting in COMMON_SETTINGS
+            if setting in cls.model_fields
+        }
+        settings["columns_to_sync"] = columns
+        settings.update(cls._own_settings(system))
+        if isinstance(system, OAuthClientMixin) and system.client_id is not None:
+            settings["credentials"] = IntegrationAccountCredentials(
+                client_id=system.client_id, client_secret=system.client_secret
+            )
+        return endpoint_from_definition(cls, settings, system.block, f"systems.{name}")
+
+    @classmethod
+    @abc.abstractmethod
+    def _own_settings(cls, system: Any) -> dict[str, Any]:
+        """The settings of this kind of block, by field name, from its system model."""
+
+    def __getstate__(self) -> dict[str, Any]:
+        """What pickling keeps: the fields, with the private attributes named in
+        ``_fresh_when_pickled`` reset (Prefect and Dask send blocks to other processes)."""
+        state = super().__getstate__()
+        private = dict(state.get("__pydantic_private__") or {})
+        private.update(self._fresh_when_pickled)
+        state["__pydantic_private__"] = private
+        return state
+
+
+class RetryHooksMixin:
+    """Retry plumbing of the blocks whose requests a :class:`RetryPolicy` retries (Salesforce,
+    REST): the policy from the ``retry_attempts`` field, and the wait and jitter source that
+    tests replace. It must hold no annotation at run time: pydantic orders a block's fields
+    by where their names first appear along its bases, and that order (each field's
+    ``position``) is part of the registered schema.
+    """
+
+    if TYPE_CHECKING:  # the block's field and private attributes this mixin uses
+        retry_attempts: int
+        _sleep: Callable[[float], Any]
+        _rng: random.Random | None
+
+    def use_retry_hooks(
+        self, sleep: Callable[[float], Any], rng: random.Random | None = None
+    ) -> None:
+        """Wait with ``sleep`` and draw jitter from ``rng`` between retries (tests)."""
+        self._sleep = sleep
+        self._rng = rng
+
+    @property
+    def policy(self) -> RetryPolicy:
+        """How many tries a request gets, with backoff and jitter between them."""
+        return RetryPolicy(attempts=self.retry_attempts)
+
+
+class OutcomeUnknown(Exception):
+    """A request that must not be sent twice got no answer that says whether it was
+    applied; not retriable, so the retry policy lets it through."""
+
+    def __init__(self, error: Retriable):
+        super().__init__(str(error))
+        self.error = error
 
 
 def load_block(name: str, where: str) -> Block:

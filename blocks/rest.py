@@ -21,16 +21,14 @@ from typing import Any
 from urllib.parse import quote
 
 import httpx
-from prefect.blocks.core import Block
 from pydantic import Field, PrivateAttr
 
-from blocks.base import endpoint_from_definition
+from blocks.base import EndpointBlock, RetryHooksMixin
 from blocks.credentials import IntegrationAccountCredentials
 from twoway.contract import (
     ChangeSet,
     Create,
     Delete,
-    Endpoint,
     Op,
     RawRecord,
     Update,
@@ -39,7 +37,7 @@ from twoway.contract import (
 )
 from twoway.definition import RestSystem
 from twoway.errors import Fatal, PreconditionFailed, Retriable, Skippable, SyncError
-from twoway.retry import RetryPolicy, retry_after_seconds
+from twoway.retry import retry_after_seconds
 from twoway.values import as_utc, canonical, parse_timestamp
 
 logger = logging.getLogger("twoway.rest")
@@ -108,7 +106,7 @@ class _Reply:
     body: Any
 
 
-class RestCollection(Block, Endpoint):
+class RestCollection(RetryHooksMixin, EndpointBlock):
     """A JSON collection of a REST API kept in step by twoway.
 
     ``columns()`` is learnt from the records of the first page: a REST API has no schema
@@ -144,7 +142,6 @@ class RestCollection(Block, Endpoint):
     key: str = Field("id", description="Field holding the record's id")
     modified_at: str | None = Field(None, description="Field holding the last change time")
     modified_by: str | None = Field(None, description="Field holding the last modifier")
-    integration_account: str | None = Field(None, description="Account twoway writes as")
     columns_to_sync: list[str] = Field(default_factory=list, description="Data fields to read")
     retry_attempts: int = Field(5, ge=1, le=50, description="Tries per request, the first included")
     timeout: float = Field(30.0, gt=0, description="Seconds to wait for one HTTP response")
@@ -159,11 +156,12 @@ class RestCollection(Block, Endpoint):
     _sleep: Callable[[float], Any] = PrivateAttr(time.sleep)
     _rng: random.Random | None = PrivateAttr(None)
     _calls: int = PrivateAttr(0)  # HTTP requests sent, retries included (ChangeSet.requests)
+    _fresh_when_pickled = {"_client": None, "_sleep": time.sleep, "_rng": None}
 
     @classmethod
-    def from_definition(cls, name: str, system: RestSystem, columns: list[str]) -> RestCollection:
-        """The endpoint for one ``kind: rest`` system of a definition."""
-        settings = {
+    def _own_settings(cls, system: RestSystem) -> dict[str, Any]:
+        """The API's shape, from a ``kind: rest`` system: paths, page fields, page size."""
+        return {
             "base_url": system.base_url,
             "collection": system.collection,
             "item": system.item,
@@ -173,29 +171,9 @@ class RestCollection(Block, Endpoint):
             "cursor_param": system.cursor_param,
             "page_size_param": system.page_size_param,
             "page_size": system.page_size,
-            "key": system.key,
-            "modified_at": system.modified_at,
-            "modified_by": system.modified_by,
-            "integration_account": system.integration_account,
-            "columns_to_sync": columns,
-            "retry_attempts": system.retry_attempts,
-            "overlap_seconds": system.overlap_seconds,
-            "batch_size": system.batch_size,
         }
-        return endpoint_from_definition(cls, settings, system.block, f"systems.{name}")
 
     # -- plumbing ---------------------------------------------------------------------
-
-    def use_retry_hooks(
-        self, sleep: Callable[[float], Any], rng: random.Random | None = None
-    ) -> None:
-        """Wait with ``sleep`` and draw jitter from ``rng`` between retries (tests)."""
-        self._sleep = sleep
-        self._rng = rng
-
-    @property
-    def policy(self) -> RetryPolicy:
-        return RetryPolicy(attempts=self.retry_attempts)
 
     def _base(self) -> httpx.URL:
         if not self.base_url:
@@ -228,13 +206,6 @@ class RestCollection(Block, Endpoint):
         if self._client is not None:
             self._client.close()
         self._client = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = super().__getstate__()
-        private = dict(state.get("__pydantic_private__") or {})
-        private.update({"_client": None, "_sleep": time.sleep, "_rng": None})
-        state["__pydantic_private__"] = private
-        return state
 
     def max_batch(self) -> int:
         return self.batch_size

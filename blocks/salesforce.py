@@ -31,17 +31,15 @@ from typing import Any
 from urllib.parse import quote
 
 import httpx
-from prefect.blocks.core import Block
 from pydantic import Field, PrivateAttr
 
-from blocks.base import endpoint_from_definition
+from blocks.base import EndpointBlock, OutcomeUnknown, RetryHooksMixin
 from blocks.credentials import IntegrationAccountCredentials
 from twoway import sfid
 from twoway.contract import (
     ChangeSet,
     Create,
     Delete,
-    Endpoint,
     Op,
     RawRecord,
     Update,
@@ -50,7 +48,7 @@ from twoway.contract import (
 )
 from twoway.definition import SalesforceSystem
 from twoway.errors import Fatal, PreconditionFailed, Retriable, Skippable
-from twoway.retry import RetryPolicy, retry_after_seconds
+from twoway.retry import retry_after_seconds
 from twoway.values import canonical, parse_timestamp
 
 logger = logging.getLogger("twoway.salesforce")
@@ -69,16 +67,7 @@ OUTCOME_UNKNOWN = frozenset({500, 502, 504})
 GONE_CODES = frozenset({"ENTITY_IS_DELETED", "INVALID_CROSS_REFERENCE_KEY", "NOT_FOUND"})
 
 
-class _OutcomeUnknown(Exception):
-    """A request that must not be sent twice got no answer that says whether it was
-    applied; not retriable, so the retry policy lets it through."""
-
-    def __init__(self, error: Retriable):
-        super().__init__(str(error))
-        self.error = error
-
-
-class SalesforceObject(Block, Endpoint):
+class SalesforceObject(RetryHooksMixin, EndpointBlock):
     """An sObject (Contact, Account, Invoice__c, ...) of a Salesforce org kept in step by twoway.
 
     Example:
@@ -128,47 +117,20 @@ class SalesforceObject(Block, Endpoint):
     _rng: random.Random | None = PrivateAttr(None)
     _requests: int = PrivateAttr(0)
     _write_sent: bool = PrivateAttr(False)  # a write call of this batch may have been applied
+    _fresh_when_pickled = {"_client": None, "_token": None, "_base": None, "_sleep": time.sleep}
 
     @classmethod
-    def from_definition(
-        cls, name: str, system: SalesforceSystem, columns: list[str]
-    ) -> SalesforceObject:
-        """The endpoint for one ``kind: salesforce`` system of a definition."""
-        settings = {
+    def _own_settings(cls, system: SalesforceSystem) -> dict[str, Any]:
+        """Which org and sObject, from a ``kind: salesforce`` system, and its upsert field."""
+        return {
             "instance_url": system.instance_url,
             "token_url": system.token_url,
             "api_version": system.api_version,
             "object": system.object,
             "external_id_field": system.external_id_field,
-            "key": system.key,
-            "modified_at": system.modified_at,
-            "modified_by": system.modified_by,
-            "integration_account": system.integration_account,
-            "columns_to_sync": columns,
-            "retry_attempts": system.retry_attempts,
-            "overlap_seconds": system.overlap_seconds,
-            "batch_size": system.batch_size,
         }
-        if system.client_id is not None:
-            # credentials written in the definition (offline trials, the demo); the model
-            # refuses them beside a saved block, so exactly one source supplies them
-            settings["credentials"] = IntegrationAccountCredentials(
-                client_id=system.client_id, client_secret=system.client_secret
-            )
-        return endpoint_from_definition(cls, settings, system.block, f"systems.{name}")
 
     # -- plumbing ---------------------------------------------------------------------
-
-    def use_retry_hooks(
-        self, sleep: Callable[[float], Any], rng: random.Random | None = None
-    ) -> None:
-        """Wait with ``sleep`` and draw jitter from ``rng`` between retries (tests)."""
-        self._sleep = sleep
-        self._rng = rng
-
-    @property
-    def policy(self) -> RetryPolicy:
-        return RetryPolicy(attempts=self.retry_attempts)
 
     def max_batch(self) -> int:
         return self.batch_size
@@ -185,13 +147,6 @@ class SalesforceObject(Block, Endpoint):
         self._client = None
         self._token = None
         self._base = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = super().__getstate__()
-        private = dict(state.get("__pydantic_private__") or {})
-        private.update({"_client": None, "_token": None, "_base": None, "_sleep": time.sleep})
-        state["__pydantic_private__"] = private
-        return state
 
     def _version(self) -> str:
         version = self.api_version.strip()
@@ -290,7 +245,7 @@ class SalesforceObject(Block, Endpoint):
                     exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout
                 )
                 if once and sent:
-                    raise _OutcomeUnknown(error) from None
+                    raise OutcomeUnknown(error) from None
                 raise error from None
             self._requests += 1
             body = _json_or_none(reply)
@@ -318,13 +273,13 @@ class SalesforceObject(Block, Endpoint):
                     retry_after=retry_after_seconds(reply.headers.get("retry-after")),
                 )
                 if once and status in OUTCOME_UNKNOWN:
-                    raise _OutcomeUnknown(error)
+                    raise OutcomeUnknown(error)
                 raise error
             return status, body, reply.headers
 
         try:
             return self.policy.call(attempt, sleep=self._sleep, rng=self._rng)
-        except _OutcomeUnknown as exc:
+        except OutcomeUnknown as exc:
             raise exc.error from None
 
     def _expect(

@@ -20,16 +20,14 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 import httpx
-from prefect.blocks.core import Block
 from pydantic import Field, PrivateAttr, field_validator
 
-from blocks.base import endpoint_from_definition
+from blocks.base import EndpointBlock, OutcomeUnknown
 from blocks.credentials import IntegrationAccountCredentials
 from twoway.contract import (
     ChangeSet,
     Create,
     Delete,
-    Endpoint,
     Op,
     RawRecord,
     Update,
@@ -59,16 +57,7 @@ class _DeltaGone(Exception):
     """The delta token is no longer valid (410 Gone): read everything again."""
 
 
-class _OutcomeUnknown(Exception):
-    """A request that must not be sent twice got no answer that says whether it was
-    applied; not retriable, so the retry policy lets it through."""
-
-    def __init__(self, error: Retriable):
-        super().__init__(str(error))
-        self.error = error
-
-
-class SharePointList(Block, Endpoint):
+class SharePointList(EndpointBlock):
     """A SharePoint list kept in step by twoway, through Microsoft Graph.
 
     Example:
@@ -120,6 +109,12 @@ class SharePointList(Block, Endpoint):
     _transport: httpx.BaseTransport | None = PrivateAttr(None)
     _sleep: Callable[[float], Any] = PrivateAttr(time.sleep)
     _rng: random.Random = PrivateAttr(default_factory=random.Random)
+    _fresh_when_pickled = {
+        "_client": None,
+        "_token": None,
+        "_token_expires": 0.0,
+        "_transport": None,
+    }
 
     @field_validator("key")
     @classmethod
@@ -129,30 +124,15 @@ class SharePointList(Block, Endpoint):
         return value
 
     @classmethod
-    def from_definition(
-        cls, name: str, system: SharePointSystem, columns: builtins.list[str]
-    ) -> SharePointList:
-        """The endpoint for one ``kind: sharepoint`` system of a definition."""
-        settings = {
+    def _own_settings(cls, system: SharePointSystem) -> dict[str, Any]:
+        """Where the list is, from a ``kind: sharepoint`` system: Graph, tenant, site, list."""
+        return {
             "graph_url": system.graph_url,
             "token_url": system.token_url,
             "tenant": system.tenant,
             "site": system.site,
             "list": system.list,
-            "key": system.key,
-            "modified_at": system.modified_at,
-            "modified_by": system.modified_by,
-            "integration_account": system.integration_account,
-            "columns_to_sync": columns,
-            "retry_attempts": system.retry_attempts,
         }
-        if system.client_id is not None:
-            # credentials written in the definition (offline trials, the demo); the model
-            # refuses them beside a saved block, so exactly one source supplies them
-            settings["credentials"] = IntegrationAccountCredentials(
-                client_id=system.client_id, client_secret=system.client_secret
-            )
-        return endpoint_from_definition(cls, settings, system.block, f"systems.{name}")
 
     # -- plumbing ---------------------------------------------------------------------
 
@@ -190,13 +170,6 @@ class SharePointList(Block, Endpoint):
         self._client = None
         self._token = None
         self._token_expires = 0.0
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = super().__getstate__()
-        private = dict(state.get("__pydantic_private__") or {})
-        private.update({"_client": None, "_token": None, "_token_expires": 0.0, "_transport": None})
-        state["__pydantic_private__"] = private
-        return state
 
     def _api(self, path: str) -> str:
         return f"{self.graph_url.rstrip('/')}/v1.0/{path.lstrip('/')}"
@@ -272,12 +245,12 @@ class SharePointList(Block, Endpoint):
             return send()
         except Retriable as exc:
             if exc.status in OUTCOME_UNKNOWN:
-                raise _OutcomeUnknown(exc) from None
+                raise OutcomeUnknown(exc) from None
             raise
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout):
             raise  # never sent: safe to send again
         except httpx.TransportError as exc:
-            raise _OutcomeUnknown(
+            raise OutcomeUnknown(
                 Retriable(f"{what}: {type(exc).__name__} talking to {self._where()}")
             ) from None
 
@@ -327,7 +300,7 @@ class SharePointList(Block, Endpoint):
 
         try:
             response = self._with_retries(send, what)
-        except _OutcomeUnknown as exc:
+        except OutcomeUnknown as exc:
             raise exc.error from None
         if response.status_code not in ok:
             raise Fatal(

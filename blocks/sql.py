@@ -15,17 +15,15 @@ from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
-from prefect.blocks.core import Block
 from pydantic import Field, PrivateAttr, SecretStr
 from sqlalchemy.engine import make_url
 
-from blocks.base import endpoint_from_definition
+from blocks.base import EndpointBlock
 from blocks.credentials import IntegrationAccountCredentials
 from twoway.contract import (
     ChangeSet,
     Create,
     Delete,
-    Endpoint,
     Op,
     RawRecord,
     Update,
@@ -46,7 +44,7 @@ def safe_url(url: str) -> str:
         return "<unparseable database URL>"
 
 
-class SqlTable(Block, Endpoint):
+class SqlTable(EndpointBlock):
     """A database table kept in step by twoway.
 
     Example:
@@ -66,7 +64,6 @@ class SqlTable(Block, Endpoint):
     key: str = Field("id", description="Primary-key column")
     modified_at: str | None = Field(None, description="Column holding the last change time")
     modified_by: str | None = Field(None, description="Column holding the last modifier")
-    integration_account: str | None = Field(None, description="Account twoway writes as")
     columns_to_sync: list[str] = Field(default_factory=list, description="Data columns to read")
     page_size: int = Field(5000, ge=1, description="Rows per read page")
     overlap_seconds: float = Field(300.0, ge=0, description="Look-back window of incremental reads")
@@ -79,22 +76,16 @@ class SqlTable(Block, Endpoint):
     _converting: dict[str, sa.types.TypeEngine] | None = PrivateAttr(None)
     _clock: Callable[[], datetime] | None = PrivateAttr(None)
     _after_page: Callable[[list[str]], Any] | None = PrivateAttr(None)
+    _fresh_when_pickled = {"_engine": None, "_table": None, "_converting": None}
 
     @classmethod
-    def from_definition(cls, name: str, system: SqlSystem, columns: list[str]) -> SqlTable:
-        """The endpoint for one ``kind: sql`` system of a definition."""
-        settings = {
+    def _own_settings(cls, system: SqlSystem) -> dict[str, Any]:
+        """Where the table is, from a ``kind: sql`` system (the URL kept secret)."""
+        return {
             "url": SecretStr(system.url) if system.url else None,
             "table": system.table,
             "db_schema": system.db_schema,
-            "key": system.key,
-            "modified_at": system.modified_at,
-            "modified_by": system.modified_by,
-            "integration_account": system.integration_account,
-            "columns_to_sync": columns,
-            "overlap_seconds": system.overlap_seconds,
         }
-        return endpoint_from_definition(cls, settings, system.block, f"systems.{name}")
 
     # -- plumbing ---------------------------------------------------------------------
 
@@ -159,13 +150,6 @@ class SqlTable(Block, Endpoint):
         self._engine = None
         self._table = None
         self._converting = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = super().__getstate__()
-        private = dict(state.get("__pydantic_private__") or {})
-        private.update({"_engine": None, "_table": None, "_converting": None})
-        state["__pydantic_private__"] = private
-        return state
 
     # -- the contract -----------------------------------------------------------------
 

@@ -6,9 +6,15 @@ import uuid
 
 import pytest
 import yaml
+from prefect.blocks.core import InvalidBlockRegistration
+from prefect.client.orchestration import get_client
 from pydantic import SecretStr
 
+from blocks.base import EndpointBlock
 from blocks.credentials import IntegrationAccountCredentials
+from blocks.rest import RestCollection
+from blocks.salesforce import SalesforceObject
+from blocks.sharepoint import SharePointList
 from blocks.sql import SqlTable
 from tests.syncrig import sync_rig
 from twoway.definition import load_definition
@@ -60,3 +66,19 @@ def test_a_missing_block_is_a_definition_error(tmp_path):
             DefinitionError, match="systems.s0.block: no saved block 'no-such-block'"
         ):
             open_endpoint(load_definition(rig.path), "s0")
+
+
+def test_the_endpoint_base_class_registers_no_block_type_of_its_own():
+    with pytest.raises(InvalidBlockRegistration):
+        EndpointBlock.register_type_and_schema()
+    endpoints = (SqlTable, SharePointList, SalesforceObject, RestCollection)
+    for block in endpoints:
+        block.register_type_and_schema()
+    with get_client(sync_client=True) as client:
+        slugs = {t.slug for t in client.read_block_types()}
+        schemas = {
+            s.block_type.slug: s.checksum for s in client.read_block_schemas() if s.block_type
+        }
+    assert EndpointBlock.get_block_type_slug() not in slugs
+    for block in endpoints:
+        assert schemas[block.get_block_type_slug()] == block._calculate_schema_checksum()
