@@ -172,7 +172,7 @@ def run_sync(
 def _collector_paused() -> Iterator[None]:
     """Pause Python's cyclic garbage collector for a run: a run holds millions of small
     objects, none of them in cycles that must go early, and with the collector on each
-    full pass walks them all again (a run of 100,000 records spent half its time there)."""
+    full pass walks them all again (planning 100,000 new records took twice as long)."""
     was_enabled = gc.isenabled()
     gc.disable()
     try:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import gc
+
 import pytest
 import sqlalchemy as sa
 
 from tests.syncrig import sync_rig
+from twoway.engine import Runtime, Steps
 
 BACKENDS = ["sqlite", "postgres", "mariadb"]
 
@@ -231,3 +234,24 @@ def test_creates_with_and_without_optional_values_in_one_batch(tmp_path, backend
         assert report.systems["s1"]["created"] == 2, report.failures
         assert rig.row("s1", "with@example.com")["phone"] == "123"
         assert rig.row("s1", "without@example.com")["phone"] is None
+
+
+def test_a_run_pauses_the_garbage_collector_and_restores_it(tmp_path):
+    seen: list[bool] = []
+
+    class Watching(Steps):
+        def __call__(self, plain, wrapped, name, *args, **kwargs):
+            seen.append(gc.isenabled())
+            return super().__call__(plain, wrapped, name, *args, **kwargs)
+
+    with sync_rig(tmp_path) as rig:
+        rig.add("s0", "gc@example.com")
+        assert gc.isenabled()
+        report = rig.run(runtime=Runtime(steps=Watching()))
+        assert report.status == "completed" and report.seconds > 0
+        assert seen and not any(seen)  # paused for every step
+        assert gc.isenabled()  # and back on after the run
+        gc.disable()
+        rig.run()
+        assert not gc.isenabled()  # a caller that had it off keeps it off
+        gc.enable()
