@@ -18,16 +18,16 @@ harness can check that a load wrote every record, in how many calls.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import uvicorn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve import COLUMN_TYPES  # noqa: E402
+from serve import COLUMN_TYPES, Counting  # noqa: E402
 
 CLIENT_ID = "bench"
 LIST = "Bench"
@@ -41,40 +41,17 @@ def salesforce_field(field: str) -> str:
     return f"{field}__c"
 
 
-class Counting:
-    """ASGI wrapper counting the requests a simulator serves, plus the ``/_bench`` routes."""
+def _counting(app: Any, batch_path: str, count: Callable[[], int]) -> Counting:
+    """``app`` with its requests counted as token, batch (``batch_path``) or other calls,
+    and the number of records it holds in the stats."""
 
-    def __init__(self, app: Any, batch_paths: tuple[str, ...], count: Any):
-        self.app = app
-        self.batch_paths = batch_paths
-        self.count = count
-        self.stats = {"token": 0, "batch": 0, "other": 0}
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        """Count the request by kind and pass it on; answer ``/_bench/*`` here."""
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
+    def kind_of(scope: dict[str, Any]) -> str:
         path = scope["path"]
-        if path.startswith("/_bench/"):
-            if path == "/_bench/reset":
-                self.stats = dict.fromkeys(self.stats, 0)
-            body = json.dumps({**self.stats, "records": self.count()}).encode()
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 200,
-                    "headers": [(b"content-type", b"application/json")],
-                }
-            )
-            await send({"type": "http.response.body", "body": body})
-            return None
         if "token" in path:
-            self.stats["token"] += 1
-        elif path.endswith(self.batch_paths):
-            self.stats["batch"] += 1
-        else:
-            self.stats["other"] += 1
-        return await self.app(scope, receive, send)
+            return "token"
+        return "batch" if path.endswith(batch_path) else "other"
+
+    return Counting(app, ("token", "batch", "other"), kind_of, lambda: {"records": count()})
 
 
 def sharepoint_app(secret: str) -> Counting:
@@ -83,7 +60,7 @@ def sharepoint_app(secret: str) -> Counting:
 
     state = GraphState(client_id=CLIENT_ID, client_secret=secret, display_name="svc-sync")
     state.add_list(LIST, {f: GRAPH_TYPES[t] for f, t in COLUMN_TYPES.items()})
-    return Counting(create_app(state), ("/$batch",), lambda: len(state.items(LIST)))
+    return _counting(create_app(state), "/$batch", lambda: len(state.items(LIST)))
 
 
 def salesforce_app(secret: str) -> Counting:
@@ -96,9 +73,7 @@ def salesforce_app(secret: str) -> Counting:
         SOBJECT,
         {salesforce_field(f): {"type": SALESFORCE_TYPES[t]} for f, t in COLUMN_TYPES.items()},
     )
-    return Counting(
-        create_app(state), ("/composite/sobjects",), lambda: len(state.records(SOBJECT))
-    )
+    return _counting(create_app(state), "/composite/sobjects", lambda: len(state.records(SOBJECT)))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -16,7 +16,7 @@ import argparse
 import json
 import random
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -108,21 +108,32 @@ def records(n: int, seed: int = 6) -> Iterator[dict[str, Any]]:
         yield record
 
 
-class _Counting:
-    """ASGI wrapper counting the requests the collection serves, plus the stats routes."""
+class Counting:
+    """ASGI wrapper counting the requests a benchmark server serves, by the kind
+    ``kind_of(scope)`` names, and answering the ``/_bench`` routes: ``GET /_bench/stats``
+    (the counts since ``POST /_bench/reset``, plus what ``extra()`` adds)."""
 
-    def __init__(self, app: Any):
+    def __init__(
+        self,
+        app: Any,
+        kinds: tuple[str, ...],
+        kind_of: Callable[[dict[str, Any]], str],
+        extra: Callable[[], dict[str, Any]] | None = None,
+    ):
         self.app = app
-        self.stats = {"pages": 0, "batches": 0, "other": 0}
+        self.kind_of = kind_of
+        self.extra = extra
+        self.stats = dict.fromkeys(kinds, 0)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """Count the request by kind and pass it on; answer ``/_bench/*`` here."""
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         path = scope["path"]
         if path.startswith("/_bench/"):
             if path == "/_bench/reset":
                 self.stats = dict.fromkeys(self.stats, 0)
-            body = json.dumps(self.stats).encode()
+            body = json.dumps({**self.stats, **(self.extra() if self.extra else {})}).encode()
             await send(
                 {
                     "type": "http.response.start",
@@ -132,13 +143,14 @@ class _Counting:
             )
             await send({"type": "http.response.body", "body": body})
             return None
-        if path == "/items" and scope["method"] == "GET":
-            self.stats["pages"] += 1
-        elif path == "/$batch":
-            self.stats["batches"] += 1
-        else:
-            self.stats["other"] += 1
+        self.stats[self.kind_of(scope)] += 1
         return await self.app(scope, receive, send)
+
+
+def _collection_kind(scope: dict[str, Any]) -> str:
+    if scope["path"] == "/items" and scope["method"] == "GET":
+        return "pages"
+    return "batches" if scope["path"] == "/$batch" else "other"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -160,7 +172,11 @@ def main(argv: list[str] | None = None) -> None:
     print(json.dumps({"ready": True, "n": len(state)}), flush=True)
     sys.stdout.flush()
     uvicorn.run(
-        _Counting(app), host="127.0.0.1", port=args.port, log_level="warning", access_log=False
+        Counting(app, ("pages", "batches", "other"), _collection_kind),
+        host="127.0.0.1",
+        port=args.port,
+        log_level="warning",
+        access_log=False,
     )
 
 
