@@ -41,6 +41,8 @@ def canonical(value: Any) -> Any:
         return value
     if kind is int and -(2**63) <= value < 2**63:
         return value
+    if kind is float and not value.is_integer() and value - value == 0.0:  # finite, fractional
+        return value
     if isinstance(value, bool):
         return value
     if isinstance(value, str):

@@ -1,0 +1,144 @@
+"""What a SQL table reports after a write is what the next read returns.
+
+The state stores a written record's values and version from the write's result; if they
+differed from the next read, that read would look like someone else's edit. On SQLite the
+endpoint skips reading new rows back when every value was sent in a form SQLite keeps as it
+is; these tests hold both paths to the same answer as a real read.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from pydantic import SecretStr
+
+from blocks.sql import SqlTable
+from twoway.contract import Create
+
+COLUMNS = ["t", "i", "r", "b", "d", "n"]
+
+
+def _table(path: Path, extra_ddl: str = "") -> tuple[sa.Engine, SqlTable]:
+    url = f"sqlite:///{path}"
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            "CREATE TABLE items (id TEXT PRIMARY KEY, t TEXT, i INTEGER, r REAL, b BOOLEAN, "
+            "d DATETIME, n NUMERIC(10, 2), updated_at TEXT, updated_by TEXT DEFAULT 'someone')"
+        )
+        if extra_ddl:
+            conn.exec_driver_sql(extra_ddl)
+    endpoint = SqlTable(
+        url=SecretStr(url),
+        table="items",
+        key="id",
+        modified_at="updated_at",
+        modified_by="updated_by",
+        integration_account="svc-sync",
+        columns_to_sync=COLUMNS,
+    )
+    return engine, endpoint
+
+
+def _selects(engine: sa.Engine) -> list[str]:
+    """The SELECTs of the items table the endpoint's engine runs from now on."""
+    seen: list[str] = []
+
+    def record(_conn, _cursor, statement, *_args):
+        if statement.lstrip().upper().startswith("SELECT") and "items" in statement:
+            seen.append(statement)
+
+    sa.event.listen(engine, "before_cursor_execute", record)
+    return seen
+
+
+# the values a create may carry: canonical forms from another system, some of which SQLite
+# stores in another form (an int in a TEXT column becomes text, text digits in an INTEGER
+# column become a number, a timestamp or decimal goes through the driver)
+CASES = [
+    {"t": "plain", "i": 7, "r": 2.5, "b": True, "d": None, "n": None},
+    {"t": 42, "i": 7, "r": 2.5, "b": False, "d": None, "n": None},
+    {"t": "x", "i": "12", "r": 3, "b": True, "d": None, "n": None},
+    {"t": "x", "i": 1, "r": 1.25, "b": None, "d": "2026-11-26 10:00:00.000000", "n": None},
+    {"t": "x", "i": 1, "r": 1.25, "b": None, "d": None, "n": "12.50"},
+    {"t": "Zürich ✓", "i": -(2**62), "r": -0.125, "b": False, "d": None, "n": None},
+    {"t": None, "i": None, "r": None, "b": None, "d": None, "n": None},
+]
+
+
+@pytest.mark.parametrize(
+    "values", CASES, ids=lambda v: ",".join(type(x).__name__ for x in v.values())
+)
+def test_a_create_reports_what_a_read_returns(tmp_path, values):
+    _engine, endpoint = _table(tmp_path / "t.db")
+    with endpoint:
+        (result,) = endpoint.write([Create(ref="link-1", values=values)])
+        assert result.ok, result.error
+        (read,) = endpoint.read([result.key])
+    assert result.values == read.values
+    assert {k: type(v) for k, v in result.values.items()} == {
+        k: type(v) for k, v in read.values.items()
+    }
+    assert result.version == read.version
+
+
+def test_rows_stored_as_sent_are_not_read_back_and_others_are(tmp_path):
+    engine, endpoint = _table(tmp_path / "t.db")
+    as_sent = [{**CASES[0], "t": f"row {n}"} for n in range(50)]
+    reshaped = [CASES[1], CASES[2]]  # an int into TEXT, text digits into INTEGER
+    with endpoint:
+        endpoint.write([Create(ref="warm-up", values=CASES[0])])  # reflection, eligibility
+        selects = _selects(endpoint.engine())
+        results = endpoint.write(
+            [Create(ref=f"l{n}", values=v) for n, v in enumerate(as_sent + reshaped)]
+        )
+        read_back = list(selects)
+        reads = {r.key: r for r in endpoint.read([r.key for r in results])}
+    # one read-back, of the two reshaped rows only
+    assert len(read_back) == 1 and read_back[0].count("?") == 2
+    assert [r.values["t"] for r in results[-2:]] == ["42", "x"]
+    assert results[-1].values["i"] == 12
+    for result in results:
+        assert result.values == reads[result.key].values
+        assert result.version == reads[result.key].version
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT count(*) FROM items").scalar() == 53
+
+
+def test_a_trigger_on_the_table_means_every_row_is_read_back(tmp_path):
+    engine, endpoint = _table(
+        tmp_path / "t.db",
+        "CREATE TRIGGER shout AFTER INSERT ON items BEGIN "
+        "UPDATE items SET t = upper(t) WHERE id = new.id; END",
+    )
+    with endpoint:
+        (result,) = endpoint.write([Create(ref="l", values=CASES[0])])
+        (read,) = endpoint.read([result.key])
+    assert result.values["t"] == "PLAIN" == read.values["t"]
+
+
+def test_a_column_left_out_takes_its_default_and_is_read_back(tmp_path):
+    _engine, endpoint = _table(tmp_path / "t.db")
+    endpoint.integration_account = None  # updated_by is then not stamped: its default applies
+    with endpoint:
+        (result,) = endpoint.write([Create(ref="l", values=CASES[0])])
+        (read,) = endpoint.read([result.key])
+    assert result.values == read.values
+    assert read.modified_by == "someone"
+
+
+@pytest.mark.parametrize("values", [CASES[3], CASES[4]], ids=["timestamp", "decimal"])
+def test_a_timestamp_or_decimal_value_means_its_row_is_read_back(tmp_path, values):
+    _engine, endpoint = _table(tmp_path / "t.db")
+    with endpoint:
+        endpoint.write([Create(ref="warm-up", values=CASES[0])])
+        selects = _selects(endpoint.engine())
+        (result,) = endpoint.write([Create(ref="l", values=values)])
+        (read,) = endpoint.read([result.key])
+    assert len(selects) == 2  # the write's read-back, then the read
+    assert result.values == read.values
+    assert isinstance(read.values["d"] or read.values["n"], datetime | Decimal)
