@@ -19,6 +19,36 @@ def insert_rows(conn: sa.Connection, table: sa.Table, rows: list[dict[str, Any]]
     _sqlite_executemany(conn, table, rows, "INSERT")
 
 
+def insert_missing_rows(conn: sa.Connection, table: sa.Table, rows: list[dict[str, Any]]) -> None:
+    """Insert the rows whose primary key is not in the table yet; leave the others as they are
+    (one statement per batch, not a look-up of every key first)."""
+    if not rows:
+        return
+    dialect = conn.dialect.name
+    if dialect == "sqlite":
+        _sqlite_executemany(conn, table, rows, "INSERT OR IGNORE")
+        return
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+
+        conn.execute(insert(table).on_conflict_do_nothing(), rows)
+        return
+    keys = [c.name for c in table.primary_key.columns]
+    if dialect in ("mysql", "mariadb"):
+        from sqlalchemy.dialects.mysql import insert
+
+        stmt = insert(table)  # a no-op update, not INSERT IGNORE (which hides other errors)
+        conn.execute(stmt.on_duplicate_key_update({keys[0]: table.c[keys[0]]}), rows)
+        return
+    missing = [
+        r
+        for r in rows
+        if conn.execute(sa.select(sa.literal(1)).where(*(table.c[k] == r[k] for k in keys))).first()
+        is None
+    ]
+    insert_rows(conn, table, missing)
+
+
 def upsert_rows(conn: sa.Connection, table: sa.Table, rows: list[dict[str, Any]]) -> None:
     """Insert many rows, replacing those whose primary key exists (rows must not repeat a
     key): one statement per batch instead of a delete and an insert."""

@@ -29,7 +29,7 @@ from sqlalchemy.engine import make_url
 
 from twoway.contract import chunks
 from twoway.errors import AlreadyRunning, Fatal
-from twoway.sqlbulk import insert_rows, upsert_rows
+from twoway.sqlbulk import insert_missing_rows, upsert_rows
 
 metadata = sa.MetaData()
 S = sa.String(120)
@@ -307,16 +307,20 @@ class StateStore:
     # -- reads ------------------------------------------------------------------------
 
     def members_by_key(self, sync: str, system: str, keys: Iterable[str]) -> dict[str, Member]:
-        """The id_map rows of the given records of one system (tombstones included)."""
+        """The id_map rows of the given records of one system (tombstones included), without
+        their ``seen`` values: what tells a change from an echo is the hash, and a full read
+        would otherwise decode every record's values only to drop most of them as unchanged
+        (:meth:`members_of` returns whole rows for the links a run touches)."""
         out: dict[str, Member] = {}
-        keys = list(keys)
+        columns = (id_map.c.external_id, id_map.c.link_id, id_map.c.seen_hash)
+        columns += (id_map.c.version, id_map.c.deleted_at)
         with self.engine.connect() as conn:
-            for part in chunks(keys, 500):
-                query = sa.select(id_map).where(
+            for part in chunks(list(keys), 500):
+                query = sa.select(*columns).where(
                     id_map.c.sync == sync, id_map.c.system == system, id_map.c.external_id.in_(part)
                 )
-                for row in conn.execute(query):
-                    out[row.external_id] = _member(row)
+                for key, link_id, seen_hash, version, deleted_at in conn.execute(query):
+                    out[key] = Member(system, key, link_id, None, seen_hash, version, deleted_at)
         return out
 
     def members_of(self, sync: str, link_ids: Iterable[str]) -> dict[str, list[Member]]:
@@ -705,31 +709,19 @@ class StateStore:
             return
         now = self.now()
         with self.engine.begin() as conn:
-            fresh = [m for m in members if m.seen is None and m.deleted_at is None]
-            for system in {m.system for m in fresh}:
-                keys = [m.external_id for m in fresh if m.system == system]
-                taken: set[str] = set()
-                for part in chunks(keys, 500):
-                    taken |= set(
-                        conn.execute(
-                            sa.select(id_map.c.external_id).where(
-                                id_map.c.sync == sync,
-                                id_map.c.system == system,
-                                id_map.c.external_id.in_(part),
-                            )
-                        ).scalars()
-                    )
-                rows = [
-                    {
-                        "sync": sync,
-                        "system": system,
-                        "external_id": m.external_id,
-                        "link_id": m.link_id,
-                    }
-                    for m in fresh
-                    if m.system == system and m.external_id not in taken
-                ]
-                insert_rows(conn, id_map, rows)
+            # a key the ID map holds already (a tombstone) keeps its row until the commit
+            rows = [
+                {
+                    "sync": sync,
+                    "system": m.system,
+                    "external_id": m.external_id,
+                    "link_id": m.link_id,
+                }
+                for m in members
+                if m.seen is None and m.deleted_at is None
+            ]
+            for part in chunks(rows, 5000):
+                insert_missing_rows(conn, id_map, list(part))
             # an intent of an earlier run for the same link is replaced by this run's
             upsert_rows(
                 conn,

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from tests.sqlrig import server_url
 from tests.syncrig import sync_rig
 from twoway.errors import AlreadyRunning, Fatal
-from twoway.state import SCHEMA_VERSION, Link, Member, StateChanges, StateStore
+from twoway.state import SCHEMA_VERSION, Intent, Link, Member, StateChanges, StateStore
 
 BACKENDS = ["sqlite", "postgres", "mariadb"]
 
@@ -83,6 +83,24 @@ def test_commit_is_all_or_nothing(store):
     assert store.cursor(sync, "a", "*") == "c1"
     assert set(store.members_by_key(sync, "a", ["1", "2"])) == {"1"}
     assert set(store.links(sync, ["L1", "L2"])) == {"L1"}
+
+
+def test_intents_add_new_records_and_leave_a_tombstone_on_the_same_key(store):
+    sync = f"s{uuid.uuid4().hex[:6]}"
+    gone = datetime(2026, 1, 1)
+    store.commit(sync, StateChanges(members=[Member("a", "k1", "OLD", {"x": 0}, "h0", "v", gone)]))
+    fresh = [Member("a", f"k{n}", f"L{n}", None, None, "v", None) for n in range(1, 1202)]
+    intents = [Intent("b", f"L{n}", "hash", [("a", f"k{n}")]) for n in range(1, 1202)]
+    store.record_intents(sync, "run-1", intents, fresh)
+    store.record_intents(sync, "run-2", intents[:1], fresh[:1])  # a rerun: nothing doubles
+    known = store.members_by_key(sync, "a", [f"k{n}" for n in range(1, 1202)])
+    assert len(known) == 1201
+    assert (known["k1"].link_id, known["k1"].deleted_at) == ("OLD", gone)  # kept as it was
+    assert {known[f"k{n}"].link_id for n in range(2, 1202)} == {f"L{n}" for n in range(2, 1202)}
+    assert all(known[f"k{n}"].seen_hash is None for n in range(2, 1202))
+    assert {(i.link_id, i.members[0][1]) for i in store.open_intents(sync)} == {
+        (f"L{n}", f"k{n}") for n in range(1, 1202)
+    }
 
 
 def test_lease_excludes_a_second_holder_until_it_expires(store):
