@@ -46,7 +46,12 @@ def extract_changes(
     """
     changes = endpoint.read_changes(cursor)
     columns = definition.fields_of(system)
-    records = [_canonicalise(columns, system, r) for r in changes.records]
+    # each record as read goes as soon as its canonical form exists: one copy at a time
+    raw, changes.records = changes.records, []
+    raw.reverse()
+    records = []
+    while raw:
+        records.append(_canonicalise(columns, system, raw.pop()))
     deleted = set(changes.deleted)
     keys = endpoint.list_keys()
     if changes.full or keys is not None:

@@ -60,11 +60,11 @@ def confirm_unknown_creates(
     since: str | None,
     planned: list[PlannedOp],
     results: list[WriteResult],
-    known_keys: set[str],
+    known_keys: Callable[[list[str]], set[str]],
 ) -> list[WriteResult]:
     """When unsure, read back: creates whose answer was lost are looked for among the
-    records our account changed since ``since`` (the whole collection when None), and
-    confirmed when found.
+    records our account changed since ``since`` (the whole collection when None) that the
+    ID map does not hold (``known_keys(keys)`` says which it does), and confirmed when found.
 
     A create that timed out may have been applied; finding it now, within the run, keeps a
     person from editing or deleting an unknown copy before the next run could recognise it.
@@ -79,8 +79,12 @@ def confirm_unknown_creates(
     names = definition.fields_of(system)
     account = definition.systems[system].integration_account
     by_hash: dict[str, list[RawRecord]] = {}
-    for record in endpoint.read_changes(since).records:
-        if record.key in known_keys or (account and record.modified_by != account):
+    ours = [
+        r for r in endpoint.read_changes(since).records if not account or r.modified_by == account
+    ]
+    linked = known_keys([r.key for r in ours])
+    for record in ours:
+        if record.key in linked:
             continue
         values = {f: canonical(record.values.get(col)) for f, col in names.items()}
         by_hash.setdefault(values_hash(values), []).append(record)

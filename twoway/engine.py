@@ -30,7 +30,7 @@ from twoway.contract import Create, Delete, Endpoint, Update
 from twoway.definition import Definition
 from twoway.errors import AlreadyRunning, MassChangeRefused, TwowayError
 from twoway.retry import RetryPolicy
-from twoway.state import Intent, StateChanges, StateStore
+from twoway.state import Intent, Member, StateChanges, StateStore
 from twoway.values import values_hash
 
 SCOPE_ALL = "*"
@@ -287,10 +287,12 @@ def _run(
     steps = rt.steps
     due = store.due_dead_letters(sync)
     extracts: dict[str, Extract] = {}
+    filtered: dict[str, Filtered] = {}
+    known: dict[str, dict[str, Member]] = {}
     for system in sorted(sources):
         cursor = None if full else store.cursor(sync, system, scope)
         known_live = lambda system=system: store.live_keys(sync, system)  # noqa: E731
-        extracts[system] = steps(
+        extract = steps(
             extract_changes,
             extract_changes_task,
             f"extract {system}",
@@ -300,13 +302,9 @@ def _run(
             cursor,
             known_live,
         )
-    _reread_parked(definition, endpoints, extracts, due)
-
-    filtered: dict[str, Filtered] = {}
-    known = {}
-    for system, extract in extracts.items():
+        _reread_parked(definition, endpoints, {system: extract}, due)
         keys = {r.key for r in extract.records} | extract.deleted
-        known[system] = store.members_by_key(sync, system, keys)
+        members = store.members_by_key(sync, system, keys)
         account = definition.systems[system].integration_account
         filtered[system] = steps(
             filter_echoes,
@@ -314,8 +312,14 @@ def _run(
             f"filter echoes {system}",
             extract,
             account,
-            known[system],
+            members,
         )
+        # what is left of a read is its changes: the unchanged records of a full read and
+        # their ID-map rows go before the next system is read (a million of each, else)
+        extract.records = []
+        wanted = {r.key for r in filtered[system].changed} | filtered[system].deleted
+        known[system] = {k: members[k] for k in wanted if k in members}
+        extracts[system] = extract
         counts = report.systems[system]
         counts["extracted"] = filtered[system].extracted
         counts["echo_skipped"] = filtered[system].echo_skipped
@@ -412,7 +416,7 @@ def _run(
                 extracts[system].cursor,
                 planned,
                 results[system],
-                set(known.get(system, {})),
+                lambda keys, system=system: set(store.members_by_key(sync, system, keys)),
             )
     changes, counts = settle(definition, mapping, plan, results, extracts, due, scope, store.now())
     for system, c in counts.items():

@@ -255,3 +255,32 @@ def test_a_run_pauses_the_garbage_collector_and_restores_it(tmp_path):
         rig.run()
         assert not gc.isenabled()  # a caller that had it off keeps it off
         gc.enable()
+
+
+def test_a_full_read_lets_unchanged_records_go_before_the_next_system_is_read(tmp_path):
+    """A full reconciliation of a large sync must not hold every record of every system at
+    once: by the time the next system is read, the last one's extract keeps only changes."""
+    held: dict[str, int] = {}
+    extracts = []
+
+    class Watching(Steps):
+        def __call__(self, plain, wrapped, name, *args, **kwargs):
+            if name.startswith("extract "):
+                held.update({e.system: len(e.records) for e in extracts})
+            result = super().__call__(plain, wrapped, name, *args, **kwargs)
+            if name.startswith("extract "):
+                extracts.append(result)
+            return result
+
+    with sync_rig(tmp_path) as rig:
+        for n in range(30):
+            rig.add("s0", f"p{n}@example.com")
+        rig.run()
+        rig.run()  # the echoes of the first run's writes are read back
+        rig.edit("s0", "p3@example.com", first_name="Changed")
+        report = rig.run(full=True, runtime=Runtime(steps=Watching()))
+    assert report.status == "completed"
+    assert report.systems["s0"]["extracted"] == 30 and report.systems["s1"]["extracted"] == 30
+    assert report.systems["s1"]["updated"] == 1
+    assert held == {"s0": 0}  # s0's 30 records were let go before s1 was read
+    assert [len(e.records) for e in extracts] == [0, 0]
