@@ -19,63 +19,57 @@ def insert_rows(conn: sa.Connection, table: sa.Table, rows: list[dict[str, Any]]
     _sqlite_executemany(conn, table, rows, "INSERT")
 
 
-def insert_missing_rows(conn: sa.Connection, table: sa.Table, rows: list[dict[str, Any]]) -> None:
-    """Insert the rows whose primary key is not in the table yet; leave the others as they are
-    (one statement per batch, not a look-up of every key first)."""
-    if not rows:
-        return
-    dialect = conn.dialect.name
-    if dialect == "sqlite":
-        _sqlite_executemany(conn, table, rows, "INSERT OR IGNORE")
-        return
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-
-        conn.execute(insert(table).on_conflict_do_nothing(), rows)
-        return
-    keys = [c.name for c in table.primary_key.columns]
-    if dialect in ("mysql", "mariadb"):
-        from sqlalchemy.dialects.mysql import insert
-
-        stmt = insert(table)  # a no-op update, not INSERT IGNORE (which hides other errors)
-        conn.execute(stmt.on_duplicate_key_update({keys[0]: table.c[keys[0]]}), rows)
-        return
-    missing = [
-        r
-        for r in rows
-        if conn.execute(sa.select(sa.literal(1)).where(*(table.c[k] == r[k] for k in keys))).first()
-        is None
-    ]
-    insert_rows(conn, table, missing)
-
-
 def upsert_rows(conn: sa.Connection, table: sa.Table, rows: list[dict[str, Any]]) -> None:
     """Insert many rows, replacing those whose primary key exists (rows must not repeat a
     key): one statement per batch instead of a delete and an insert."""
+    _insert_on_conflict(conn, table, rows, replace=True)
+
+
+def insert_missing_rows(conn: sa.Connection, table: sa.Table, rows: list[dict[str, Any]]) -> None:
+    """Insert the rows whose primary key is not in the table yet; leave the others as they are
+    (one statement per batch, not a look-up of every key first)."""
+    _insert_on_conflict(conn, table, rows, replace=False)
+
+
+def _insert_on_conflict(
+    conn: sa.Connection, table: sa.Table, rows: list[dict[str, Any]], replace: bool
+) -> None:
+    """Insert rows; a row whose primary key exists replaces the stored one, or is left out."""
     if not rows:
         return
     dialect = conn.dialect.name
     if dialect == "sqlite":
-        _sqlite_executemany(conn, table, rows, "INSERT OR REPLACE")
+        _sqlite_executemany(
+            conn, table, rows, "INSERT OR REPLACE" if replace else "INSERT OR IGNORE"
+        )
         return
     keys = [c.name for c in table.primary_key.columns]
+    others = [n for n in rows[0] if n not in keys]
     if dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
 
         stmt = insert(table)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=keys,
-            set_={n: stmt.excluded[n] for n in rows[0] if n not in keys},
-        )
+        if replace:
+            stmt = stmt.on_conflict_do_update(
+                index_elements=keys, set_={n: stmt.excluded[n] for n in others}
+            )
+        else:
+            stmt = stmt.on_conflict_do_nothing()
     elif dialect in ("mysql", "mariadb"):
         from sqlalchemy.dialects.mysql import insert
 
         stmt = insert(table)
-        stmt = stmt.on_duplicate_key_update({n: stmt.inserted[n] for n in rows[0] if n not in keys})
-    else:
-        for row in rows:  # any other database: delete, then insert, row by row
-            conn.execute(table.delete().where(*(table.c[k] == row[k] for k in keys)))
-        conn.execute(table.insert(), rows)
+        # leaving a row out is a no-op update, not INSERT IGNORE (which hides other errors)
+        updates = {n: stmt.inserted[n] for n in others} if replace else {keys[0]: table.c[keys[0]]}
+        stmt = stmt.on_duplicate_key_update(updates)
+    else:  # any other database: look each key up, row by row
+        for row in rows:
+            match = [table.c[k] == row[k] for k in keys]
+            if replace:
+                conn.execute(table.delete().where(*match))
+            elif conn.execute(sa.select(sa.literal(1)).where(*match)).first() is not None:
+                continue
+            conn.execute(table.insert(), row)
         return
     conn.execute(stmt, rows)
 
