@@ -82,6 +82,10 @@ class SimulatorSide(Side):
     """A system served by a simulator over HTTP; its faults are the simulator's own."""
 
     http_faults = True
+    COLLECTION: str  # the list or object synced
+    COLUMNS: dict[str, str]  # field -> the simulator's column
+    REFUSED: type[Exception]  # what the simulator raises for an edit it refuses
+    state: Any  # the simulator's state (GraphState, SalesforceState)
 
     def __init__(self, world: World, name: str):
         super().__init__(world, name)
@@ -101,6 +105,30 @@ class SimulatorSide(Side):
             self.server.stop()
             self.server = None
 
+    # a person's edits, through the simulator's own user API; a refused one returns False
+    def column(self, field_name: str) -> str:
+        return self.COLUMNS[field_name]
+
+    def _fields(self, values: dict[str, str]) -> dict[str, str]:
+        return {self.COLUMNS[f]: v for f, v in values.items()}
+
+    def insert(self, values: dict[str, str]) -> str:
+        return self.state.user_create(self.COLLECTION, self._fields(values), user=self.person)
+
+    def update(self, key: str, values: dict[str, str]) -> bool:
+        try:
+            self.state.user_update(self.COLLECTION, key, self._fields(values), user=self.person)
+        except self.REFUSED:
+            return False
+        return True
+
+    def remove(self, key: str) -> bool:
+        try:
+            self.state.user_delete(self.COLLECTION, key, user=self.person)
+        except self.REFUSED:
+            return False
+        return True
+
 
 def _graph_next_page(scope: dict[str, Any]) -> bool:
     return scope["method"] == "GET" and b"skiptoken" in scope.get("query_string", b"")
@@ -109,7 +137,8 @@ def _graph_next_page(scope: dict[str, Any]) -> bool:
 class GraphSide(SimulatorSide):
     """A SharePoint list in the Graph simulator; people edit it in the SharePoint UI."""
 
-    LIST = "Records"
+    COLLECTION = "Records"
+    REFUSED = GraphError
     COLUMNS = {"email": "Email", "first_name": "FirstName", "last_name": "LastName"}
 
     def __init__(self, world: World, name: str):
@@ -121,7 +150,7 @@ class GraphSide(SimulatorSide):
             faults=self.plan,
             clock=world.clock,
         )
-        self.state.add_list(self.LIST, dict.fromkeys(self.COLUMNS.values(), "text"))
+        self.state.add_list(self.COLLECTION, dict.fromkeys(self.COLUMNS.values(), "text"))
         self.serve(graph_app(self.state), _graph_next_page)
 
     def system(self) -> dict[str, Any]:
@@ -132,19 +161,16 @@ class GraphSide(SimulatorSide):
             "token_url": f"{url}/{self.state.tenant_id}/oauth2/v2.0/token",
             "client_id": CLIENT_ID,
             "client_secret": CLIENT_SECRET,
-            "list": self.LIST,
+            "list": self.COLLECTION,
             "integration_account": "twoway-sync",
         }
-
-    def column(self, field_name: str) -> str:
-        return self.COLUMNS[field_name]
 
     def endpoint(self, between_pages: Callable[[list[str]], None]) -> Endpoint:
         spec = self.system()
         block = SharePointList(
             graph_url=spec["graph_url"],
             token_url=spec["token_url"],
-            list=self.LIST,
+            list=self.COLLECTION,
             integration_account="twoway-sync",
             columns_to_sync=list(self.COLUMNS.values()),
             page_size=PAGE_SIZE,
@@ -156,33 +182,13 @@ class GraphSide(SimulatorSide):
         self.paging.hook = between_pages
         return block
 
-    def _fields(self, values: dict[str, str]) -> dict[str, str]:
-        return {self.COLUMNS[f]: v for f, v in values.items()}
-
-    def insert(self, values: dict[str, str]) -> str:
-        return self.state.user_create(self.LIST, self._fields(values), user=self.person)
-
-    def update(self, key: str, values: dict[str, str]) -> bool:
-        try:
-            self.state.user_update(self.LIST, key, self._fields(values), user=self.person)
-        except GraphError:
-            return False
-        return True
-
-    def remove(self, key: str) -> bool:
-        try:
-            self.state.user_delete(self.LIST, key, user=self.person)
-        except GraphError:
-            return False
-        return True
-
     def live_keys(self) -> list[str]:
-        return [item["id"] for item in self.state.items(self.LIST)]  # in id order
+        return [item["id"] for item in self.state.items(self.COLLECTION)]  # in id order
 
     def rows(self) -> dict[str, dict[str, str]]:
         return {
             item["id"]: {f: item["fields"].get(col) for f, col in self.COLUMNS.items()}
-            for item in self.state.items(self.LIST)
+            for item in self.state.items(self.COLLECTION)
         }
 
     def close(self) -> None:
@@ -200,14 +206,16 @@ def _salesforce_next_page(scope: dict[str, Any]) -> bool:
 class SalesforceSide(SimulatorSide):
     """A custom object of a Salesforce org simulator; people edit it as another User."""
 
-    OBJECT = "Record__c"
+    COLLECTION = "Record__c"
+    REFUSED = SfError
     COLUMNS = {"email": "Email__c", "first_name": "First_Name__c", "last_name": "Last_Name__c"}
 
     def __init__(self, world: World, name: str):
         super().__init__(world, name)
         self.state = SalesforceState(clock=world.clock, faults=self.plan, seed=world.seed)
         self.state.define(
-            self.OBJECT, {col: {"type": "string", "length": 80} for col in self.COLUMNS.values()}
+            self.COLLECTION,
+            {col: {"type": "string", "length": 80} for col in self.COLUMNS.values()},
         )
         self.account = self.state.add_client(CLIENT_ID, CLIENT_SECRET, "Integration User")
         self.serve(salesforce_app(self.state), _salesforce_next_page)
@@ -218,18 +226,15 @@ class SalesforceSide(SimulatorSide):
             "instance_url": self.server.url,
             "client_id": CLIENT_ID,
             "client_secret": CLIENT_SECRET,
-            "object": self.OBJECT,
+            "object": self.COLLECTION,
             "integration_account": self.account,
             "overlap_seconds": self.world.overlap,
         }
 
-    def column(self, field_name: str) -> str:
-        return self.COLUMNS[field_name]
-
     def endpoint(self, between_pages: Callable[[list[str]], None]) -> Endpoint:
         block = SalesforceObject(
             instance_url=self.server.url,
-            object=self.OBJECT,
+            object=self.COLLECTION,
             integration_account=self.account,
             columns_to_sync=list(self.COLUMNS.values()),
             page_size=PAGE_SIZE,
@@ -242,33 +247,13 @@ class SalesforceSide(SimulatorSide):
         self.paging.hook = between_pages
         return block
 
-    def _fields(self, values: dict[str, str]) -> dict[str, str]:
-        return {self.COLUMNS[f]: v for f, v in values.items()}
-
-    def insert(self, values: dict[str, str]) -> str:
-        return self.state.user_create(self.OBJECT, self._fields(values), user=self.person)
-
-    def update(self, key: str, values: dict[str, str]) -> bool:
-        try:
-            self.state.user_update(self.OBJECT, key, self._fields(values), user=self.person)
-        except SfError:
-            return False
-        return True
-
-    def remove(self, key: str) -> bool:
-        try:
-            self.state.user_delete(self.OBJECT, key, user=self.person)
-        except SfError:
-            return False
-        return True
-
     def live_keys(self) -> list[str]:
-        return sorted(r["Id"] for r in self.state.records(self.OBJECT))
+        return sorted(r["Id"] for r in self.state.records(self.COLLECTION))
 
     def rows(self) -> dict[str, dict[str, str]]:
         return {
             r["Id"]: {f: r.get(col) for f, col in self.COLUMNS.items()}
-            for r in self.state.records(self.OBJECT)
+            for r in self.state.records(self.COLLECTION)
         }
 
 

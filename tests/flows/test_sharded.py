@@ -15,6 +15,7 @@ import sqlalchemy as sa
 
 from tasks.common import PlannedOp
 from tasks.load import load_changes, load_changes_task
+from tests.flows.runs import task_runs
 from tests.syncrig import sync_rig
 from twoway.contract import Create, Endpoint, Update, WriteResult
 from twoway.errors import Fatal
@@ -150,13 +151,9 @@ def test_merge_refuses_a_shard_with_the_wrong_number_of_results():
         merge(groups, results, 10)
 
 
-def test_sharded_load_returns_results_in_plan_order(tmp_path, fake_endpoints):
-    with sync_rig(tmp_path) as rig:
-        definition = rig.definition
-    planned = _planned(1000)
-    done: list[int] = []
-    steps = ShardedSteps(definition, shards=4, prefect=False)
-    results = steps(
+def _load(steps: ShardedSteps, planned: list[PlannedOp], seed: int, batch: int, progress=None):
+    """The load step of system ``s1`` through ``steps`` (the arguments the engine passes)."""
+    return steps(
         load_changes,
         load_changes_task,
         "load s1",
@@ -164,10 +161,31 @@ def test_sharded_load_returns_results_in_plan_order(tmp_path, fake_endpoints):
         planned,
         RetryPolicy(),
         time.sleep,
-        random.Random(1),
-        done.append,
-        64,
+        random.Random(seed),
+        progress,
+        batch,
     )
+
+
+def _load_in_a_flow(definition, planned: list[PlannedOp], seed: int, batch: int, **sharding):
+    """The sharded load in a flow of four threads, four shards; the flow run's final state."""
+    from prefect import flow
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    @flow(task_runner=ThreadPoolTaskRunner(max_workers=4))
+    def load_in_shards() -> list[WriteResult]:
+        return _load(ShardedSteps(definition, shards=4, **sharding), planned, seed, batch)
+
+    return load_in_shards(return_state=True)
+
+
+def test_sharded_load_returns_results_in_plan_order(tmp_path, fake_endpoints):
+    with sync_rig(tmp_path) as rig:
+        definition = rig.definition
+    planned = _planned(1000)
+    done: list[int] = []
+    steps = ShardedSteps(definition, shards=4, prefect=False)
+    results = _load(steps, planned, 1, 64, done.append)
     assert [r.op for r in results] == [p.op for p in planned]
     assert len(fake_endpoints.opened) == 4 and all(e.closed for e in fake_endpoints.opened)
     for n, endpoint in enumerate(fake_endpoints.opened):
@@ -241,31 +259,13 @@ def test_a_missing_limit_is_created_and_an_existing_one_left_as_the_operator_set
 def test_shards_take_the_shared_limit_and_never_exceed_it(tmp_path, fake_endpoints):
     """Four shards in four threads, a limit of one slot: no two batches overlap, whichever
     shard writes first; the results still come back in plan order."""
-    from prefect import flow
-    from prefect.task_runners import ThreadPoolTaskRunner
 
     with sync_rig(tmp_path) as rig:
         definition = rig.definition
     planned = _planned(400)
     fake_endpoints.delays = {1: 0.05, 2: 0.03, 3: 0.01, 4: 0.0}
 
-    @flow(task_runner=ThreadPoolTaskRunner(max_workers=4))
-    def load_in_shards() -> list[WriteResult]:
-        steps = ShardedSteps(definition, shards=4, quota=ApiQuota(slots=1))
-        return steps(
-            load_changes,
-            load_changes_task,
-            "load s1",
-            None,
-            planned,
-            RetryPolicy(),
-            time.sleep,
-            random.Random(2),
-            None,
-            100,
-        )
-
-    results = load_in_shards()
+    results = _load_in_a_flow(definition, planned, 2, 100, quota=ApiQuota(slots=1)).result()
     assert [r.op for r in results] == [p.op for p in planned]
     intervals = sorted(i for e in fake_endpoints.opened for i in e.intervals)
     assert len(intervals) == sum(math.ceil(len(g) / 100) for g in split(planned, 4))
@@ -282,30 +282,13 @@ def test_shards_take_the_shared_limit_and_never_exceed_it(tmp_path, fake_endpoin
 def test_with_a_rate_the_shards_share_a_rate_limit(tmp_path, fake_endpoints):
     """Burst 2, then 5 batches a second shared by four shards: 6 batches need at least
     (6 - 2) / 5 = 0.8 s, however many shards ask at once."""
-    from prefect import flow
-    from prefect.task_runners import ThreadPoolTaskRunner
 
     with sync_rig(tmp_path) as rig:
         definition = rig.definition
     planned = _planned(400)
 
-    @flow(task_runner=ThreadPoolTaskRunner(max_workers=4))
-    def load_in_shards() -> list[WriteResult]:
-        steps = ShardedSteps(definition, shards=4, quota=ApiQuota(slots=2, per_second=5))
-        return steps(
-            load_changes,
-            load_changes_task,
-            "load s1",
-            None,
-            planned,
-            RetryPolicy(),
-            time.sleep,
-            random.Random(4),
-            None,
-            100,
-        )
-
-    results = load_in_shards()
+    quota = ApiQuota(slots=2, per_second=5)
+    results = _load_in_a_flow(definition, planned, 4, 100, quota=quota).result()
     assert [r.op for r in results] == [p.op for p in planned]
     starts = sorted(start for e in fake_endpoints.opened for start, _ in e.intervals)
     assert len(starts) == sum(math.ceil(len(g) / 100) for g in split(planned, 4)) == 6
@@ -317,8 +300,6 @@ def test_with_a_rate_the_shards_share_a_rate_limit(tmp_path, fake_endpoints):
 
 @pytest.mark.usefixtures("prefect_api")
 def test_a_failed_shard_fails_the_load_once_the_other_shards_have_ended(tmp_path, fake_endpoints):
-    from prefect import flow
-    from prefect.task_runners import ThreadPoolTaskRunner
 
     with sync_rig(tmp_path) as rig:
         definition = rig.definition
@@ -327,23 +308,7 @@ def test_a_failed_shard_fails_the_load_once_the_other_shards_have_ended(tmp_path
     fake_endpoints.refuse = frozenset(map(_ident, shard0))
     fake_endpoints.delays = {2: 0.2, 3: 0.2, 4: 0.2}  # the others are still writing
 
-    @flow(task_runner=ThreadPoolTaskRunner(max_workers=4))
-    def load_in_shards() -> list[WriteResult]:
-        steps = ShardedSteps(definition, shards=4)
-        return steps(
-            load_changes,
-            load_changes_task,
-            "load s1",
-            None,
-            planned,
-            RetryPolicy(),
-            time.sleep,
-            random.Random(3),
-            None,
-            50,
-        )
-
-    state = load_in_shards(return_state=True)
+    state = _load_in_a_flow(definition, planned, 3, 50)
     assert state.is_failed()
     with pytest.raises(Fatal, match="refused"):
         state.result()
@@ -403,24 +368,6 @@ def _written_links(rig, system: str) -> set[str]:
     return {link for link, key in rows if key in keys}
 
 
-def _task_runs(flow_run_id, expected: int) -> list:
-    """The task runs of a flow run, once ``expected`` of them have completed (the server
-    records them from events, a little after they end)."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-
-    deadline = time.monotonic() + 30
-    with get_client(sync_client=True) as client:
-        while True:
-            runs = client.read_task_runs(
-                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
-            )
-            done = [r for r in runs if r.state and r.state.is_completed()]
-            if len(done) >= expected or time.monotonic() > deadline:
-                return runs
-            time.sleep(0.5)
-
-
 @pytest.mark.usefixtures("prefect_api")
 def test_sharded_flow_on_dask_converges_like_the_unsharded_flow(tmp_path):
     from flows.sharded import sharded_sync
@@ -458,7 +405,7 @@ def test_sharded_flow_on_dask_converges_like_the_unsharded_flow(tmp_path):
         assert _state(sharded)["letters"] == 0
 
         # one task run per shard (3 for the 300 writes to s0, 4 for s1), the others once
-        runs = _task_runs(state.state_details.flow_run_id, expected=6 + 7 + 1)
+        runs = task_runs(state.state_details.flow_run_id, expected=6 + 7 + 1)
         shards = sorted(r.name for r in runs if " shard " in r.name)
         assert shards == sorted(
             [f"load s0 shard {i}" for i in range(3)] + [f"load s1 shard {i}" for i in range(4)]

@@ -3,34 +3,17 @@
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 import sqlalchemy as sa
 
 from flows.twoway_flows import one_way_sync, two_way_sync
+from tests.flows.runs import task_runs
 from tests.syncrig import sync_rig
 from twoway import cli
 from twoway.state import StateStore
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
-
-
-def _task_run_names(flow_run_id, expected: int) -> list[str]:
-    """Task-run names of a flow run; the server records them from events, so wait a little."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-
-    deadline = time.monotonic() + 30
-    with get_client(sync_client=True) as client:
-        while True:
-            runs = client.read_task_runs(
-                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
-            )
-            done = [r for r in runs if r.state and r.state.is_completed()]
-            if len(done) >= expected or time.monotonic() > deadline:
-                return sorted(r.name for r in runs)
-            time.sleep(0.5)
 
 
 def _artifacts(flow_run_id):
@@ -51,7 +34,7 @@ def test_two_way_flow_runs_steps_as_batched_tasks_and_publishes_a_report(tmp_pat
         assert state.is_completed()
         report = state.result()
         assert report["systems"]["s1"]["created"] == 40
-        names = _task_run_names(state.state_details.flow_run_id, expected=8)
+        names = sorted(r.name for r in task_runs(state.state_details.flow_run_id, expected=8))
         assert names == sorted(
             [
                 "extract s0",
