@@ -307,7 +307,7 @@ class RestCollection(RetryHooksMixin, EndpointBlock):
                 )
             url = following
 
-    def read_changes(self, cursor: str | None) -> ChangeSet:
+    def read_pages(self, cursor: str | None) -> Iterator[ChangeSet]:
         since = parse_timestamp(cursor) if cursor else None
         incremental = (
             since is not None and self.cursor_param is not None and self.modified_at is not None
@@ -318,10 +318,10 @@ class RestCollection(RetryHooksMixin, EndpointBlock):
         if incremental:
             lower = since - timedelta(seconds=self.overlap_seconds)  # type: ignore[operator]
             params[self.cursor_param] = lower.strftime(CURSOR_FORMAT)  # type: ignore[index]
-        calls_before = self._calls
-        latest: dict[str, RawRecord | None] = {}  # key -> record, None when deleted; last wins
         newest = since
+        calls_before = self._calls
         for items, where in self._pages(params):
+            latest: dict[str, RawRecord | None] = {}  # key -> record, None when deleted; last wins
             for item in items:
                 if not isinstance(item, dict):
                     raise Fatal(f"{where}: a record is not a JSON object")
@@ -329,24 +329,24 @@ class RestCollection(RetryHooksMixin, EndpointBlock):
                     key = item.get(self.key)
                     if key is None:
                         raise Fatal(f"{where}: a removed item has no {self.key!r} field")
+                    latest.pop(str(key), None)
                     latest[str(key)] = None
                     stamp = _when(_field(item, self.modified_at))
                 else:
                     record = self._record(item, where)
-                    latest[record.key] = record  # a record edited while we paged comes again
+                    latest.pop(record.key, None)
+                    latest[record.key] = record
                     stamp = record.modified_at
                 if stamp is not None and (newest is None or stamp > newest):
                     newest = stamp
-        records = [r for r in latest.values() if r is not None]
-        deleted = [k for k, r in latest.items() if r is None] if incremental else []
-        next_cursor = newest.astimezone(UTC).strftime(CURSOR_FORMAT) if newest else cursor
-        return ChangeSet(
-            records=records,
-            deleted=deleted,
-            cursor=next_cursor,
-            full=not incremental,
-            requests=self._calls - calls_before,
-        )
+            yield ChangeSet(
+                records=[r for r in latest.values() if r is not None],
+                deleted=[k for k, r in latest.items() if r is None],
+                cursor=newest.astimezone(UTC).strftime(CURSOR_FORMAT) if newest else cursor,
+                full=not incremental,
+                requests=self._calls - calls_before,
+            )
+            calls_before = self._calls
 
     def read(self, keys: Sequence[str]) -> list[RawRecord]:
         wanted = list(dict.fromkeys(keys))
@@ -371,7 +371,7 @@ class RestCollection(RetryHooksMixin, EndpointBlock):
         """None when incremental reads report deletions (``cursor_param`` set), else every key."""
         if self.cursor_param is not None and self.modified_at is not None:
             return None
-        return {r.key for r in self.read_changes(None).records}
+        return {r.key for page in self.read_pages(None) for r in page.records}
 
     def columns(self) -> set[str]:
         """Union of the fields of the first page's records (a REST API has no schema endpoint)."""

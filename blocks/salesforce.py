@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -314,12 +314,12 @@ class SalesforceObject(RetryHooksMixin, EndpointBlock):
             version=str(stamp) if stamp is not None else None,
         )
 
-    def read_changes(self, cursor: str | None) -> ChangeSet:
-        """Records changed since ``cursor`` minus the overlap (all when None) and deletions.
+    def read_pages(self, cursor: str | None) -> Iterator[ChangeSet]:
+        """Records changed since ``cursor`` minus the overlap (all when None), a query page at
+        a time, then the deletions.
 
         The new cursor is the server's time when the read began (its Date header): a change
         committed while the read pages has a later SystemModstamp and is read next time."""
-        self._requests = 0
         since = parse_timestamp(cursor) if cursor else None
         if cursor and since is None:
             raise Fatal(f"cursor {cursor!r} is not an ISO 8601 timestamp")
@@ -331,16 +331,18 @@ class SalesforceObject(RetryHooksMixin, EndpointBlock):
             )
         soql += f" ORDER BY {self.modified_at}, {self.key}"
         headers = {"Sforce-Query-Options": f"batchSize={self.page_size}"}
+        self._requests = 0
         body, reply_headers = self._expect(
             "GET", self._data_path("/query"), params={"q": soql}, headers=headers
         )
         signpost = _server_time(reply_headers)
-        latest: dict[str, RawRecord] = {}
+        read: set[str] = set()  # keys read live, when deletions are asked for after the pages
         newest: datetime | None = None
         seen_urls: set[str] = set()
         while True:
             if not isinstance(body, dict) or not isinstance(body.get("records"), list):
                 raise Fatal(f"GET query on {self.object}: the answer has no records list")
+            latest: dict[str, RawRecord] = {}
             for item in body["records"]:
                 record = self._record(item)
                 latest.pop(record.key, None)
@@ -349,27 +351,30 @@ class SalesforceObject(RetryHooksMixin, EndpointBlock):
                     newest is None or record.modified_at > newest
                 ):
                     newest = record.modified_at
+            if since is not None:
+                read.update(latest)
             next_url = body.get("nextRecordsUrl")
-            if body.get("done", True) or not next_url:
-                break
-            if next_url in seen_urls:
-                raise Fatal(f"GET query on {self.object}: the server repeated page {next_url}")
-            seen_urls.add(next_url)
-            body, _ = self._expect("GET", str(next_url), headers=headers)
-        deleted: list[str] = []
-        covered: datetime | None = None
-        if since is not None:
-            deleted, covered = self._deleted_since(
-                since - timedelta(seconds=self.overlap_seconds), signpost
-            )
-        mark = signpost or newest or covered or since
-        return ChangeSet(
-            records=list(latest.values()),
-            deleted=[k for k in deleted if k not in latest],
-            cursor=mark.astimezone(UTC).strftime(CURSOR_FORMAT) if mark else cursor,
-            full=since is None,
-            requests=self._requests,
-        )
+            last = body.get("done", True) or not next_url
+            page = ChangeSet(records=list(latest.values()), cursor=cursor, full=since is None)
+            if not last:
+                page.requests, self._requests = self._requests, 0
+                yield page
+                if next_url in seen_urls:
+                    raise Fatal(f"GET query on {self.object}: the server repeated page {next_url}")
+                seen_urls.add(next_url)
+                body, _ = self._expect("GET", str(next_url), headers=headers)
+                continue
+            covered: datetime | None = None
+            if since is not None:
+                deleted, covered = self._deleted_since(
+                    since - timedelta(seconds=self.overlap_seconds), signpost
+                )
+                page.deleted = [k for k in deleted if k not in read]
+            mark = signpost or newest or covered or since
+            page.cursor = mark.astimezone(UTC).strftime(CURSOR_FORMAT) if mark else cursor
+            page.requests, self._requests = self._requests, 0
+            yield page
+            return
 
     def _deleted_since(
         self, start: datetime, server_now: datetime | None

@@ -13,7 +13,7 @@ from __future__ import annotations
 import builtins
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
@@ -415,18 +415,28 @@ class SharePointList(EndpointBlock):
         names = {str(c["name"]) for c in response.json().get("value", []) if c.get("name")}
         return names | {"id"} | set(_ITEM_PROPERTIES)
 
-    def read_changes(self, cursor: str | None) -> ChangeSet:
+    def read_pages(self, cursor: str | None) -> Iterator[ChangeSet]:
         if cursor is not None:
+            pages = self._read_delta(cursor)
             try:
-                return self._read_delta(cursor)
+                first = next(pages)
             except _DeltaGone:
                 pass  # the token expired: read everything and start a new feed
-        return self._read_all()
+            else:
+                yield first
+                try:
+                    yield from pages
+                except _DeltaGone:
+                    # pages of the feed are already handed on: the read starts again
+                    raise Retriable(f"{self._where()}: the delta token expired mid-read") from None
+                return
+        yield from self._read_all()
 
-    def _read_all(self) -> ChangeSet:
+    def _read_all(self) -> Iterator[ChangeSet]:
         """Every live item, and a delta link taken before the read so nothing is missed."""
         if not self.read_modifiers:
-            return self._read_delta(None)
+            yield from self._read_delta(None)
+            return
         start = self._call(
             "GET",
             self._api(f"{self._list_path()}/items/delta"),
@@ -436,7 +446,6 @@ class SharePointList(EndpointBlock):
         delta_link = start.json().get("@odata.deltaLink")
         if not delta_link:
             raise Fatal(f"{self._where()}: the delta feed gave no @odata.deltaLink")
-        records: dict[str, RawRecord] = {}
         url: str | None = self._api(f"{self._list_path()}/items")
         params: dict[str, str] | None = {"$expand": self._expand(), "$top": str(self.page_size)}
         seen: set[str] = set()
@@ -446,37 +455,39 @@ class SharePointList(EndpointBlock):
             seen.add(url)
             page = self._call("GET", url, params=params).json()
             requests += 1
+            records: dict[str, RawRecord] = {}
             for item in page.get("value", []):
                 record = self._record(item)
                 records[record.key] = record
             url, params = page.get("@odata.nextLink"), None
-        return ChangeSet(
-            records=builtins.list(records.values()),
-            cursor=delta_link,
-            full=True,
-            requests=requests,
-        )
+            yield ChangeSet(
+                records=builtins.list(records.values()),
+                cursor=delta_link,
+                full=True,
+                requests=requests,
+            )
+            requests = 0
 
-    def _read_delta(self, cursor: str | None) -> ChangeSet:
-        """Follow the delta feed from ``cursor`` (None: the initial enumeration) to its end."""
+    def _read_delta(self, cursor: str | None) -> Iterator[ChangeSet]:
+        """Follow the delta feed from ``cursor`` (None: the initial enumeration) to its end,
+        a page at a time; the last page carries the feed's new delta link."""
         if cursor is None:
             url = self._api(f"{self._list_path()}/items/delta")
             params: dict[str, str] | None = {"$expand": self._expand(), "$top": str(self.page_size)}
         else:
             url, params = cursor, None
-        latest: dict[str, dict[str, Any]] = {}
-        deleted: dict[str, None] = {}
-        requests = 0
         seen: set[str] = set()
         while True:
             if url in seen:
                 raise Fatal(f"{self._where()}: the delta feed repeats a next link")
             seen.add(url)
             response = self._call("GET", url, ok=(200, 410), params=params)
-            requests += 1
+            requests = 1
             if response.status_code == 410:
                 raise _DeltaGone()
             page = response.json()
+            latest: dict[str, dict[str, Any]] = {}
+            deleted: dict[str, None] = {}
             for item in page.get("value", []):
                 key = str(item["id"])
                 if "deleted" in item:
@@ -486,27 +497,27 @@ class SharePointList(EndpointBlock):
                     deleted.pop(key, None)
                     latest[key] = item  # the last occurrence is the latest state
             params = None
-            if page.get("@odata.nextLink"):
-                url = page["@odata.nextLink"]
-                continue
+            following = page.get("@odata.nextLink")
             delta_link = page.get("@odata.deltaLink")
-            if not delta_link:
+            if not following and not delta_link:
                 raise Fatal(f"{self._where()}: a delta page had neither nextLink nor deltaLink")
-            break
-        if self.read_modifiers and latest:
-            # the feed leaves out lastModifiedBy: read the changed items again, 20 a call;
-            # an item gone meanwhile is reported deleted by the next round of the feed
-            records, calls = self._read_items(builtins.list(latest))
-            requests += calls
-        else:
-            records = [self._record(item) for item in latest.values()]
-        return ChangeSet(
-            records=records,
-            deleted=builtins.list(deleted) if cursor is not None else [],
-            cursor=delta_link,
-            full=cursor is None,
-            requests=requests,
-        )
+            if self.read_modifiers and latest:
+                # the feed leaves out lastModifiedBy: read the changed items again, 20 a call;
+                # an item gone meanwhile is reported deleted by the next round of the feed
+                records, calls = self._read_items(builtins.list(latest))
+                requests += calls
+            else:
+                records = [self._record(item) for item in latest.values()]
+            yield ChangeSet(
+                records=records,
+                deleted=builtins.list(deleted) if cursor is not None else [],
+                cursor=cursor if following else delta_link,
+                full=cursor is None,
+                requests=requests,
+            )
+            if not following:
+                return
+            url = following
 
     def read(self, keys: Sequence[str]) -> builtins.list[RawRecord]:
         records, _ = self._read_items(keys)

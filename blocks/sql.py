@@ -96,7 +96,7 @@ class SqlTable(EndpointBlock):
         self._clock = clock
 
     def use_page_hook(self, hook: Callable[[list[str]], Any] | None) -> None:
-        """Call ``hook`` with the keys read so far after each read page (tests edit rows
+        """Call ``hook`` with a read page's keys once the page is read (tests edit rows
         while a read is paging)."""
         self._after_page = hook
 
@@ -123,8 +123,6 @@ class SqlTable(EndpointBlock):
             if url.get_backend_name() == "sqlite":
                 kwargs["connect_args"] = {"timeout": 30}
             self._engine = sa.create_engine(url, **kwargs)
-            if url.get_backend_name() == "sqlite":
-                sa.event.listen(self._engine, "connect", _tolerant_sqlite_text)
         return self._engine
 
     def sa_table(self) -> sa.Table:
@@ -174,23 +172,42 @@ class SqlTable(EndpointBlock):
         return sa.select(*cols)
 
     def _records(self, rows: Sequence[sa.Row]) -> list[RawRecord]:
-        """Rows of :meth:`_select` as records (a plain dict per row: 6x faster than _mapping)."""
+        """Rows of :meth:`_select` as records, each built straight from its tuple (runs once
+        per row read: kept lean)."""
         if not rows:
             return []
-        names = rows[0]._fields
-        return [self._record(dict(zip(names, row, strict=True))) for row in rows]
+        at = {name: i for i, name in enumerate(rows[0]._fields)}
+        columns = self.columns_to_sync
+        picks = [at[c] for c in columns]
+        key_at = at[self.key]
+        stamp_at = at[self.modified_at] if self.modified_at else None
+        by_at = at[self.modified_by] if self.modified_by else None
+        raw = self._raw
+        return [
+            raw(
+                row[key_at],
+                {c: row[i] for c, i in zip(columns, picks, strict=True)},
+                None if stamp_at is None else row[stamp_at],
+                None if by_at is None else row[by_at],
+            )
+            for row in rows
+        ]
 
     def _record(self, data: dict[str, Any]) -> RawRecord:
-        stamp = data[self.modified_at] if self.modified_at else None
+        """A row given as a dict of columns as a record."""
+        return self._raw(
+            data[self.key],
+            {c: data[c] for c in self.columns_to_sync},
+            data[self.modified_at] if self.modified_at else None,
+            data[self.modified_by] if self.modified_by else None,
+        )
+
+    def _raw(self, key: Any, values: dict[str, Any], stamp: Any, by: Any) -> RawRecord:
         return RawRecord(
-            key="" if data[self.key] is None else str(data[self.key]),
-            values={c: data[c] for c in self.columns_to_sync},
+            key="" if key is None else key if type(key) is str else str(key),
+            values=values,
             modified_at=parse_timestamp(stamp),
-            modified_by=(
-                str(data[self.modified_by])
-                if self.modified_by and data[self.modified_by] is not None
-                else None
-            ),
+            modified_by=None if by is None else str(by),
             version=self._version(stamp),
         )
 
@@ -232,43 +249,17 @@ class SqlTable(EndpointBlock):
                 out.append(None)
         return out
 
-    def read_changes(self, cursor: str | None) -> ChangeSet:
+    def read_pages(self, cursor: str | None) -> Iterator[ChangeSet]:
         table = self.sa_table()
         key = table.c[self.key]
-        requests = 0
         if self.modified_at is None:
-            records = self._read_all_by_key()
-            pages = len(records) // self.page_size + 1
-            return ChangeSet(records=records, cursor="full", full=True, requests=pages)
+            for records in self._pages_by_key():
+                yield ChangeSet(records=records, cursor="full", full=True, requests=1)
+            return
         stamp = self._col(self.modified_at)
         with self._connect() as conn:
             signpost = conn.execute(sa.select(sa.func.max(stamp))).scalar()
-            requests += 1
         since = parse_timestamp(cursor) if cursor else None
-        records: list[RawRecord] = []
-        if since is None:
-            records = self._read_all_by_key()
-            requests += len(records) // self.page_size + 1
-        else:
-            lower = self._stamp_value(since - timedelta(seconds=self.overlap_seconds))
-            base = self._select().where(sa.or_(stamp >= lower, stamp.is_(None)))
-            last: tuple[Any, Any] | None = None
-            with self._connect() as conn:
-                while True:
-                    query = base
-                    if last is not None:
-                        query = query.where(
-                            sa.or_(stamp > last[0], sa.and_(stamp == last[0], key > last[1]))
-                        )
-                    query = query.order_by(stamp, key).limit(self.page_size)
-                    rows = conn.execute(query).all()
-                    requests += 1
-                    records.extend(self._records(rows))
-                    if self._after_page:
-                        self._after_page([r.key for r in records])
-                    if len(rows) < self.page_size or rows[-1]._mapping[self.modified_at] is None:
-                        break
-                    last = (rows[-1]._mapping[self.modified_at], rows[-1]._mapping[self.key])
         newest = parse_timestamp(signpost)
         now = self._clock() if self._clock else datetime.now(UTC)
         if newest is not None and newest > now:
@@ -276,24 +267,58 @@ class SqlTable(EndpointBlock):
         if since is not None and (newest is None or newest < since):
             newest = since
         next_cursor = format_timestamp(newest) if newest else cursor
-        return ChangeSet(records=records, cursor=next_cursor, full=since is None, requests=requests)
+        if since is None:
+            pages = self._pages_by_key()
+        else:
+            lower = self._stamp_value(since - timedelta(seconds=self.overlap_seconds))
+            pages = self._pages_since(sa.or_(stamp >= lower, stamp.is_(None)), stamp, key)
+        requests = 1  # the signpost
+        for records in pages:
+            yield ChangeSet(
+                records=records, cursor=next_cursor, full=since is None, requests=requests + 1
+            )
+            requests = 0
 
-    def _read_all_by_key(self) -> list[RawRecord]:
+    def _pages_since(
+        self, where: sa.ColumnElement, stamp: sa.Column, key: sa.Column
+    ) -> Iterator[list[RawRecord]]:
+        """Rows matching ``where`` by (stamp, key), a page at a time (keyset paging: a row
+        that moves while we page is read again later rather than skipped)."""
+        base = self._select().where(where)
+        last: tuple[Any, Any] | None = None
+        with self._connect() as conn:
+            while True:
+                query = base
+                if last is not None:
+                    query = query.where(
+                        sa.or_(stamp > last[0], sa.and_(stamp == last[0], key > last[1]))
+                    )
+                rows = self._rows(conn, query.order_by(stamp, key).limit(self.page_size))
+                yield self._page(rows)
+                if len(rows) < self.page_size or rows[-1]._mapping[self.modified_at] is None:
+                    return
+                last = (rows[-1]._mapping[self.modified_at], rows[-1]._mapping[self.key])
+
+    def _pages_by_key(self) -> Iterator[list[RawRecord]]:
+        """Every row by key, a page at a time."""
         key = self.sa_table().c[self.key]
-        records: list[RawRecord] = []
         last = None
         with self._connect() as conn:
             while True:
                 query = self._select()
                 if last is not None:
                     query = query.where(key > last)
-                rows = conn.execute(query.order_by(key).limit(self.page_size)).all()
-                records.extend(self._records(rows))
-                if self._after_page:
-                    self._after_page([r.key for r in records])
+                rows = self._rows(conn, query.order_by(key).limit(self.page_size))
+                yield self._page(rows)
                 if len(rows) < self.page_size:
-                    return records
+                    return
                 last = rows[-1]._mapping[self.key]
+
+    def _page(self, rows: Sequence[sa.Row]) -> list[RawRecord]:
+        records = self._records(rows)
+        if self._after_page:
+            self._after_page([r.key for r in records])
+        return records
 
     def read(self, keys: Sequence[str]) -> list[RawRecord]:
         key = self.sa_table().c[self.key]
@@ -301,13 +326,13 @@ class SqlTable(EndpointBlock):
         out: list[RawRecord] = []
         with self._connect() as conn:
             for part in chunks(wanted, 500):
-                out.extend(self._records(conn.execute(self._select().where(key.in_(part))).all()))
+                out.extend(self._records(self._rows(conn, self._select().where(key.in_(part)))))
         return out
 
     def list_keys(self) -> set[str]:
         key = self.sa_table().c[self.key]
         with self._connect() as conn:
-            return {str(k) for k in conn.execute(sa.select(key)).scalars()}
+            return {str(k) for (k,) in self._rows(conn, sa.select(key))}
 
     def max_batch(self) -> int:
         return 2000
@@ -334,6 +359,20 @@ class SqlTable(EndpointBlock):
             except sa.exc.OperationalError as exc:
                 raise Retriable(f"writing to {self._where()} failed: {_short(exc)}") from None
         return results
+
+    def _rows(self, conn: sa.Connection, query: sa.Select) -> Sequence[sa.Row]:
+        """The query's rows. SQLite text that is not valid UTF-8 fails a read with Python's
+        own (fast) decoder; the query then runs again on this connection with one that
+        reads U+FFFD for the bad bytes, rather than failing the whole read."""
+        try:
+            return conn.execute(query).all()
+        except sa.exc.OperationalError as exc:
+            if "Could not decode to UTF-8" not in str(exc):
+                raise
+        conn.connection.dbapi_connection.text_factory = partial(  # type: ignore[union-attr]
+            bytes.decode, encoding="utf-8", errors="replace"
+        )
+        return conn.execute(query).all()
 
     def _connect(self) -> sa.Connection:
         try:
@@ -403,7 +442,7 @@ class SqlTable(EndpointBlock):
         key = self.sa_table().c[self.key]
         out = []
         for part in chunks(self._key_params(keys), 500):
-            out.extend(self._records(conn.execute(self._select().where(key.in_(part))).all()))
+            out.extend(self._records(self._rows(conn, self._select().where(key.in_(part)))))
         return out
 
     def _insert(
@@ -600,12 +639,6 @@ def _random_keys(count: int) -> Iterator[str]:
     version bits aside), from one read of the system's random source instead of one each."""
     digits = os.urandom(16 * count).hex()
     return (digits[i : i + 32] for i in range(0, 32 * count, 32))
-
-
-def _tolerant_sqlite_text(dbapi_connection: Any, _record: Any) -> None:
-    """Text that is not valid UTF-8 reads with U+FFFD instead of failing the whole read."""
-    # a partial of the C method: no Python frame per text value read
-    dbapi_connection.text_factory = partial(bytes.decode, encoding="utf-8", errors="replace")
 
 
 class _BatchFailed(Exception):

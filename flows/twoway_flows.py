@@ -95,7 +95,7 @@ class _Progress:
 
     def __init__(self, sync: str, sources: int):
         self.sync = sync
-        self.reads_total = max(1, 2 * sources)  # extract and filter echoes, per source
+        self.reads_total = max(1, sources)  # one extract per source
         self.reads_done = 0
         self.writes_total = 0
         self.written: dict[str, int] = {}
@@ -123,7 +123,7 @@ class _Progress:
 
     def step(self, name: str, result: Any) -> None:
         """A run step finished (``name`` as the engine names its task runs)."""
-        if name.startswith(("extract ", "filter echoes ")):
+        if name.startswith("extract "):
             self.reads_done += 1
             self._update(40.0 * self.reads_done / self.reads_total, f"{name} done")
         elif name == "map IDs":

@@ -12,7 +12,7 @@ from typing import Any
 
 from prefect import task
 
-from tasks.common import TASK_OPTIONS, Extract, PlannedOp
+from tasks.common import TASK_OPTIONS, Filtered, PlannedOp
 from tasks.delta import Plan
 from tasks.idmap import Mapping
 from twoway.contract import Create, Delete, Update, WriteResult
@@ -27,7 +27,7 @@ def settle(
     mapping: Mapping,
     plan: Plan,
     results: dict[str, list[WriteResult]],
-    extracts: dict[str, Extract],
+    reads: dict[str, Filtered],
     due_letters: list[dict[str, Any]],
     scope: str,
     now: datetime,
@@ -168,8 +168,8 @@ def settle(
         elif (letter["system"], letter["external_id"]) in linked_now - parked_now:
             changes.resolved_dead_letters.append(letter["id"])
     changes.dead_letters.extend(mapping.parked)
-    for system, extract in extracts.items():
-        changes.cursors[(system, scope)] = extract.cursor
+    for system, read in reads.items():
+        changes.cursors[(system, scope)] = read.cursor
     # an intent is settled once its create's outcome is known; a create that timed out may
     # have been applied, so its intent stays for the next run to find the record
     changes.settled_intents.extend(mapping.recovered)

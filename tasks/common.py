@@ -10,6 +10,7 @@ from prefect.cache_policies import NO_CACHE
 
 from twoway.contract import Op
 from twoway.retry import RetryPolicy, prefect_retry_condition
+from twoway.state import Member
 
 #: The one retry policy, as Prefect task options (backoff with jitter, transient errors only).
 _POLICY = RetryPolicy()
@@ -37,28 +38,21 @@ class Observed:
 
 
 @dataclass(slots=True)
-class Extract:
-    """What one system returned: changed records, keys known deleted, the next cursor."""
-
-    system: str
-    records: list[Observed]
-    deleted: set[str]
-    cursor: str | None
-    full: bool
-    requests: int = 0
-
-
-@dataclass(slots=True)
 class Filtered:
-    """One system's changes after echoes and unchanged records were dropped."""
+    """One system's read, echoes and unchanged records dropped: its changes, the keys known
+    deleted, the ID-map rows of both, and the cursor to store once the run commits."""
 
     system: str
     changed: list[Observed]
     deleted: set[str]
+    cursor: str | None = None
+    full: bool = False
+    requests: int = 0  # calls the read made
     extracted: int = 0
     echo_skipped: int = 0
     unchanged: int = 0
     parked: list[dict] = field(default_factory=list)  # records no key can identify
+    members: dict[str, Member] = field(default_factory=dict)  # ID-map rows of changed/deleted
 
 
 @dataclass(slots=True)

@@ -1,14 +1,18 @@
-"""Step: extract changed records from one system since its cursor, in canonical form."""
+"""Step: extract one system's changes since its cursor, in canonical form, a page at a time:
+each page's echoes and unchanged records are dropped as the page arrives, so a run holds a
+read's changes and one page, never the whole read."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 
 from prefect import task
 
-from tasks.common import TASK_OPTIONS, Extract, Observed
-from twoway.contract import Endpoint, RawRecord
+from tasks.common import TASK_OPTIONS, Filtered, Observed
+from tasks.echo import ECHO, UNCHANGED, Outcome, filter_echoes
+from twoway.contract import ChangeSet, Endpoint, RawRecord
 from twoway.definition import Definition
+from twoway.state import Member
 from twoway.values import canonical, values_hash
 
 
@@ -31,43 +35,119 @@ def _canonicalise(columns: dict[str, str], system: str, record: RawRecord) -> Ob
     )
 
 
+class _Read:
+    """What a read has said so far, key by key: a later page replaces what an earlier one
+    said of a key (a record edited or deleted while the read paged comes again)."""
+
+    def __init__(
+        self,
+        definition: Definition,
+        system: str,
+        known: Callable[[Sequence[str]], dict[str, Member]],
+    ):
+        self.system = system
+        self.columns = definition.fields_of(system)
+        self.account = definition.systems[system].integration_account
+        self.known = known
+        self.outcome: dict[str, Outcome] = {}
+        self.unkeyed: list[dict] = []  # records with no key: each page's stay parked
+        self.deleted: dict[str, None] = {}
+        self.members: dict[str, Member] = {}  # of the keys changed or deleted so far
+
+    def page(self, raw: list[RawRecord], deleted: Iterable[str] = ()) -> None:
+        """Fold one page in; its raw records go as their canonical form is made."""
+        raw.reverse()
+        records = []
+        while raw:
+            records.append(_canonicalise(self.columns, self.system, raw.pop()))
+        gone = list(deleted)
+        members = self.known([r.key for r in records] + gone)
+        outcome = filter_echoes(records, self.account, members)
+        self.unkeyed += outcome.pop("", [])  # type: ignore[arg-type]
+        for key in gone:
+            self.outcome.pop(key, None)
+            self.deleted[key] = None
+        for key, result in outcome.items():
+            self.outcome[key] = result
+            self.deleted.pop(key, None)
+        for key in gone:
+            if key in members:
+                self.members[key] = members[key]
+        for key, result in outcome.items():
+            if isinstance(result, Observed) and key in members:
+                self.members[key] = members[key]
+            else:
+                self.members.pop(key, None)
+
+
 def extract_changes(
     definition: Definition,
     system: str,
     endpoint: Endpoint,
     cursor: str | None,
+    known: Callable[[Sequence[str]], dict[str, Member]],
     known_live: Callable[[], set[str]],
-) -> Extract:
-    """Records changed since ``cursor`` and the keys deleted since.
+    reread: Sequence[str] = (),
+) -> Filtered:
+    """The records changed since ``cursor`` (echoes and unchanged ones dropped) and the
+    keys deleted since, with their ID-map rows (``known(keys)``).
 
     Deletions come from the system's change feed where it has one; otherwise the keys we
-    know to be live (``known_live()``, asked only then) are compared with the system's key
-    list or, after a full read, with the keys read (hard deletes).
+    know to be live (``known_live()``, asked only then) are compared with the keys a full
+    read returned or, after an incremental one, with the system's key list (hard deletes).
+    ``reread`` are keys to read again whatever their cursor (records parked before they
+    were linked).
     """
-    changes = endpoint.read_changes(cursor)
-    columns = definition.fields_of(system)
-    # each record as read goes as soon as its canonical form exists: one copy at a time
-    raw, changes.records = changes.records, []
-    raw.reverse()
-    records = []
-    while raw:
-        records.append(_canonicalise(columns, system, raw.pop()))
-    deleted = set(changes.deleted)
-    keys = endpoint.list_keys()
-    if changes.full or keys is not None:
+    read = _Read(definition, system, known)
+    reported: set[str] = set()
+    requests = 0
+    last = ChangeSet(records=[], cursor=cursor)  # a read of no page changes nothing
+    for page in endpoint.read_pages(cursor):
+        read.page(page.records, page.deleted)
+        page.records = []
+        reported.update(page.deleted)
+        requests += page.requests
+        last = page
+    again = [k for k in dict.fromkeys(reread) if k not in read.outcome]
+    if again:
+        read.page(endpoint.read(again))
+    deleted = set(read.deleted)
+    keys = None if last.full else endpoint.list_keys()
+    if last.full or keys is not None:
         live = known_live()
-        if changes.full:
-            deleted |= live - {r.key for r in records}
+        if last.full:
+            deleted |= live - read.outcome.keys()
         if keys is not None:
             deleted |= live - keys
-        deleted &= live | set(changes.deleted)
-    return Extract(
+        deleted &= live | reported
+    hard = [k for k in deleted if k not in read.members]
+    if hard:
+        read.members.update(known(hard))
+    changed: list[Observed] = []
+    parked = list(read.unkeyed)
+    echo = unchanged = 0
+    for result in read.outcome.values():
+        if isinstance(result, Observed):
+            changed.append(result)
+        elif isinstance(result, list):
+            parked += result
+        elif result == ECHO:
+            echo += 1
+        elif result == UNCHANGED:
+            unchanged += 1
+    wanted = {r.key for r in changed} | deleted
+    return Filtered(
         system=system,
-        records=records,
+        changed=changed,
         deleted=deleted,
-        cursor=changes.cursor,
-        full=changes.full,
-        requests=changes.requests,
+        cursor=last.cursor,
+        full=last.full,
+        requests=requests,
+        extracted=len(read.outcome) + len(read.unkeyed),
+        echo_skipped=echo,
+        unchanged=unchanged,
+        parked=parked,
+        members={k: m for k, m in read.members.items() if k in wanted},
     )
 
 

@@ -80,7 +80,10 @@ def confirm_unknown_creates(
     account = definition.systems[system].integration_account
     by_hash: dict[str, list[RawRecord]] = {}
     ours = [
-        r for r in endpoint.read_changes(since).records if not account or r.modified_by == account
+        r
+        for page in endpoint.read_pages(since)
+        for r in page.records
+        if not account or r.modified_by == account
     ]
     linked = known_keys([r.key for r in ours])
     for record in ours:

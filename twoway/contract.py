@@ -15,7 +15,7 @@ Glossary:
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -36,9 +36,10 @@ class RawRecord:
 
 @dataclass(slots=True)
 class ChangeSet:
-    """What changed in a system since a cursor.
+    """What changed in a system since a cursor: one page of a read, or a whole read.
 
-    ``deleted`` holds keys the system itself reported as deleted (delta feeds).
+    ``deleted`` holds keys the system itself reported as deleted (delta feeds); within one
+    change set a key is either among the records or deleted, never both.
     ``cursor`` is what to pass next time, stored only after the run commits.
     ``full`` is True when every live record was returned (a read with no cursor), so a
     key of ours that is absent is known to be deleted.
@@ -49,6 +50,36 @@ class ChangeSet:
     cursor: str | None = None
     full: bool = False
     requests: int = 0  # calls made to the system for this read (benchmarks, reports)
+
+
+def fold_pages(pages: Iterable[ChangeSet]) -> ChangeSet:
+    """A paged read as one change set: what a later page says of a key replaces what an
+    earlier one said (a record edited or deleted while the read paged comes again); records
+    of one page that share a key stay side by side (the run parks them as ambiguous)."""
+    records: dict[str, list[RawRecord]] = {}
+    deleted: dict[str, None] = {}
+    last = ChangeSet(records=[])
+    requests = 0
+    for page in pages:
+        fresh: dict[str, list[RawRecord]] = {}
+        for record in page.records:
+            fresh.setdefault(record.key, []).append(record)
+        for key in page.deleted:
+            records.pop(key, None)
+            deleted[key] = None
+        for key, same in fresh.items():
+            records.pop(key, None)
+            records[key] = same
+            deleted.pop(key, None)
+        requests += page.requests
+        last = page
+    return ChangeSet(
+        records=[r for same in records.values() for r in same],
+        deleted=list(deleted),
+        cursor=last.cursor,
+        full=last.full,
+        requests=requests,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,8 +140,16 @@ class Endpoint(abc.ABC):
         """The column or field names the collection has (for ``twoway check``)."""
 
     @abc.abstractmethod
+    def read_pages(self, cursor: str | None) -> Iterator[ChangeSet]:
+        """Records changed since ``cursor`` (all records when None) and deletions if
+        reported, one page at a time as the system serves them, so a run holds a page and
+        not the whole read. A key in a later page replaces what an earlier page said of it.
+        Every page carries the read's ``full``; the last page's ``cursor`` is the one to
+        store. At least one page comes, empty when nothing changed."""
+
     def read_changes(self, cursor: str | None) -> ChangeSet:
-        """Records changed since ``cursor`` (all records when None), deletions if reported."""
+        """The whole read as one change set (:func:`fold_pages` of :meth:`read_pages`)."""
+        return fold_pages(self.read_pages(cursor))
 
     @abc.abstractmethod
     def read(self, keys: Sequence[str]) -> list[RawRecord]:

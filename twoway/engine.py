@@ -1,5 +1,5 @@
-"""The run, step by step: lock, extract, filter echoes, map IDs, compute deltas, load,
-commit state, report. The flows call :func:`run_sync` with Prefect task steps; tests and
+"""The run, step by step: lock, extract changes (echoes filtered out page by page), map
+IDs, compute deltas, load, commit state, report. The flows call :func:`run_sync` with Prefect task steps; tests and
 the randomized harness call it with plain steps, their own clock, random source, sleep and
 connectors.
 """
@@ -19,10 +19,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from tasks.commit import commit_state, commit_state_task, settle
-from tasks.common import Extract, Filtered
+from tasks.common import Filtered
 from tasks.delta import Plan, compute_deltas, compute_deltas_task
-from tasks.echo import filter_echoes, filter_echoes_task
-from tasks.extract import canonicalise, extract_changes, extract_changes_task
+from tasks.extract import extract_changes, extract_changes_task
 from tasks.idmap import map_ids, map_ids_task
 from tasks.load import confirm_unknown_creates, load_changes, load_changes_task
 from twoway.connectors import open_endpoint
@@ -286,13 +285,19 @@ def _run(
     sync = definition.name
     steps = rt.steps
     due = store.due_dead_letters(sync)
-    extracts: dict[str, Extract] = {}
     filtered: dict[str, Filtered] = {}
     known: dict[str, dict[str, Member]] = {}
     for system in sorted(sources):
         cursor = None if full else store.cursor(sync, system, scope)
         known_live = lambda system=system: store.live_keys(sync, system)  # noqa: E731
-        extract = steps(
+        members = lambda keys, system=system: store.members_by_key(sync, system, keys)  # noqa: E731
+        # records parked before they were linked (ambiguous matches) are read again
+        reread = [
+            d["external_id"]
+            for d in due
+            if d["link_id"] is None and d["external_id"] and d["system"] == system
+        ]
+        filtered[system] = steps(
             extract_changes,
             extract_changes_task,
             f"extract {system}",
@@ -300,26 +305,11 @@ def _run(
             system,
             endpoints[system],
             cursor,
-            known_live,
-        )
-        _reread_parked(definition, endpoints, {system: extract}, due)
-        keys = {r.key for r in extract.records} | extract.deleted
-        members = store.members_by_key(sync, system, keys)
-        account = definition.systems[system].integration_account
-        filtered[system] = steps(
-            filter_echoes,
-            filter_echoes_task,
-            f"filter echoes {system}",
-            extract,
-            account,
             members,
+            known_live,
+            reread,
         )
-        # what is left of a read is its changes: the unchanged records of a full read and
-        # their ID-map rows go before the next system is read (a million of each, else)
-        extract.records = []
-        wanted = {r.key for r in filtered[system].changed} | filtered[system].deleted
-        known[system] = {k: members[k] for k in wanted if k in members}
-        extracts[system] = extract
+        known[system] = filtered[system].members
         counts = report.systems[system]
         counts["extracted"] = filtered[system].extracted
         counts["echo_skipped"] = filtered[system].echo_skipped
@@ -408,17 +398,17 @@ def _run(
             progress,
             definition.systems[system].batch_size,
         )
-        if system in extracts:
+        if system in filtered:
             results[system] = confirm_unknown_creates(
                 definition,
                 system,
                 endpoints[system],
-                extracts[system].cursor,
+                filtered[system].cursor,
                 planned,
                 results[system],
                 lambda keys, system=system: set(store.members_by_key(sync, system, keys)),
             )
-    changes, counts = settle(definition, mapping, plan, results, extracts, due, scope, store.now())
+    changes, counts = settle(definition, mapping, plan, results, filtered, due, scope, store.now())
     for system, c in counts.items():
         report.systems[system].update(c)
     report.failures = [
@@ -459,24 +449,6 @@ def _intents(definition: Definition, mapping: Any, plan: Plan) -> list[Intent]:
                 ]
                 out.append(Intent(system, p.link_id, p.created_hash, members))
     return out
-
-
-def _reread_parked(
-    definition: Definition,
-    endpoints: dict[str, Endpoint],
-    extracts: dict[str, Extract],
-    due: list[dict[str, Any]],
-) -> None:
-    """Records parked before linking (ambiguous matches) are read again and retried."""
-    wanted: dict[str, list[str]] = {}
-    for letter in due:
-        if letter["link_id"] is None and letter["external_id"] and letter["system"] in extracts:
-            wanted.setdefault(letter["system"], []).append(letter["external_id"])
-    for system, keys in wanted.items():
-        have = {r.key for r in extracts[system].records}
-        fresh = [k for k in keys if k not in have]
-        for record in endpoints[system].read(fresh):
-            extracts[system].records.append(canonicalise(definition, system, record))
 
 
 def _guard_mass_change(definition: Definition, store: StateStore, plan: Plan) -> None:

@@ -29,7 +29,7 @@ import inspect
 import math
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -178,8 +178,8 @@ class QuotaEndpoint(Endpoint):
     def columns(self) -> set[str]:
         return self.inner.columns()
 
-    def read_changes(self, cursor: str | None) -> ChangeSet:
-        return self.inner.read_changes(cursor)
+    def read_pages(self, cursor: str | None) -> Iterator[ChangeSet]:
+        return self.inner.read_pages(cursor)
 
     def read(self, keys: Sequence[str]) -> list[RawRecord]:
         return self.inner.read(keys)

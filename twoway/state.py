@@ -315,11 +315,11 @@ class StateStore:
         columns = (id_map.c.external_id, id_map.c.link_id, id_map.c.seen_hash)
         columns += (id_map.c.version, id_map.c.deleted_at)
         with self.engine.connect() as conn:
-            for part in chunks(list(keys), 500):
+            for part in chunks(list(keys), 1000):  # a read's page in one query
                 query = sa.select(*columns).where(
                     id_map.c.sync == sync, id_map.c.system == system, id_map.c.external_id.in_(part)
                 )
-                for key, link_id, seen_hash, version, deleted_at in conn.execute(query):
+                for key, link_id, seen_hash, version, deleted_at in conn.execute(query).all():
                     out[key] = Member(system, key, link_id, None, seen_hash, version, deleted_at)
         return out
 

@@ -36,7 +36,6 @@ from twoway.state import conflicts
 RUN_STEPS = [
     "extract s0",
     "extract s1",
-    "filter echoes s0",
     "map IDs",
     "compute field deltas",
     "load s0",

@@ -30,13 +30,14 @@ from twoway.errors import Retriable
 from twoway.state import StateChanges, StateStore
 from twoway.values import format_timestamp, parse_timestamp
 
-_read = SqlTable.read_changes
+_read = SqlTable.read_pages
 
 
-def _incremental(self: SqlTable, cursor: str | None, select: Callable) -> ChangeSet:
+def _incremental(self: SqlTable, cursor: str | None, select: Callable) -> Iterator[ChangeSet]:
     """A read that pages with ``select(conn, since, page_number)``; full reads stay right."""
     if cursor is None:
-        return _read(self, cursor)
+        yield from _read(self, cursor)
+        return
     stamp = self._col(self.modified_at)
     with self._connect() as conn:
         signpost = conn.execute(sa.select(sa.func.max(stamp))).scalar()
@@ -44,14 +45,12 @@ def _incremental(self: SqlTable, cursor: str | None, select: Callable) -> Change
         records, page = [], 0
         while True:
             rows = select(self, conn, since, page)
-            records.extend(self._record(r) for r in rows)
-            if self._after_page:
-                self._after_page([r.key for r in records])
+            records.extend(self._page(rows))
             if len(rows) < self.page_size:
                 break
             page += 1
     newest = max(filter(None, [parse_timestamp(signpost), since]))
-    return ChangeSet(records=records, cursor=format_timestamp(newest), full=False)
+    yield ChangeSet(records=records, cursor=format_timestamp(newest), full=False)
 
 
 def _strict_no_overlap(self, conn, since, page):
@@ -92,8 +91,8 @@ def _newest_record_wins(compute: Callable) -> Callable:
 
 
 def _cursor_before_load(extract: Callable) -> Callable:
-    def mutant(definition, system, endpoint, cursor, known_live):
-        result = extract(definition, system, endpoint, cursor, known_live)
+    def mutant(definition, system, endpoint, cursor, *args):
+        result = extract(definition, system, endpoint, cursor, *args)
         store = StateStore(definition.state)
         store.commit(
             definition.name, StateChanges(cursors={(system, engine.SCOPE_ALL): result.cursor})
@@ -115,10 +114,10 @@ def _no_intent_log() -> Iterator[None]:
 
 MUTANTS: dict[str, Callable[[], contextlib.AbstractContextManager]] = {
     "cursor '>' without overlap": lambda: mock.patch.object(
-        SqlTable, "read_changes", lambda self, c: _incremental(self, c, _strict_no_overlap)
+        SqlTable, "read_pages", lambda self, c: _incremental(self, c, _strict_no_overlap)
     ),
     "OFFSET paging": lambda: mock.patch.object(
-        SqlTable, "read_changes", lambda self, c: _incremental(self, c, _offset_paging)
+        SqlTable, "read_pages", lambda self, c: _incremental(self, c, _offset_paging)
     ),
     "create without idempotency": lambda: mock.patch.object(
         engine, "load_changes", _resend_on_timeout(engine.load_changes)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 import shutil
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -272,16 +272,18 @@ class Flaky(Endpoint):
         (a later read in the same run, such as a read-back of lost answers, is not)."""
         self._extraction = True
 
-    def read_changes(self, cursor: str | None) -> ChangeSet:
+    def read_pages(self, cursor: str | None) -> Iterator[ChangeSet]:
         if self._endpoint_fault(self.world.faults.error_before):
             raise Retriable(f"{self.system}: injected 503 on read")
         extraction, self._extraction = getattr(self, "_extraction", False), False
         started = self.world.clock()
-        changes = self.inner.read_changes(cursor)
+        keys: set[str] = set()
+        for page in self.inner.read_pages(cursor):
+            keys.update(r.key for r in page.records)
+            yield page
         if extraction:
             self.last_read_start = started
-            self.last_read_keys = {r.key for r in changes.records}
-        return changes
+            self.last_read_keys = keys
 
     def read(self, keys):
         return self.inner.read(keys)

@@ -79,7 +79,7 @@ class _FakeEndpoint(Endpoint):
     def columns(self):
         return set()
 
-    def read_changes(self, cursor):
+    def read_pages(self, cursor):
         raise NotImplementedError
 
     def read(self, keys):

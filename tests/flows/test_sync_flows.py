@@ -39,8 +39,6 @@ def test_two_way_flow_runs_steps_as_batched_tasks_and_publishes_a_report(tmp_pat
             [
                 "extract s0",
                 "extract s1",
-                "filter echoes s0",
-                "filter echoes s1",
                 "map IDs",
                 "compute field deltas",
                 "load s1",

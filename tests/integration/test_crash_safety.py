@@ -12,7 +12,6 @@ from twoway.errors import Retriable
 STEPS = [
     "extract s0",
     "extract s1",
-    "filter echoes s0",
     "map IDs",
     "compute field deltas",
     "load s0",
