@@ -334,6 +334,11 @@ class SqlTable(EndpointBlock):
         with self._connect() as conn:
             return {str(k) for (k,) in self._rows(conn, sa.select(key))}
 
+    def count_keys(self) -> int:
+        key = self.sa_table().c[self.key]
+        with self._connect() as conn:
+            return int(conn.execute(sa.select(sa.func.count(sa.distinct(key)))).scalar() or 0)
+
     def max_batch(self) -> int:
         return 2000
 

@@ -159,6 +159,12 @@ class Endpoint(abc.ABC):
     def list_keys(self) -> set[str] | None:
         """Every live key, to find hard deletes; None when the change feed reports deletions."""
 
+    def count_keys(self) -> int | None:
+        """How many distinct keys the collection holds, when the system counts them cheaply
+        (a SQL ``COUNT``); None otherwise. A count that matches the ID map spares listing
+        every key to look for hard deletes."""
+        return None
+
     @abc.abstractmethod
     def write(self, ops: Sequence[Op]) -> list[WriteResult]:
         """Apply a batch; per-record failures come back in the results, never raised.

@@ -289,8 +289,6 @@ def _run(
     known: dict[str, dict[str, Member]] = {}
     for system in sorted(sources):
         cursor = None if full else store.cursor(sync, system, scope)
-        known_live = lambda system=system: store.live_keys(sync, system)  # noqa: E731
-        members = lambda keys, system=system: store.members_by_key(sync, system, keys)  # noqa: E731
         # records parked before they were linked (ambiguous matches) are read again
         reread = [
             d["external_id"]
@@ -305,8 +303,7 @@ def _run(
             system,
             endpoints[system],
             cursor,
-            members,
-            known_live,
+            store.system_ids(sync, system),
             reread,
         )
         known[system] = filtered[system].members

@@ -187,6 +187,9 @@ class QuotaEndpoint(Endpoint):
     def list_keys(self) -> set[str] | None:
         return self.inner.list_keys()
 
+    def count_keys(self) -> int | None:
+        return self.inner.count_keys()
+
     def close(self) -> None:
         self.inner.close()
 

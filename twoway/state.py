@@ -211,6 +211,24 @@ class Member:
     deleted_at: datetime | None
 
 
+@dataclass(frozen=True, slots=True)
+class SystemIds:
+    """One system's part of the ID map: its records' rows, live keys and their count."""
+
+    store: StateStore
+    sync: str
+    system: str
+
+    def members(self, keys: Iterable[str]) -> dict[str, Member]:
+        return self.store.members_by_key(self.sync, self.system, keys)
+
+    def live_keys(self) -> set[str]:
+        return self.store.live_keys(self.sync, self.system)
+
+    def live_count(self) -> int:
+        return self.store.live_count(self.sync, self.system)
+
+
 @dataclass(slots=True)
 class Link:
     """The merge base of a link."""
@@ -364,6 +382,18 @@ class StateStore:
         )
         with self.engine.connect() as conn:
             return set(conn.execute(query).scalars())
+
+    def live_count(self, sync: str, system: str) -> int:
+        """How many of a system's records are not known to be deleted."""
+        query = sa.select(sa.func.count()).where(
+            id_map.c.sync == sync, id_map.c.system == system, id_map.c.deleted_at.is_(None)
+        )
+        with self.engine.connect() as conn:
+            return int(conn.execute(query).scalar() or 0)
+
+    def system_ids(self, sync: str, system: str) -> SystemIds:
+        """One system's part of the ID map, as the extract step asks for it."""
+        return SystemIds(self, sync, system)
 
     def cursor(self, sync: str, system: str, scope: str) -> str | None:
         query = sa.select(cursors.c.cursor).where(

@@ -293,6 +293,11 @@ class Flaky(Endpoint):
             raise Retriable(f"{self.system}: injected timeout listing keys")
         return self.inner.list_keys()
 
+    def count_keys(self):
+        if self._endpoint_fault(self.world.faults.error_before):
+            raise Retriable(f"{self.system}: injected timeout counting keys")
+        return self.inner.count_keys()
+
     def max_batch(self) -> int:
         return 4  # small batches: faults land between them
 

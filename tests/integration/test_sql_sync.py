@@ -7,6 +7,7 @@ import gc
 import pytest
 import sqlalchemy as sa
 
+from blocks.sql import SqlTable
 from tests.syncrig import sync_rig
 from twoway.engine import Runtime, Steps
 
@@ -126,6 +127,26 @@ def test_delete_propagates_and_never_comes_back(tmp_path, backend):
         assert writes(rig.run()) == 0
         assert rig.row("s1", "d@example.com") is None
         assert rig.row("s0", "keep@example.com") is not None
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_keys_are_listed_only_when_the_count_says_a_record_went(tmp_path, backend, monkeypatch):
+    """An incremental run lists every key of a table only when the table's count of keys
+    differs from what the ID map and the read account for (a hard delete)."""
+    listed = []
+    list_keys = SqlTable.list_keys
+    monkeypatch.setattr(SqlTable, "list_keys", lambda self: listed.append(1) or list_keys(self))
+    with sync_rig(tmp_path, backend) as rig:
+        rig.add("s0", "a@example.com", "A", "E")
+        rig.add("s0", "b@example.com", "B", "E")
+        rig.run()  # full reads: the keys read are the live keys
+        rig.run()
+        rig.add("s1", "c@example.com", "C", "E")
+        rig.edit("s0", "a@example.com", first_name="Changed")
+        assert writes(rig.run()) == 2 and listed == []
+        rig.delete("s1", "b@example.com")
+        report = rig.run()
+        assert report.systems["s0"]["deleted"] == 1 and listed == [1]
 
 
 def test_deletes_ignore_keeps_the_other_side(tmp_path):

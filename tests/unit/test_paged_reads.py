@@ -52,7 +52,7 @@ class Paged(Endpoint):
     integration_account = "svc"
 
     def __init__(self, pages: list[ChangeSet], keys: set[str] | None = None):
-        self.pages, self.keys, self.held = pages, keys, []
+        self.pages, self.keys, self.held, self.listed = pages, keys, [], 0
 
     def read_pages(self, cursor: str | None) -> Iterator[ChangeSet]:
         for i, page in enumerate(self.pages):
@@ -63,7 +63,11 @@ class Paged(Endpoint):
         return []
 
     def list_keys(self) -> set[str] | None:
+        self.listed += 1
         return self.keys
+
+    def count_keys(self) -> int | None:
+        return None if self.keys is None else len(self.keys)
 
     def columns(self) -> set[str]:
         return {"email"}
@@ -88,6 +92,23 @@ def stored(definition, system: str, *records: RawRecord) -> dict:
     }
 
 
+class Ids:
+    """One system's part of the ID map, in memory; records what the extract asks of it."""
+
+    def __init__(self, members: dict[str, Member]):
+        self.rows, self.asked = members, []
+
+    def members(self, keys):
+        self.asked.append(sorted(keys))
+        return {k: self.rows[k] for k in keys if k in self.rows}
+
+    def live_keys(self):
+        return {k for k, m in self.rows.items() if m.deleted_at is None}
+
+    def live_count(self):
+        return len(self.live_keys())
+
+
 def test_the_extract_keeps_only_changes_and_asks_the_store_page_by_page(tmp_path):
     path = tmp_path / "paged.sync.yaml"
     path.write_text(DEFINITION)
@@ -101,12 +122,7 @@ def test_the_extract_keeps_only_changes_and_asks_the_store_page_by_page(tmp_path
         record("4", "before"),
         record("9", "gone"),
     )
-    asked: list[list[str]] = []
-
-    def known(keys):
-        asked.append(sorted(keys))
-        return {k: members[k] for k in keys if k in members}
-
+    ids = Ids(members)
     endpoint = Paged(
         [
             ChangeSet([record("1", "same"), record("2", "edited"), record("3", "ours", "svc")]),
@@ -117,10 +133,10 @@ def test_the_extract_keeps_only_changes_and_asks_the_store_page_by_page(tmp_path
             ),
         ]
     )
-    result = extract_changes(definition, "a", endpoint, None, known, lambda: set(members))
+    result = extract_changes(definition, "a", endpoint, None, ids)
 
     assert endpoint.held == [0, 0, 0]  # each page's records were let go of before the next
-    assert asked[:3] == [["1", "2", "3"], ["2", "4", "5"], ["", "6", "6"]]
+    assert ids.asked[:3] == [["1", "2", "3"], ["2", "4", "5"], ["", "6", "6"]]
     assert sorted(r.key for r in result.changed) == ["4", "5"]
     assert result.deleted == {"9"} and set(result.members) == {"4", "9"}
     assert (result.extracted, result.echo_skipped, result.unchanged) == (7, 1, 2)
@@ -128,19 +144,32 @@ def test_the_extract_keeps_only_changes_and_asks_the_store_page_by_page(tmp_path
     assert (result.cursor, result.full) == ("c", True)
 
 
-def test_an_incremental_read_finds_hard_deletes_in_the_key_list(tmp_path):
+def incremental(tmp_path, table: set[str], read: list[RawRecord]):
+    """An incremental read of ``read`` from a table now holding ``table``, with the ID map
+    holding records 1 and 2 as live."""
     path = tmp_path / "paged.sync.yaml"
     path.write_text(DEFINITION)
     definition = load_definition(path)
-    members = stored(definition, "a", record("1", "x"), record("2", "y"))
-    endpoint = Paged([ChangeSet([record("1", "changed")], cursor="c")], keys={"1"})
-    result = extract_changes(
-        definition,
-        "a",
-        endpoint,
-        "c0",
-        lambda keys: {k: members[k] for k in keys if k in members},
-        lambda: {"1", "2"},
+    ids = Ids(stored(definition, "a", record("1", "x"), record("2", "y")))
+    endpoint = Paged([ChangeSet(read, cursor="c")], keys=table)
+    return endpoint, extract_changes(definition, "a", endpoint, "c0", ids)
+
+
+def test_an_incremental_read_lists_no_keys_when_the_count_is_what_the_id_map_expects(tmp_path):
+    endpoint, result = incremental(
+        tmp_path, {"1", "2", "3"}, [record("1", "new"), record("3", "z")]
     )
+    assert sorted(r.key for r in result.changed) == ["1", "3"] and result.deleted == set()
+    assert endpoint.listed == 0
+
+
+def test_a_hard_delete_is_found_in_the_key_list_when_the_count_is_off(tmp_path):
+    endpoint, result = incremental(tmp_path, {"1"}, [record("1", "changed")])
     assert [r.key for r in result.changed] == ["1"]
     assert result.deleted == {"2"} and set(result.members) == {"1", "2"}
+    assert endpoint.listed == 1
+
+
+def test_a_hard_delete_offset_by_a_new_record_is_still_found(tmp_path):
+    endpoint, result = incremental(tmp_path, {"1", "3"}, [record("3", "new")])
+    assert result.deleted == {"2"} and endpoint.listed == 1
