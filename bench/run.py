@@ -99,12 +99,15 @@ class Sample:
 
 
 def timed(cmd: list[str], env: dict[str, str], timeout: float) -> Sample:
-    """Run ``cmd`` to completion and measure it whole (its waited-for children included)."""
+    """Run ``cmd`` to completion and measure it whole: CPU of its waited-for children
+    included, peak RSS the larger of its own and its process tree's (sampled every 0.1 s)."""
     out = tempfile.TemporaryFile()  # noqa: SIM115 - read back after the process exits
     err = tempfile.TemporaryFile()  # noqa: SIM115
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=err, cwd=ROOT)
     deadline = start + timeout
+    tree_peak = 0  # KiB: the process and its children together, sampled
+    sampled = 0.0
     while True:
         pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
         if pid:
@@ -113,6 +116,9 @@ def timed(cmd: list[str], env: dict[str, str], timeout: float) -> Sample:
             proc.kill()
             pid, status, usage = os.wait4(proc.pid, 0)
             raise RuntimeError(f"{cmd[:3]} took more than {timeout:.0f} s; killed")
+        if time.perf_counter() - sampled > 0.1:
+            tree_peak = max(tree_peak, tree_rss_kib(proc.pid))
+            sampled = time.perf_counter()
         time.sleep(0.005)
     wall = time.perf_counter() - start
     proc.returncode = os.waitstatus_to_exitcode(status)
@@ -126,9 +132,33 @@ def timed(cmd: list[str], env: dict[str, str], timeout: float) -> Sample:
     return Sample(
         wall_s=round(wall, 3),
         cpu_s=round(usage.ru_utime + usage.ru_stime, 3),
-        peak_rss_mb=round(usage.ru_maxrss / 1024, 1),
+        peak_rss_mb=round(max(usage.ru_maxrss, tree_peak) / 1024, 1),
         output=stdout,
     )
+
+
+def tree_rss_kib(root: int) -> int:
+    """Resident memory of a process and all its descendants now, in KiB (0 once gone): a
+    run that reads in worker processes is charged for them too (``wait4`` gives only the
+    largest one's peak)."""
+    parents: dict[int, int] = {}
+    rss: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/status") as status:
+                fields = dict(line.split(":", 1) for line in status if ":" in line)
+        except OSError:
+            continue
+        parents[int(entry)] = int(fields.get("PPid", "0"))
+        rss[int(entry)] = int(fields.get("VmRSS", "0 kB").split()[0])
+    tree, grew = {root}, True
+    while grew:
+        more = {pid for pid, parent in parents.items() if parent in tree} - tree
+        tree |= more
+        grew = bool(more)
+    return sum(rss.get(pid, 0) for pid in tree)
 
 
 # -- services ----------------------------------------------------------------------------

@@ -4,6 +4,11 @@ read's changes and one page, never the whole read."""
 
 from __future__ import annotations
 
+import gc
+import os
+import pickle
+import subprocess
+import sys
 from collections.abc import Iterable, Sequence
 
 from prefect import task
@@ -12,6 +17,7 @@ from tasks.common import TASK_OPTIONS, Filtered, Observed
 from tasks.echo import ECHO, UNCHANGED, Outcome, filter_echoes
 from twoway.contract import ChangeSet, Endpoint, RawRecord
 from twoway.definition import Definition
+from twoway.errors import Fatal
 from twoway.state import Member, SystemIds
 from twoway.values import canonical, values_hash
 
@@ -164,4 +170,52 @@ def extract_changes(
     )
 
 
+def extract_apart(
+    definition: Definition, system: str, cursor: str | None, reread: Sequence[str] = ()
+) -> Filtered:
+    """:func:`extract_changes` in a process of its own, with its own connections to the
+    system and the state store: a full read is CPU-bound (canonical values, hashes), so
+    the reads of several systems run at once only on several cores.
+
+    The process is a fresh ``python -m tasks.extract`` (not a multiprocessing child, which
+    would import the caller's main script again); the job and its outcome, a result or the
+    error it raised, cross its standard input and output pickled."""
+    job = pickle.dumps((definition, system, cursor, list(reread)))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    done = subprocess.run(
+        [sys.executable, "-m", "tasks.extract"], input=job, capture_output=True, env=env
+    )
+    if done.returncode != 0 or not done.stdout:
+        detail = done.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
+        raise Fatal(f"reading {system} in a process of its own failed: {detail[0]}")
+    outcome = pickle.loads(done.stdout)
+    if isinstance(outcome, BaseException):
+        raise outcome
+    return outcome
+
+
+def _extract_alone() -> None:
+    """The process :func:`extract_apart` starts: one job from stdin, its outcome to stdout."""
+    from twoway.connectors import open_endpoint
+    from twoway.state import StateStore
+
+    definition, system, cursor, reread = pickle.loads(sys.stdin.buffer.read())
+    gc.disable()  # as the run does: millions of live objects, no cycles worth a pass
+    store = StateStore(definition.state or "")
+    try:
+        with open_endpoint(definition, system) as endpoint:
+            ids = store.system_ids(definition.name, system)
+            outcome: object = extract_changes(definition, system, endpoint, cursor, ids, reread)
+    except Exception as exc:  # handed to the caller, which raises it in the run
+        outcome = exc
+    finally:
+        store.close()
+    sys.stdout.buffer.write(pickle.dumps(outcome))
+
+
 extract_changes_task = task(extract_changes, name="extract changed records", **TASK_OPTIONS)
+extract_apart_task = task(extract_apart, name="extract changed records", **TASK_OPTIONS)
+
+
+if __name__ == "__main__":
+    _extract_alone()

@@ -6,6 +6,7 @@ connectors.
 
 from __future__ import annotations
 
+import contextvars
 import gc
 import logging
 import random
@@ -13,6 +14,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -21,7 +23,7 @@ from typing import Any
 from tasks.commit import commit_state, commit_state_task, settle
 from tasks.common import Filtered
 from tasks.delta import Plan, compute_deltas, compute_deltas_task
-from tasks.extract import extract_changes, extract_changes_task
+from tasks.extract import extract_apart, extract_apart_task, extract_changes, extract_changes_task
 from tasks.idmap import map_ids, map_ids_task
 from tasks.load import confirm_unknown_creates, load_changes, load_changes_task
 from twoway.connectors import open_endpoint
@@ -53,6 +55,18 @@ class Steps:
         return wrapped.with_options(task_run_name=name)(
             *[quote(a) for a in args], **{k: quote(v) for k, v in kwargs.items()}
         )
+
+    def together(self, calls: list[tuple[Callable, Any, str, tuple[Any, ...]]]) -> list[Any]:
+        """Run several steps at once, each on a thread of its own (under Prefect, as task
+        runs of the same flow run: each thread gets a copy of the caller's context), and
+        return their results in order; the first error is raised once all have ended."""
+        with ThreadPoolExecutor(max_workers=len(calls)) as pool:
+            futures = [
+                pool.submit(contextvars.copy_context().run, self, plain, wrapped, name, *args)
+                for plain, wrapped, name, args in calls
+            ]
+            wait(futures)
+        return [f.result() for f in futures]
 
 
 @dataclass
@@ -287,6 +301,7 @@ def _run(
     due = store.due_dead_letters(sync)
     filtered: dict[str, Filtered] = {}
     known: dict[str, dict[str, Member]] = {}
+    reads = []
     for system in sorted(sources):
         cursor = None if full else store.cursor(sync, system, scope)
         # records parked before they were linked (ambiguous matches) are read again
@@ -295,21 +310,33 @@ def _run(
             for d in due
             if d["link_id"] is None and d["external_id"] and d["system"] == system
         ]
-        filtered[system] = steps(
-            extract_changes,
-            extract_changes_task,
-            f"extract {system}",
-            definition,
-            system,
-            endpoints[system],
-            cursor,
-            store.system_ids(sync, system),
-            reread,
-        )
-        known[system] = filtered[system].members
+        reads.append((system, cursor, reread))
+    if full and len(reads) > 1 and rt.endpoints is None and rt.clock is utcnow:
+        # a full reconciliation reads every system whole: one process per system (a run
+        # given its own endpoints or clock, as tests give it, reads in this process)
+        calls = [
+            (extract_apart, extract_apart_task, f"extract {s}", (definition, s, c, rr))
+            for s, c, rr in reads
+        ]
+        filtered.update(zip(sorted(sources), steps.together(calls), strict=True))
+    else:
+        for system, cursor, reread in reads:
+            filtered[system] = steps(
+                extract_changes,
+                extract_changes_task,
+                f"extract {system}",
+                definition,
+                system,
+                endpoints[system],
+                cursor,
+                store.system_ids(sync, system),
+                reread,
+            )
+    for system, read in filtered.items():
+        known[system] = read.members
         counts = report.systems[system]
-        counts["extracted"] = filtered[system].extracted
-        counts["echo_skipped"] = filtered[system].echo_skipped
+        counts["extracted"] = read.extracted
+        counts["echo_skipped"] = read.echo_skipped
 
     decided = store.decided_conflicts(sync)
     pending = {d["link_id"] for d in due if d["link_id"]} | {c["link_id"] for c in decided}

@@ -34,7 +34,7 @@ def test_two_way_flow_runs_steps_as_batched_tasks_and_publishes_a_report(tmp_pat
         assert state.is_completed()
         report = state.result()
         assert report["systems"]["s1"]["created"] == 40
-        names = sorted(r.name for r in task_runs(state.state_details.flow_run_id, expected=8))
+        names = sorted(r.name for r in task_runs(state.state_details.flow_run_id, expected=6))
         assert names == sorted(
             [
                 "extract s0",
@@ -50,6 +50,25 @@ def test_two_way_flow_runs_steps_as_batched_tasks_and_publishes_a_report(tmp_pat
         assert {"markdown", "table"} <= kinds
         md = next(a for a in artifacts if a.type == "markdown").data
         assert "| s1 | 0 | 0 | 40 |" in md
+
+
+def test_a_full_run_reads_its_systems_at_once_in_processes_of_their_own(tmp_path):
+    """A full reconciliation is CPU-bound in each read: the extract task runs of one flow
+    run overlap, each reading its system in a process of its own."""
+    with sync_rig(tmp_path) as rig:
+        for i in range(30):
+            rig.add("s0", f"f{i}@example.com", "F", f"L{i}")
+        two_way_sync(definition=str(rig.path))
+        rig.edit("s1", "f3@example.com", first_name="Changed")
+        state = two_way_sync(definition=str(rig.path), full=True, return_state=True)
+        report = state.result()
+        assert (
+            report["systems"]["s0"]["updated"] == 1 and report["systems"]["s0"]["extracted"] == 30
+        )
+        assert rig.row("s0", "f3@example.com")["first_name"] == "Changed"
+        runs = task_runs(state.state_details.flow_run_id, expected=6)
+        s0, s1 = sorted((r for r in runs if r.name.startswith("extract ")), key=lambda r: r.name)
+        assert s0.start_time < s1.end_time and s1.start_time < s0.end_time
 
 
 def test_one_way_flow_writes_only_the_target(tmp_path):

@@ -281,13 +281,13 @@ def test_a_run_pauses_the_garbage_collector_and_restores_it(tmp_path):
 def test_a_full_read_keeps_only_each_systems_changes(tmp_path):
     """A full reconciliation of a large sync must not hold every record of every system:
     what each extract step hands on is its system's changes, not its read."""
-    extracts = []
+    extracts = {}
 
     class Watching(Steps):
         def __call__(self, plain, wrapped, name, *args, **kwargs):
             result = super().__call__(plain, wrapped, name, *args, **kwargs)
             if name.startswith("extract "):
-                extracts.append(result)
+                extracts[result.system] = result
             return result
 
     with sync_rig(tmp_path) as rig:
@@ -300,5 +300,5 @@ def test_a_full_read_keeps_only_each_systems_changes(tmp_path):
     assert report.status == "completed"
     assert report.systems["s0"]["extracted"] == 30 and report.systems["s1"]["extracted"] == 30
     assert report.systems["s1"]["updated"] == 1
-    assert [len(e.changed) for e in extracts] == [1, 0]
-    assert [e.unchanged + e.echo_skipped for e in extracts] == [29, 30]
+    assert {s: len(e.changed) for s, e in extracts.items()} == {"s0": 1, "s1": 0}
+    assert {s: e.unchanged + e.echo_skipped for s, e in extracts.items()} == {"s0": 29, "s1": 30}

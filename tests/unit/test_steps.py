@@ -1,0 +1,36 @@
+"""Steps run together (twoway/engine.py ``Steps.together``): at once, results in order."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from twoway.engine import Steps
+
+
+def test_steps_together_run_at_once_and_return_in_order():
+    barrier = threading.Barrier(2, timeout=10)  # breaks unless both calls wait at once
+
+    def step(n):
+        barrier.wait()
+        return n * 10
+
+    calls = [(step, None, f"step {n}", (n,)) for n in (1, 2)]
+    assert Steps().together(calls) == [10, 20]
+
+
+def test_a_failing_step_fails_them_once_the_others_have_ended():
+    ended = []
+
+    def slow():
+        threading.Event().wait(0.2)
+        ended.append("slow")
+        return "done"
+
+    def broken():
+        raise ValueError("no")
+
+    with pytest.raises(ValueError, match="no"):
+        Steps().together([(broken, None, "broken", ()), (slow, None, "slow", ())])
+    assert ended == ["slow"]
