@@ -1,7 +1,7 @@
 """The run, step by step: lock, extract changes (echoes filtered out page by page), map
-IDs, compute deltas, load, commit state, report. The flows call :func:`run_sync` with Prefect task steps; tests and
-the randomized harness call it with plain steps, their own clock, random source, sleep and
-connectors.
+IDs, compute deltas, load, commit state, report. The flows call :func:`run_sync` with
+Prefect task steps; tests and the randomized harness call it with plain steps, their own
+clock, random source, sleep and connectors.
 """
 
 from __future__ import annotations
