@@ -15,7 +15,7 @@ from prefect import task
 
 from tasks.common import TASK_OPTIONS, Filtered, Observed
 from tasks.echo import ECHO, UNCHANGED, Outcome, filter_echoes
-from twoway.contract import ChangeSet, Endpoint, RawRecord
+from twoway.contract import ChangeSet, Endpoint, RawRecord, later_page_wins
 from twoway.definition import Definition
 from twoway.errors import Fatal
 from twoway.state import Member, SystemIds
@@ -65,12 +65,7 @@ class _Read:
         members = self.ids.members([r.key for r in records] + gone)
         outcome = filter_echoes(records, self.account, members)
         self.unkeyed += outcome.pop("", [])  # type: ignore[arg-type]
-        for key in gone:
-            self.outcome.pop(key, None)
-            self.deleted[key] = None
-        for key, result in outcome.items():
-            self.outcome[key] = result
-            self.deleted.pop(key, None)
+        later_page_wins(self.outcome, self.deleted, outcome, gone)
         for key in gone:
             if key in members:
                 self.members[key] = members[key]
@@ -129,16 +124,12 @@ def extract_changes(
     if again:
         read.page(endpoint.read(again))
     deleted = set(read.deleted)
-    if last.full:
+    # the keys the system holds: a full read's own, else its key list when the count is off
+    listed = None if last.full or read.accounts_for(endpoint) else endpoint.list_keys()
+    if last.full or listed is not None:
         live = ids.live_keys()
-        deleted |= live - read.outcome.keys()
+        deleted |= live - (read.outcome.keys() if last.full else listed)  # type: ignore[operator]
         deleted &= live | reported
-    elif not read.accounts_for(endpoint):
-        keys = endpoint.list_keys()
-        if keys is not None:
-            live = ids.live_keys()
-            deleted |= live - keys
-            deleted &= live | reported
     hard = [k for k in deleted if k not in read.members]
     if hard:
         read.members.update(ids.members(hard))

@@ -52,10 +52,24 @@ class ChangeSet:
     requests: int = 0  # calls made to the system for this read (benchmarks, reports)
 
 
+def later_page_wins(
+    said: dict[str, Any], deleted: dict[str, None], fresh: dict[str, Any], gone: Iterable[str]
+) -> None:
+    """Fold one page into what a read has said so far (``said``: key -> what earlier pages
+    held for it; ``deleted``: keys deleted): what a later page says of a key replaces what
+    an earlier one said (a record edited or deleted while the read paged comes again)."""
+    for key in gone:
+        said.pop(key, None)
+        deleted[key] = None
+    for key, value in fresh.items():
+        said.pop(key, None)
+        said[key] = value
+        deleted.pop(key, None)
+
+
 def fold_pages(pages: Iterable[ChangeSet]) -> ChangeSet:
-    """A paged read as one change set: what a later page says of a key replaces what an
-    earlier one said (a record edited or deleted while the read paged comes again); records
-    of one page that share a key stay side by side (the run parks them as ambiguous)."""
+    """A paged read as one change set (:func:`later_page_wins`); records of one page that
+    share a key stay side by side (the run parks them as ambiguous)."""
     records: dict[str, list[RawRecord]] = {}
     deleted: dict[str, None] = {}
     last = ChangeSet(records=[])
@@ -64,13 +78,7 @@ def fold_pages(pages: Iterable[ChangeSet]) -> ChangeSet:
         fresh: dict[str, list[RawRecord]] = {}
         for record in page.records:
             fresh.setdefault(record.key, []).append(record)
-        for key in page.deleted:
-            records.pop(key, None)
-            deleted[key] = None
-        for key, same in fresh.items():
-            records.pop(key, None)
-            records[key] = same
-            deleted.pop(key, None)
+        later_page_wins(records, deleted, fresh, page.deleted)
         requests += page.requests
         last = page
     return ChangeSet(

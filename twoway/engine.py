@@ -318,7 +318,7 @@ def _run(
             (extract_apart, extract_apart_task, f"extract {s}", (definition, s, c, rr))
             for s, c, rr in reads
         ]
-        filtered.update(zip(sorted(sources), steps.together(calls), strict=True))
+        filtered.update(zip([s for s, _, _ in reads], steps.together(calls), strict=True))
     else:
         for system, cursor, reread in reads:
             filtered[system] = steps(
