@@ -25,6 +25,7 @@ from pydantic import Field, PrivateAttr
 
 from blocks.base import EndpointBlock, RetryHooksMixin
 from blocks.credentials import IntegrationAccountCredentials
+from twoway import jsontext
 from twoway.contract import (
     ChangeSet,
     Create,
@@ -611,7 +612,7 @@ def _parse_body(response: httpx.Response, where: str) -> Any:
     if not content.strip():
         return None
     try:
-        return json.loads(content)
+        return jsontext.loads(content)
     except (ValueError, UnicodeDecodeError) as exc:
         status = response.status_code
         kind = response.headers.get("content-type", "").split(";")[0].strip() or "no content type"

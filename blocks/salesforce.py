@@ -35,7 +35,7 @@ from pydantic import Field, PrivateAttr
 
 from blocks.base import EndpointBlock, OutcomeUnknown, RetryHooksMixin
 from blocks.credentials import IntegrationAccountCredentials
-from twoway import sfid
+from twoway import jsontext, sfid
 from twoway.contract import (
     ChangeSet,
     Create,
@@ -642,7 +642,7 @@ class SalesforceObject(RetryHooksMixin, EndpointBlock):
 
 def _json_or_none(reply: httpx.Response) -> Any:
     try:
-        return reply.json() if reply.content.strip() else None
+        return jsontext.loads(reply.content) if reply.content.strip() else None
     except ValueError:
         return None
 

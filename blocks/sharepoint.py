@@ -24,6 +24,7 @@ from pydantic import Field, PrivateAttr, field_validator
 
 from blocks.base import EndpointBlock, OutcomeUnknown
 from blocks.credentials import IntegrationAccountCredentials
+from twoway import jsontext
 from twoway.contract import (
     ChangeSet,
     Create,
@@ -453,7 +454,7 @@ class SharePointList(EndpointBlock):
             if url in seen:
                 raise Fatal(f"{self._where()}: the item pages repeat a next link")
             seen.add(url)
-            page = self._call("GET", url, params=params).json()
+            page = jsontext.loads(self._call("GET", url, params=params).content)
             requests += 1
             records: dict[str, RawRecord] = {}
             for item in page.get("value", []):
@@ -485,7 +486,7 @@ class SharePointList(EndpointBlock):
             requests = 1
             if response.status_code == 410:
                 raise _DeltaGone()
-            page = response.json()
+            page = jsontext.loads(response.content)
             latest: dict[str, dict[str, Any]] = {}
             deleted: dict[str, None] = {}
             for item in page.get("value", []):

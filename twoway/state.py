@@ -29,6 +29,7 @@ from sqlalchemy.engine import make_url
 
 from twoway.contract import chunks
 from twoway.errors import AlreadyRunning, Fatal
+from twoway.jsontext import sorted_json
 from twoway.sqlbulk import insert_missing_rows, upsert_rows
 
 metadata = sa.MetaData()
@@ -190,12 +191,9 @@ def _naive(when: datetime) -> datetime:
     return when.astimezone(UTC).replace(tzinfo=None) if when.tzinfo else when
 
 
-_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
 def _dumps(value: Any) -> str:
     """Stored JSON: compact, keys sorted (equal values store as equal text)."""
-    return _ENCODER.encode(value)
+    return sorted_json(value).decode("utf-8", "surrogatepass")
 
 
 @dataclass(slots=True)

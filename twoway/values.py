@@ -5,7 +5,6 @@ whatever system it was read from (NFC text, UTC timestamps, exact numbers).
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import unicodedata
 from collections.abc import Mapping
@@ -13,6 +12,8 @@ from datetime import UTC, date, datetime, time
 from decimal import Decimal
 from functools import lru_cache
 from typing import Any
+
+from twoway.jsontext import sorted_json
 
 TIMESTAMP_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
 #: integers longer than this stay exact as digit strings (Python refuses int <-> str past 4300)
@@ -118,10 +119,6 @@ def canonical_record(values: Mapping[str, Any]) -> dict[str, Any]:
     return {name: canonical(v) for name, v in values.items()}
 
 
-def values_hash(values: Mapping[str, Any]) -> str:
+def values_hash(values: dict[str, Any]) -> str:
     """A stable hash of canonical values (field order does not matter)."""
-    text = _ENCODER.encode(values)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
-
-
-_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(sorted_json(values)).hexdigest()[:32]
