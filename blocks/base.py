@@ -49,6 +49,10 @@ class EndpointBlock(Block, Endpoint, abc.ABC):
     #: copy sent to another process opens its own connection instead of a dead one
     _fresh_when_pickled: ClassVar[dict[str, Any]] = {}
 
+    def reads_ahead(self) -> bool:
+        """A block's client (httpx, a pooled SQLAlchemy engine) serves any thread."""
+        return True
+
     @classmethod
     def from_definition(cls, name: str, system: SystemBase, columns: list[str]) -> Self:
         """The endpoint for one system of a definition.

@@ -125,6 +125,10 @@ class SqlTable(EndpointBlock):
             self._engine = sa.create_engine(url, **kwargs)
         return self._engine
 
+    def reads_ahead(self) -> bool:
+        """Not for an in-memory SQLite database: each thread would open a database of its own."""
+        return not isinstance(self.engine().pool, sa.pool.SingletonThreadPool)
+
     def sa_table(self) -> sa.Table:
         """The reflected table; a clear error when it does not exist."""
         if self._table is None:

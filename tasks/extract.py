@@ -15,7 +15,7 @@ from prefect import task
 
 from tasks.common import TASK_OPTIONS, Filtered, Observed
 from tasks.echo import ECHO, UNCHANGED, Outcome, filter_echoes
-from twoway.contract import ChangeSet, Endpoint, RawRecord, later_page_wins
+from twoway.contract import ChangeSet, Endpoint, RawRecord, later_page_wins, read_ahead
 from twoway.definition import Definition
 from twoway.errors import Fatal
 from twoway.state import Member, SystemIds
@@ -114,7 +114,8 @@ def extract_changes(
     reported: set[str] = set()
     requests = 0
     last = ChangeSet(records=[], cursor=cursor)  # a read of no page changes nothing
-    for page in endpoint.read_pages(cursor):
+    pages = endpoint.read_pages(cursor)
+    for page in read_ahead(pages) if endpoint.reads_ahead() else pages:
         read.page(page.records, page.deleted)
         page.records = []
         reported.update(page.deleted)

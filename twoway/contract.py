@@ -15,10 +15,12 @@ Glossary:
 from __future__ import annotations
 
 import abc
+import contextvars
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from twoway.errors import SyncError
 
@@ -90,6 +92,29 @@ def fold_pages(pages: Iterable[ChangeSet]) -> ChangeSet:
     )
 
 
+T = TypeVar("T")
+_END = object()
+
+
+def read_ahead(pages: Iterator[T]) -> Iterator[T]:
+    """The items of ``pages``, each next one fetched on a thread of its own while the caller
+    works on the one it has: the time a system takes to serve a page overlaps the time the
+    run takes to process the last one. At most two pages are held; an error raised
+    fetching a page is raised where the caller asks for it, as it would be without."""
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="twoway-read-ahead")
+    context = contextvars.copy_context()  # the run's logger and settings, on the thread too
+    try:
+        pending = pool.submit(context.run, next, pages, _END)
+        while (page := pending.result()) is not _END:
+            pending = pool.submit(context.run, next, pages, _END)
+            yield page
+    finally:
+        pool.shutdown(wait=True)  # a page still on its way arrives and is dropped
+        close = getattr(pages, "close", None)
+        if close is not None:
+            close()
+
+
 @dataclass(frozen=True, slots=True)
 class Create:
     """Create a record; ``ref`` is the link id, usable as an idempotency key."""
@@ -154,6 +179,11 @@ class Endpoint(abc.ABC):
         not the whole read. A key in a later page replaces what an earlier page said of it.
         Every page carries the read's ``full``; the last page's ``cursor`` is the one to
         store. At least one page comes, empty when nothing changed."""
+
+    def reads_ahead(self) -> bool:
+        """Whether :meth:`read_pages` may fetch its next page on another thread while the
+        run works on a page (:func:`read_ahead`): the endpoint's client serves any thread."""
+        return False
 
     def read_changes(self, cursor: str | None) -> ChangeSet:
         """The whole read as one change set (:func:`fold_pages` of :meth:`read_pages`)."""

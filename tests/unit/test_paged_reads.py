@@ -5,9 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
+import pytest
+
 from tasks.extract import canonicalise, extract_changes
-from twoway.contract import ChangeSet, Endpoint, RawRecord, fold_pages
+from twoway.contract import ChangeSet, Endpoint, RawRecord, fold_pages, read_ahead
 from twoway.definition import load_definition
+from twoway.errors import Retriable
 from twoway.state import Member
 
 DEFINITION = """\
@@ -173,3 +176,63 @@ def test_a_hard_delete_is_found_in_the_key_list_when_the_count_is_off(tmp_path):
 def test_a_hard_delete_offset_by_a_new_record_is_still_found(tmp_path):
     endpoint, result = incremental(tmp_path, {"1", "3"}, [record("3", "new")])
     assert result.deleted == {"2"} and endpoint.listed == 1
+
+
+def test_the_next_page_is_fetched_while_the_caller_works_on_one():
+    """read_ahead: the second page is asked for before the caller is done with the first,
+    on another thread that sees the caller's context."""
+    import contextvars
+    import threading
+
+    marker = contextvars.ContextVar("marker", default="unset")
+    marker.set("the run's")
+    asked = threading.Event()
+    seen: list[tuple[str, str]] = []
+
+    def pages() -> Iterator[int]:
+        for n in range(3):
+            seen.append((threading.current_thread().name, marker.get()))
+            if n == 1:
+                asked.set()
+            yield n
+
+    got = []
+    for page in read_ahead(pages()):
+        if page == 0:
+            assert asked.wait(5), "page 2 was not asked for while page 1 was worked on"
+        got.append(page)
+    assert got == [0, 1, 2]
+    assert all(
+        name.startswith("twoway-read-ahead") and value == "the run's" for name, value in seen
+    )
+
+
+def test_an_error_fetching_a_page_reaches_the_caller_after_the_pages_before_it():
+    def pages() -> Iterator[int]:
+        yield 1
+        raise Retriable("the service went away")
+
+    got = []
+    with pytest.raises(Retriable, match="went away"):
+        for page in read_ahead(pages()):
+            got.append(page)
+    assert got == [1]
+
+
+def test_a_read_left_early_closes_its_pages_once_the_page_on_its_way_arrived():
+    closed: list[bool] = []
+    fetched: list[int] = []
+
+    def pages() -> Iterator[int]:
+        try:
+            for n in range(10):
+                fetched.append(n)
+                yield n
+        finally:
+            closed.append(True)
+
+    for page in read_ahead(pages()):
+        if page == 1:
+            break
+    assert closed == [True]
+    assert fetched == [0, 1, 2]  # one page ahead, never more
