@@ -8,7 +8,6 @@ compare-and-set on ``modified_at`` so a concurrent edit is never overwritten.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -34,6 +33,7 @@ from twoway.contract import (
 from twoway.definition import SqlSystem
 from twoway.errors import Fatal, PreconditionFailed, Retriable, Skippable
 from twoway.sqlbulk import insert_rows
+from twoway.uuid7 import TimeOrderedIds
 from twoway.values import format_timestamp, parse_timestamp
 
 
@@ -467,7 +467,7 @@ class SqlTable(EndpointBlock):
         )
         params = []
         kinds, key_name = self._converted_columns(), self.key
-        fresh = _random_keys(len(rows)) if generated else iter(())
+        fresh = iter(_NEW_KEYS.many(len(rows))) if generated else iter(())
         for values in rows:
             row = {**self._native(values, kinds), **stamps}
             if generated and key_name not in row:
@@ -643,11 +643,9 @@ def _fits(types: dict[str, tuple[type, ...]], row: dict[str, Any]) -> bool:
     return True
 
 
-def _random_keys(count: int) -> Iterator[str]:
-    """``count`` new text keys, 32 random hex digits each (as ``uuid4().hex`` makes them,
-    version bits aside), from one read of the system's random source instead of one each."""
-    digits = os.urandom(16 * count).hex()
-    return (digits[i : i + 32] for i in range(0, 32 * count, 32))
+_NEW_KEYS = TimeOrderedIds()
+"""Keys for new rows of tables whose key the database does not make: UUIDv7 hex, so a
+table's key index takes them at its end (see :mod:`twoway.uuid7`)."""
 
 
 class _BatchFailed(Exception):

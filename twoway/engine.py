@@ -32,6 +32,7 @@ from twoway.definition import Definition
 from twoway.errors import AlreadyRunning, MassChangeRefused, TwowayError
 from twoway.retry import RetryPolicy
 from twoway.state import Intent, Member, StateChanges, StateStore
+from twoway.uuid7 import TimeOrderedIds
 from twoway.values import values_hash
 
 SCOPE_ALL = "*"
@@ -340,7 +341,7 @@ def _run(
 
     decided = store.decided_conflicts(sync)
     pending = {d["link_id"] for d in due if d["link_id"]} | {c["link_id"] for c in decided}
-    new_link = lambda: uuid.UUID(int=rt.rng.getrandbits(128)).hex  # noqa: E731
+    new_link = TimeOrderedIds(rt.clock, rt.rng)  # appended at the end of the ID map's indexes
     mapping = steps(
         map_ids,
         map_ids_task,
