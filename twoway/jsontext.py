@@ -18,9 +18,10 @@ import orjson
 _SORTED = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 #: value types orjson writes as the standard library does (all but some small floats)
 _FLAT = frozenset({str, int, float, bool, type(None)})
-#: where orjson writes a float below 1e-4 otherwise (0.00001 for 1e-05, 1e-7 for 1e-07);
-#: text that holds one of these anywhere is written by the standard library
-_SMALL_FLOATS = (b"0.0000", b"e-5", b"e-6", b"e-7", b"e-8", b"e-9")
+#: where orjson writes a float below 1e-4 otherwise (0.00001 for 1e-05, 1e-7 for 1e-07):
+#: a value of a flat dict follows ":"; text that holds one of these anywhere (in a string
+#: too) is written by the standard library
+_SMALL_FLOATS = (b":0.0000", b":-0.0000", b"e-5", b"e-6", b"e-7", b"e-8", b"e-9")
 #: digits to "0", the point kept, every other byte to " ": an integer of 19 digits or more
 #: (orjson reads those as floats) is then " " and 19 zeros; a fraction's digits follow "."
 _NUMBER_SHAPES = bytes(

@@ -64,6 +64,20 @@ def test_the_values_orjson_writes_differently_take_the_standard_librarys_path(va
     assert sorted_json(value) == stdlib_text(value)
 
 
+def test_a_common_record_is_written_by_orjson(monkeypatch):
+    """Timestamps, decimals and e-mail addresses do not send a record to the slow path."""
+    import twoway.jsontext
+
+    class Refuse:
+        def encode(self, value):
+            raise AssertionError(f"the standard library wrote {value!r}")
+
+    monkeypatch.setattr(twoway.jsontext, "_SORTED", Refuse())
+    record = {"at": "2024-04-16 12:00:00.000000", "n": 9655.18, "x": 0.0025914796707647847}
+    record |= {"mail": "ann-7@example.org", "ok": True, "none": None, "big": 2**63 - 1}
+    assert sorted_json(record) == stdlib_text(record)
+
+
 def test_the_values_hash_is_the_one_stores_already_hold():
     """Hashes made before the fast path (sha256 of the standard library's sorted text)."""
     import hashlib
