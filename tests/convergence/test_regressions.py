@@ -170,6 +170,36 @@ LOST_ANSWER_COPY_EDITED = (
 )
 
 
+# a create's answer is lost and a person edits the copy before the run reads it back: the
+# run cannot know the copy as its own, so the copy's values are ambiguous (the harness
+# once expected the run to recognise it)
+COPY_EDITED_BEFORE_READ_BACK = (
+    ThreeSystems,
+    """
+    start(records=11, seed=526)
+    person_creates(side=2)
+    clock_skew(behind=0.0, side=0)
+    clock_skew(behind=0.0, side=0)
+    crash_after_write(step='load s0')
+    run_while_people_edit()
+    run_again()
+    run_again()
+    clock_skew(behind=1.0, side=2)
+    person_edits(field='first_name', pick=49, side=0)
+    crash_run(after=False, step='load s0')
+    clock_skew(behind=1.0, side=1)
+    run_while_people_edit()
+    clock_skew(behind=1.0, side=1)
+    person_deletes(pick=5, side=0)
+    run_while_people_edit()
+    people_edit_one_record_on_both_sides(fields=['first_name', 'email', 'last_name'], pick=33)
+    person_edits(field='email', pick=29, side=0)
+    person_creates(side=1)
+    person_creates(side=1)
+    """,
+)
+
+
 # a run dies after overwriting a conflict's loser: the conflict log must survive it
 CONFLICT_LOG_SURVIVES_A_CRASH = (
     SyncMachine,
@@ -227,6 +257,7 @@ SALESFORCE_CREATE_SENT_AGAIN_AFTER_LOST_ANSWER = (
         PARKED_CREATE_RETRIED_AFTER_BACKOFF,
         LOST_ANSWER_COPY_EDITED,
         CONFLICT_LOG_SURVIVES_A_CRASH,
+        COPY_EDITED_BEFORE_READ_BACK,
         GRAPH_CREATE_SENT_AGAIN_AFTER_LOST_ANSWER,
         SALESFORCE_CREATE_SENT_AGAIN_AFTER_LOST_ANSWER,
     ],
@@ -236,6 +267,7 @@ SALESFORCE_CREATE_SENT_AGAIN_AFTER_LOST_ANSWER = (
         "parked-create-retried",
         "lost-answer-copy-edited",
         "conflict-log-survives-a-crash",
+        "copy-edited-before-read-back",
         "graph-create-sent-again-after-lost-answer",
         "salesforce-create-sent-again-after-lost-answer",
     ],

@@ -500,7 +500,13 @@ class World:
             self._log(system, key, {fname: value})
 
     def committed(self) -> None:
-        """A run committed its state: the creates it applied are known."""
+        """A run committed its state: the creates it applied are known, except those whose
+        answer was lost and that the run did not find again: a person who touched one of
+        those while the run went on edited a copy twoway cannot know of (ambiguous)."""
+        linked = {(r.system, r.external_id) for r in self.id_rows() if r.deleted_at is None}
+        for copy, values in self.touched.items():
+            if copy in self.unconfirmed_keys and copy not in linked:
+                self.ambiguous_values |= values
         self.uncommitted.clear()
         self.touched.clear()
 
