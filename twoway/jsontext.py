@@ -3,7 +3,7 @@
 Every read page is decoded and every record's values are encoded (for their hash and for the
 state store), so JSON is much of a large read's work. orjson (which Prefect depends on) is
 several times faster than the standard library but not identical: it writes 1e-05 as
-0.00001, fails on integers past 64 bits and reads integers of 20 digits or more as floats.
+0.00001, fails on integers past 64 bits and reads integers past 64 bits as floats.
 These functions use it only where its answer is the standard library's, byte for byte and
 value for value, and the standard library everywhere else, so stored hashes never change.
 """
