@@ -109,6 +109,31 @@ def test_rows_stored_as_sent_are_not_read_back_and_others_are(tmp_path):
         assert conn.exec_driver_sql("SELECT count(*) FROM items").scalar() == 53
 
 
+def test_a_create_leaving_out_columns_without_a_default_is_not_read_back(tmp_path):
+    """A create carries only the fields that have a value; the columns it leaves out read
+    back as NULL unless they have a default (updated_by here: it is stamped)."""
+    engine, endpoint = _table(tmp_path / "t.db")
+    sparse = [{"t": "only text"}, {"i": 3, "b": False}, {}]
+    with endpoint:
+        endpoint.write([Create(ref="warm-up", values=CASES[0])])
+        selects = _selects(endpoint.engine())
+        results = endpoint.write([Create(ref=f"l{n}", values=v) for n, v in enumerate(sparse)])
+        read_back = list(selects)
+        reads = {r.key: r for r in endpoint.read([r.key for r in results])}
+    assert read_back == []
+    assert results[0].values == {
+        "t": "only text",
+        "i": None,
+        "r": None,
+        "b": None,
+        "d": None,
+        "n": None,
+    }
+    for result in results:
+        assert result.values == reads[result.key].values
+        assert result.version == reads[result.key].version
+
+
 def test_a_trigger_on_the_table_means_every_row_is_read_back(tmp_path):
     engine, endpoint = _table(
         tmp_path / "t.db",
