@@ -4,7 +4,9 @@ Tables (every row carries the sync's name, so one database can serve many syncs)
 
 - ``id_map``: one row per record we know in a system: ``(sync, system, external_id) ->
   link_id``, with what we last saw or wrote there (``seen`` values, their hash and the
-  record's version), and ``deleted_at`` once the record is gone (a tombstone).
+  record's version), and ``deleted_at`` once the record is gone (a tombstone). ``seen`` is
+  ``"="`` where the values are the link's merge base (most records of a converged link; the
+  base leaves out empty fields, so ``=["f1", ...]`` names the fields the record has empty).
 - ``shadow``: one row per link: the last converged canonical values (the merge base), the
   hash of its ``match_on`` values, and ``deleted_at`` when the link was deleted.
 - ``cursors``, ``conflicts``, ``dead_letters``, ``runs``, ``leases``.
@@ -140,6 +142,11 @@ leases = sa.Table(
 )
 
 
+#: each record's row with its link's merge base beside it (``seen`` may refer to the base)
+_WITH_BASE = id_map.outerjoin(
+    shadow, sa.and_(shadow.c.sync == id_map.c.sync, shadow.c.link_id == id_map.c.link_id)
+)
+
 intents = sa.Table(
     "intents",
     metadata,
@@ -176,12 +183,18 @@ def _no_base_hash(conn: sa.Connection) -> None:
         conn.exec_driver_sql("ALTER TABLE shadow DROP COLUMN base_hash")
 
 
+def _seen_refers_to_base(conn: sa.Connection) -> None:
+    """Version 5: a record's ``seen`` may refer to its link's merge base (``"="``: the values
+    are no longer stored twice). Nothing to convert; an older twoway must not read the store."""
+
+
 #: ordered schema migrations; number N brings a store from version N-1 to N
 MIGRATIONS: list[Callable[[sa.Connection], None]] = [
     _initial,
     _intent_log,
     _live_index,
     _no_base_hash,
+    _seen_refers_to_base,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -189,6 +202,38 @@ SCHEMA_VERSION = len(MIGRATIONS)
 def _naive(when: datetime) -> datetime:
     """UTC without tzinfo: the form stored in every DateTime column of the state."""
     return when.astimezone(UTC).replace(tzinfo=None) if when.tzinfo else when
+
+
+#: ``id_map.seen`` of a record whose values are its link's merge base, followed by a JSON
+#: list of the fields the record has empty and the base leaves out, if any
+SAME_AS_BASE = "="
+
+
+def _as_base(seen: dict[str, Any], base: dict[str, Any] | None) -> str | None:
+    """``seen`` as a reference to ``base`` when it holds the same values (the base leaves
+    out empty fields: those are listed), else None."""
+    if base is None:
+        return None
+    if len(seen) == len(base):
+        return SAME_AS_BASE if seen == base else None
+    empty = [f for f, v in seen.items() if v is None and f not in base]
+    if len(seen) != len(base) + len(empty) or seen != {**base, **dict.fromkeys(empty)}:
+        return None
+    return SAME_AS_BASE + _dumps(empty)
+
+
+def _seen_values(seen: str | None, base: str | None) -> dict[str, Any] | None:
+    """A stored ``seen`` as values, a reference to the link's base (JSON text) resolved."""
+    if seen is None:
+        return None
+    if not seen.startswith(SAME_AS_BASE):
+        return json.loads(seen)
+    if base is None:
+        return None  # no base to refer to: the values are unknown (the run reads the record)
+    values = json.loads(base)
+    if seen != SAME_AS_BASE:
+        values.update(dict.fromkeys(json.loads(seen[1:])))
+    return values
 
 
 def _dumps(value: Any) -> str:
@@ -344,7 +389,11 @@ class StateStore:
         out: dict[str, list[Member]] = {}
         with self.engine.connect() as conn:
             for part in chunks(list(link_ids), 500):
-                query = sa.select(id_map).where(id_map.c.sync == sync, id_map.c.link_id.in_(part))
+                query = (
+                    sa.select(id_map, shadow.c.base)
+                    .select_from(_WITH_BASE)
+                    .where(id_map.c.sync == sync, id_map.c.link_id.in_(part))
+                )
                 for row in conn.execute(query):
                     out.setdefault(row.link_id, []).append(_member(row))
         return out
@@ -562,11 +611,43 @@ class StateStore:
     def commit(self, sync: str, changes: StateChanges, run_id: str | None = None) -> None:
         """Write a run's observations in one transaction: all of them or none."""
         now = self.now()
+        links = list({link.link_id: link for link in changes.links}.values())
+        base_of = {link.link_id: link.base for link in links}
         with self.engine.begin() as conn:
-            # the records of a link and its merge base mostly hold the same values: each
-            # distinct value set is encoded once (by its hash, or compared with the link's)
-            # rows go in parts of a few thousand, so a large run never holds them all at once
-            seen_of_link: dict[str, tuple[dict[str, Any], str]] = {}
+            # a record stored as "its link's base" keeps the values it has now when the base
+            # moves without it (its own row is not in this commit)
+            for part in chunks(list(base_of), 500):
+                referring = conn.execute(
+                    sa.select(id_map.c.system, id_map.c.external_id, id_map.c.seen, shadow.c.base)
+                    .select_from(_WITH_BASE)
+                    .where(
+                        id_map.c.sync == sync,
+                        id_map.c.link_id.in_(part),
+                        id_map.c.seen.like(SAME_AS_BASE + "%"),
+                    )
+                ).all()
+                if referring:
+                    conn.execute(
+                        id_map.update()
+                        .where(
+                            id_map.c.sync == sync,
+                            id_map.c.system == sa.bindparam("s_system"),
+                            id_map.c.external_id == sa.bindparam("s_key"),
+                        )
+                        .values(seen=sa.bindparam("s_seen")),
+                        [
+                            {
+                                "s_system": system,
+                                "s_key": key,
+                                "s_seen": None if values is None else _dumps(values),
+                            }
+                            for system, key, seen, base in referring
+                            for values in [_seen_values(seen, base)]
+                        ],
+                    )
+            # the records of a link mostly hold its merge base: those are stored as "=", the
+            # others' values encoded once per distinct set (by hash); rows go in parts of a
+            # few thousand, so a large run never holds them all at once
             members = list({(m.system, m.external_id): m for m in changes.members}.values())
             for part in chunks(members, 5000):
                 text_of: dict[str, str] = {}  # a link's records sit together in a part
@@ -574,12 +655,13 @@ class StateStore:
                 for m in part:
                     seen = None
                     if m.seen is not None:
-                        seen = text_of.get(m.seen_hash) if m.seen_hash else None
+                        seen = _as_base(m.seen, base_of.get(m.link_id))
+                        if seen is None and m.seen_hash:
+                            seen = text_of.get(m.seen_hash)
                         if seen is None:
                             seen = _dumps(m.seen)
                             if m.seen_hash:
                                 text_of[m.seen_hash] = seen
-                        seen_of_link[m.link_id] = (m.seen, seen)
                     member_rows.append(
                         {
                             "sync": sync,
@@ -593,16 +675,14 @@ class StateStore:
                         }
                     )
                 upsert_rows(conn, id_map, member_rows)
-            links = list({link.link_id: link for link in changes.links}.values())
             for part in chunks(links, 5000):
                 link_rows = []
                 for link in part:
-                    same = seen_of_link.get(link.link_id)
                     link_rows.append(
                         {
                             "sync": sync,
                             "link_id": link.link_id,
-                            "base": same[1] if same and same[0] == link.base else _dumps(link.base),
+                            "base": _dumps(link.base),
                             "match_key": link.match_key,
                             "deleted_at": link.deleted_at,
                             "updated_at": now,
@@ -837,11 +917,12 @@ class StateStore:
 
 
 def _member(row: sa.Row) -> Member:
+    """A whole id_map row (with its link's ``base`` joined) as a member."""
     return Member(
         system=row.system,
         external_id=row.external_id,
         link_id=row.link_id,
-        seen=json.loads(row.seen) if row.seen is not None else None,
+        seen=_seen_values(row.seen, row.base),
         seen_hash=row.seen_hash,
         version=row.version,
         deleted_at=row.deleted_at,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -39,7 +40,7 @@ def test_a_version_3_store_loses_the_base_hash_column_and_keeps_its_links(store)
     store.commit(sync, StateChanges(links=[Link("L1", {"x": 1}, "mk", None)]))
     with store.engine.begin() as conn:  # the shape a version 3 store has
         conn.execute(sa.text("alter table shadow add column base_hash varchar(32)"))
-        conn.execute(sa.text("delete from twoway_schema where version = 4"))
+        conn.execute(sa.text("delete from twoway_schema where version >= 4"))
     assert StateStore(store.url).migrate() == 3
     with store.engine.connect() as conn:
         columns = {c["name"] for c in sa.inspect(conn).get_columns("shadow")}
@@ -83,6 +84,56 @@ def test_commit_is_all_or_nothing(store):
     assert store.cursor(sync, "a", "*") == "c1"
     assert set(store.members_by_key(sync, "a", ["1", "2"])) == {"1"}
     assert set(store.links(sync, ["L1", "L2"])) == {"L1"}
+
+
+def test_a_record_holding_its_links_base_is_stored_once_and_keeps_its_values_as_it_moves(store):
+    sync, other = f"s{uuid.uuid4().hex[:6]}", f"o{uuid.uuid4().hex[:6]}"
+
+    def member(system, key, seen, deleted_at=None):
+        return Member(system, key, "L1", seen, f"h{seen}", "v", deleted_at)
+
+    gone = datetime(2026, 1, 1)
+    store.commit(
+        sync,
+        StateChanges(
+            members=[member("a", "1", {"x": 1}), member("b", "2", {"x": 1, "y": None}, gone)]
+            + [member("c", "3", {"x": 9}), member("d", "4", {"x": None})],
+            links=[Link("L1", {"x": 1}, None, None)],
+        ),
+    )
+    store.commit(
+        other,
+        StateChanges(
+            members=[member("a", "1", {"x": 7})], links=[Link("L1", {"x": 7}, None, None)]
+        ),
+    )
+    with store.engine.connect() as conn:
+        stored = dict(
+            conn.execute(
+                sa.text("select system, seen from id_map where sync = :s"), {"s": sync}
+            ).all()
+        )
+    # the base leaves out empty fields: b's empty y is listed; d's x differs from the base
+    assert stored["a"] == "=" and stored["b"] == '=["y"]'
+    assert json.loads(stored["c"]) == {"x": 9} and json.loads(stored["d"]) == {"x": None}
+
+    def seen() -> dict[str, dict]:
+        return {m.system: m.seen for m in store.members_of(sync, ["L1"])["L1"]}
+
+    assert seen() == {"a": {"x": 1}, "b": {"x": 1, "y": None}, "c": {"x": 9}, "d": {"x": None}}
+    # the base moves with a's record only: b and c keep the values they had
+    store.commit(
+        sync,
+        StateChanges(
+            members=[member("a", "1", {"x": 2})], links=[Link("L1", {"x": 2}, None, None)]
+        ),
+    )
+    assert seen() == {"a": {"x": 2}, "b": {"x": 1, "y": None}, "c": {"x": 9}, "d": {"x": None}}
+    store.commit(sync, StateChanges(links=[Link("L1", {"x": 3}, None, None)]))
+    assert seen() == {"a": {"x": 2}, "b": {"x": 1, "y": None}, "c": {"x": 9}, "d": {"x": None}}
+    assert store.links(sync, ["L1"])["L1"].base == {"x": 3}
+    # another sync's link of the same id is its own
+    assert [m.seen for m in store.members_of(other, ["L1"])["L1"]] == [{"x": 7}]
 
 
 def test_intents_add_new_records_and_leave_a_tombstone_on_the_same_key(store):
