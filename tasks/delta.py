@@ -100,6 +100,7 @@ def compute_deltas(
         for fname, fmap in definition.field_maps.items()
     ]
     creates = _create_specs(definition)
+    renames = _renames(definition)
     proposable = {s: [f for f, _, who, _ in specs if s in who] for s in definition.systems}
     if decisions:  # a field a person settled takes the full path below
         proposable = {}
@@ -230,7 +231,7 @@ def compute_deltas(
         lp.match_key = (
             match_key(definition, {**base, **lp.proposed}) if definition.match_on else None
         )
-        _plan_writes(definition, plan, lp, live, tombstoned, targets, creates)
+        _plan_writes(definition, plan, lp, live, tombstoned, targets, creates, renames)
     return plan
 
 
@@ -286,26 +287,26 @@ def _plan_writes(
     tombstoned: set[str],
     targets: set[str],
     creates: dict[str, list[tuple[str, str, str | None, set]]],
+    renames: dict[str, dict[str, str] | None],
 ) -> None:
     needed = set().union(*lp.needs.values())  # systems some field must be written to
     for system, member in live.items():
         if system not in needed:
             continue
         fields = {f: lp.proposed[f] for f, need in lp.needs.items() if system in need}
-        columns = definition.fields_of(system)
         version = lp.observed[system].version if system in lp.observed else member.version
         plan.ops[system].append(
             PlannedOp(
                 lp.link_id,
                 system,
-                Update(member.external_id, {columns[f]: v for f, v in fields.items()}, version),
+                Update(member.external_id, _by_column(renames[system], fields), version),
                 fields=fields,
                 before={f: lp.current[system].get(f) for f in fields},
             )
         )
     if not lp.current:
         return
-    merged = {**lp.base, **lp.proposed}
+    merged = {**lp.base, **lp.proposed} if lp.base else lp.proposed
     current = lp.current
     holders = current.keys()
     for system in definition.systems:
@@ -325,19 +326,36 @@ def _plan_writes(
         }
         if not fields:
             continue
-        columns = definition.fields_of(system)
         needs = lp.needs
         for fname in fields:
             needs[fname] = _plus(needs.get(fname, _NOBODY), system)
-        lp.proposed = {**fields, **lp.proposed}  # values already proposed stay
+        if not fields.keys() <= lp.proposed.keys():
+            lp.proposed = {**fields, **lp.proposed}  # values already proposed stay
         plan.ops[system].append(
             PlannedOp(
                 lp.link_id,
                 system,
-                Create(lp.link_id, {columns[f]: v for f, v in fields.items()}),
+                Create(lp.link_id, _by_column(renames[system], fields)),
                 fields=fields,
             )
         )
+
+
+def _renames(definition: Definition) -> dict[str, dict[str, str] | None]:
+    """Per system, field -> column; None where every field is named as its column."""
+    out: dict[str, dict[str, str] | None] = {}
+    for system in definition.systems:
+        columns = definition.fields_of(system)
+        out[system] = None if all(f == c for f, c in columns.items()) else columns
+    return out
+
+
+def _by_column(renames: dict[str, str] | None, fields: dict[str, Any]) -> dict[str, Any]:
+    """Field values keyed by the system's column names: the same dict where every field is
+    named as its column (no second copy of each planned record's values)."""
+    if renames is None:
+        return fields
+    return {renames[f]: v for f, v in fields.items()}
 
 
 compute_deltas_task = task(compute_deltas, name="compute field deltas", **TASK_OPTIONS)
