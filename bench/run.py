@@ -240,10 +240,12 @@ def start_collection(n: int, work: Path) -> tuple[Service, str]:
     return service, base
 
 
-def start_saas(kind: str, work: Path) -> tuple[Service, str]:
-    """The Graph (``sharepoint``) or Salesforce simulator in its own process (bench/saas.py)."""
+def start_saas(kind: str, work: Path, latency_ms: float = 0.0) -> tuple[Service, str]:
+    """The Graph (``sharepoint``) or Salesforce simulator in its own process (bench/saas.py),
+    every answer delayed by ``latency_ms``."""
     port = free_port()
     cmd = [sys.executable, str(HERE / "saas.py"), kind, "--port", str(port)]
+    cmd += ["--latency-ms", str(latency_ms)]
     env = {**os.environ, "BENCH_CLIENT_SECRET": CLIENT_SECRET}
     service = Service(cmd, env, work / f"{kind}-{port}.log")
     base = f"http://127.0.0.1:{port}"
@@ -624,8 +626,11 @@ def make_source(db: Path, n: int) -> None:
         )
 
 
-def write_saas_definition(path: Path, kind: str, base: str, db: Path) -> None:
-    """A one-way sync: every field flows from the SQLite table into the simulator."""
+def write_saas_definition(
+    path: Path, kind: str, base: str, db: Path, in_flight: int | None = None
+) -> None:
+    """A one-way sync: every field flows from the SQLite table into the simulator, with
+    ``in_flight`` write batches on their way at once (None: the system's default)."""
     if kind == "sharepoint":
         system = f"""  sp:
     kind: sharepoint
@@ -646,6 +651,8 @@ def write_saas_definition(path: Path, kind: str, base: str, db: Path) -> None:
     object: Bench__c
 """
         name, column = "sf", "{f}__c"
+    if in_flight is not None:
+        system += f"    writes_in_flight: {in_flight}\n"
     fields = "\n".join(
         f"  {f}: {{db: {f}, {name}: {column.format(f=f)}, direction: db -> {name}}}" for f in FIELDS
     )
@@ -670,10 +677,20 @@ deletes: propagate
 
 
 def writes(
-    rep: int, n: int, work: Path, api_url: str, tools: list[str], timeout: float, log: Any
+    rep: int,
+    n: int,
+    work: Path,
+    api_url: str,
+    tools: list[str],
+    timeout: float,
+    log: Any,
+    latency_ms: float = 0.0,
+    in_flight: int | None = None,
 ) -> list[tuple[str, str, Sample]]:
     """``writes-sharepoint`` and ``writes-salesforce``: each tool loads the same ``n`` rows
-    into a freshly started, empty simulator; the simulator must then hold ``n`` records."""
+    into a freshly started, empty simulator answering after ``latency_ms``; the simulator
+    must then hold ``n`` records. twoway keeps ``in_flight`` batches on their way (None:
+    the system's default); the raw script sends one after another."""
     out: list[tuple[str, str, Sample]] = []
     here = work / f"writes{rep}"
     here.mkdir()
@@ -686,11 +703,11 @@ def writes(
             run_dir.mkdir()
             db = run_dir / "source.sqlite"
             shutil.copyfile(source, db)  # each run reads an untouched copy
-            service, base = start_saas(kind, work)
+            service, base = start_saas(kind, work, latency_ms)
             try:
                 if tool == "twoway":
                     definition = run_dir / "writes.sync.yaml"
-                    write_saas_definition(definition, kind, base, db)
+                    write_saas_definition(definition, kind, base, db, in_flight)
                     sample = twoway_run(definition, api_url, run_dir, timeout)
                 else:
                     env = {**os.environ, "BENCH_CLIENT_SECRET": CLIENT_SECRET}
@@ -860,11 +877,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--writes-n", type=int, default=None, help="records of the write workloads (default: --n)"
     )
+    parser.add_argument(
+        "--latency-ms",
+        type=float,
+        default=0.0,
+        help="delay of every answer of the SaaS simulators (write workloads; default 0)",
+    )
+    parser.add_argument(
+        "--writes-in-flight",
+        type=int,
+        default=None,
+        help="twoway's write batches on their way at once (default: the system's, 2)",
+    )
     parser.add_argument("--no-cold", action="store_true", help="skip the cold-path run")
     parser.add_argument("--timeout", type=float, default=600, help="seconds allowed per run")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "latest.json")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args(argv)
+    if args.writes_in_flight is not None and not 1 <= args.writes_in_flight <= 8:
+        parser.error(f"--writes-in-flight takes 1 to 8, not {args.writes_in_flight}")
+    if args.latency_ms < 0:
+        parser.error(f"--latency-ms cannot be negative ({args.latency_ms})")
     repeat = args.repeat or (1 if args.quick else 3)
     args.n = args.n or (20_000 if args.quick else 100_000)
     writes_n = args.writes_n or (min(args.n, 5_000) if args.quick else args.n)
@@ -906,7 +939,17 @@ def main(argv: list[str] | None = None) -> int:
                     )
             if "writes" in workloads and {"twoway", RAW} & set(tools):
                 log(f"repetition {rep + 1} of {repeat}, writes, N={writes_n}")
-                samples += writes(rep, writes_n, work, api_url or "", tools, args.timeout, log)
+                samples += writes(
+                    rep,
+                    writes_n,
+                    work,
+                    api_url or "",
+                    tools,
+                    args.timeout,
+                    log,
+                    args.latency_ms,
+                    args.writes_in_flight,
+                )
         if "twoway" in tools and "cold" in workloads and not args.no_cold:
             samples.append(("initial-cold", "twoway", cold(args.n, work, args.timeout, log)))
     finally:

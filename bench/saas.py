@@ -7,7 +7,8 @@ take the benchmark's 20 fields (text, number, boolean); ``python bench/saas.py s
 empty custom object ``Bench__c`` and fields ``f01__c``..``f20__c`` (string, int, double,
 checkbox). Both accept the client credentials ``bench`` / the value of the environment
 variable ``BENCH_CLIENT_SECRET``; the Graph app's display name, and so its integration
-account, is ``svc-sync``.
+account, is ``svc-sync``. ``--latency-ms D`` delays every answer by D milliseconds, as a
+service far away would.
 
 Two extra routes for the harness: ``GET /_bench/stats`` returns the requests served since
 ``POST /_bench/reset`` by kind (``token``, ``batch``: Graph ``$batch`` or Salesforce sObject
@@ -54,20 +55,23 @@ def _counting(app: Any, batch_path: str, count: Callable[[], int]) -> Counting:
     return Counting(app, ("token", "batch", "other"), kind_of, lambda: {"records": count()})
 
 
-def sharepoint_app(secret: str) -> Counting:
-    """The Graph simulator with the empty list ``Bench``."""
+def sharepoint_app(secret: str, latency_ms: float = 0.0) -> Counting:
+    """The Graph simulator with the empty list ``Bench``, answering after ``latency_ms``."""
     from twoway.simulators.graph import GraphState, create_app
 
-    state = GraphState(client_id=CLIENT_ID, client_secret=secret, display_name="svc-sync")
+    state = GraphState(
+        client_id=CLIENT_ID, client_secret=secret, display_name="svc-sync", latency_ms=latency_ms
+    )
     state.add_list(LIST, {f: GRAPH_TYPES[t] for f, t in COLUMN_TYPES.items()})
     return _counting(create_app(state), "/$batch", lambda: len(state.items(LIST)))
 
 
-def salesforce_app(secret: str) -> Counting:
-    """The Salesforce simulator with the empty custom object ``Bench__c``."""
+def salesforce_app(secret: str, latency_ms: float = 0.0) -> Counting:
+    """The Salesforce simulator with the empty custom object ``Bench__c``, answering after
+    ``latency_ms``."""
     from twoway.simulators.salesforce import SalesforceState, create_app
 
-    state = SalesforceState()
+    state = SalesforceState(latency_ms=latency_ms)
     state.add_client(CLIENT_ID, secret, "Integration User")
     state.define(
         SOBJECT,
@@ -81,9 +85,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("kind", choices=["sharepoint", "salesforce"])
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--latency-ms", type=float, default=0.0, help="delay of every answer")
     args = parser.parse_args(argv)
     secret = os.environ.get("BENCH_CLIENT_SECRET", "bench-secret")
-    app = sharepoint_app(secret) if args.kind == "sharepoint" else salesforce_app(secret)
+    make = sharepoint_app if args.kind == "sharepoint" else salesforce_app
+    app = make(secret, args.latency_ms)
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", access_log=False)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 import random
+import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, Self, TypeVar
 
@@ -28,7 +29,12 @@ COMMON_SETTINGS = (
     "overlap_seconds",
     "retry_attempts",
     "batch_size",
+    "writes_in_flight",
 )
+
+#: guards the set-up a block's threads share (its HTTP client, its access token) when a load
+#: keeps several writes in flight; held only while that is made, which is rare
+SETUP_LOCK = threading.RLock()
 
 
 class EndpointBlock(Block, Endpoint, abc.ABC):

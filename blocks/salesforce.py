@@ -33,7 +33,7 @@ from urllib.parse import quote
 import httpx
 from pydantic import Field, PrivateAttr
 
-from blocks.base import EndpointBlock, OutcomeUnknown, RetryHooksMixin
+from blocks.base import SETUP_LOCK, EndpointBlock, OutcomeUnknown, RetryHooksMixin
 from blocks.credentials import IntegrationAccountCredentials
 from twoway import jsontext, sfid
 from twoway.contract import (
@@ -109,6 +109,9 @@ class SalesforceObject(RetryHooksMixin, EndpointBlock):
         None, description="Connected app's client id and secret (client credentials flow)"
     )
     batch_size: int = Field(1000, ge=1, description="Most operations one write() call should carry")
+    writes_in_flight: int = Field(
+        2, ge=1, le=8, description="write() calls sent at once; 1 sends them one after another"
+    )
 
     _client: httpx.Client | None = PrivateAttr(None)
     _token: str | None = PrivateAttr(None)
@@ -116,7 +119,6 @@ class SalesforceObject(RetryHooksMixin, EndpointBlock):
     _sleep: Callable[[float], Any] = PrivateAttr(time.sleep)
     _rng: random.Random | None = PrivateAttr(None)
     _requests: int = PrivateAttr(0)
-    _write_sent: bool = PrivateAttr(False)  # a write call of this batch may have been applied
     _fresh_when_pickled = {"_client": None, "_token": None, "_base": None, "_sleep": time.sleep}
 
     @classmethod
@@ -135,11 +137,15 @@ class SalesforceObject(RetryHooksMixin, EndpointBlock):
     def max_batch(self) -> int:
         return self.batch_size
 
+    def max_writes_in_flight(self) -> int:
+        return self.writes_in_flight
+
     def client(self) -> httpx.Client:
-        """The block's HTTP client, created on first use."""
-        if self._client is None:
-            self._client = httpx.Client(timeout=self.timeout)
-        return self._client
+        """The block's HTTP client, created on first use (one for all of a load's threads)."""
+        with SETUP_LOCK:
+            if self._client is None:
+                self._client = httpx.Client(timeout=self.timeout)
+            return self._client
 
     def close(self) -> None:
         if self._client is not None:
@@ -154,6 +160,14 @@ class SalesforceObject(RetryHooksMixin, EndpointBlock):
 
     def _data_path(self, path: str) -> str:
         return f"/services/data/{self._version()}{path}"
+
+    def _session(self, stale: str | None = None) -> tuple[str, str]:
+        """The access token and the instance URL to call, asked for on first use or when the
+        token is ``stale`` (refused); a token another thread renewed meanwhile is taken."""
+        with SETUP_LOCK:
+            if self._token is None or self._token == stale:
+                self._authenticate()
+            return str(self._token), str(self._base)
 
     def _authenticate(self) -> None:
         """Get an access token with the client credentials flow; Fatal when refused."""
@@ -226,12 +240,11 @@ class SalesforceObject(RetryHooksMixin, EndpointBlock):
 
         def attempt() -> tuple[int, Any, httpx.Headers]:
             nonlocal refreshed
-            if self._token is None:
-                self._authenticate()
-            url = f"{self._base}{path}"
+            token, base = self._session()
+            url = f"{base}{path}"
             where = f"{method} {path}"
             send_headers = {
-                "Authorization": f"Bearer {self._token}",
+                "Authorization": f"Bearer {token}",
                 "Accept": "application/json",
                 **(headers or {}),
             }
@@ -258,8 +271,7 @@ class SalesforceObject(RetryHooksMixin, EndpointBlock):
                         status=401,
                     )
                 refreshed = True
-                self._token = None
-                self._authenticate()
+                self._session(stale=token)
                 return attempt()
             code = _error_code(body)
             if (
@@ -442,15 +454,15 @@ class SalesforceObject(RetryHooksMixin, EndpointBlock):
         """Apply ``ops`` in collections of 200. Raises only while nothing may have been
         applied; after that, a failing call becomes the error of every operation left."""
         results: dict[int, WriteResult] = {}
-        self._write_sent = False
+        sent: list[bool] = []  # one entry per collection call that may have been applied
         try:
             for part_start in range(0, len(ops), COLLECTION_LIMIT):
                 part = list(
                     enumerate(ops[part_start : part_start + COLLECTION_LIMIT], start=part_start)
                 )
-                self._write_part(part, results)
+                self._write_part(part, results, sent)
         except (Retriable, Fatal) as exc:
-            if not self._write_sent:
+            if not sent:
                 raise
             logger.warning("a write to %s failed part-way: %s", self.object, exc)
             for index, op in enumerate(ops):
@@ -482,7 +494,9 @@ class SalesforceObject(RetryHooksMixin, EndpointBlock):
                     op=result.op, key=result.key, version=str(version) if version else None
                 )
 
-    def _write_part(self, part: list[tuple[int, Op]], results: dict[int, WriteResult]) -> None:
+    def _write_part(
+        self, part: list[tuple[int, Op]], results: dict[int, WriteResult], sent: list[bool]
+    ) -> None:
         """Check versions, then create, update and delete; outcomes go into ``results``."""
         checked = [
             (i, op) for i, op in part if not isinstance(op, Create) and op.version is not None
@@ -538,7 +552,7 @@ class SalesforceObject(RetryHooksMixin, EndpointBlock):
             (deletes, self._delete_call),
         ):
             if group:
-                self._send_items(group, build, keyed, results)
+                self._send_items(group, build, keyed, results, sent)
 
     def _create_call(
         self, items: list[tuple[int, Op]], keyed: dict[int, str]
@@ -583,9 +597,11 @@ class SalesforceObject(RetryHooksMixin, EndpointBlock):
         build: Callable[..., Any],
         keyed: dict[int, str],
         results: dict[int, WriteResult],
+        sent: list[bool],
     ) -> None:
         """Send one collection call; items refused with UNABLE_TO_LOCK_ROW are sent again
-        (only them) with backoff; those still locked come back as Retriable errors."""
+        (only them) with backoff; those still locked come back as Retriable errors. Each
+        call that may have been applied adds to ``sent``."""
         pending = items
         rng = self._rng or random.Random()
         attempt = 1
@@ -597,9 +613,9 @@ class SalesforceObject(RetryHooksMixin, EndpointBlock):
                 status, answer, _ = self._request(method, path, params=params, json=body, once=once)
             except (Retriable, Fatal) as exc:
                 if exc.status is None or exc.status in OUTCOME_UNKNOWN:
-                    self._write_sent = True  # no answer: it may have been applied
+                    sent.append(True)  # no answer: it may have been applied
                 raise
-            self._write_sent = True
+            sent.append(True)
             if status != 200 or not isinstance(answer, list) or len(answer) != len(pending):
                 raise Fatal(f"{method} {path}: answered {status}{_reason(answer)}", status=status)
             locked: list[tuple[int, Op]] = []

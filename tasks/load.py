@@ -8,13 +8,13 @@ dead letters: a load is never repeated as a whole, so a create is never sent twi
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from prefect import task
 
 from tasks.common import TASK_OPTIONS, PlannedOp
-from twoway.contract import Create, Endpoint, RawRecord, WriteResult, chunks
+from twoway.contract import Create, Endpoint, RawRecord, WriteResult, chunks, in_flight
 from twoway.definition import Definition
 from twoway.errors import Retriable
 from twoway.retry import RetryPolicy
@@ -31,17 +31,21 @@ def load_changes(
     batch_size: int | None = None,
 ) -> list[WriteResult]:
     """Apply ``planned`` in batches (the smaller of ``batch_size`` and what the endpoint
-    takes); one result per planned op, in order."""
-    results: list[WriteResult] = []
+    takes), as many at once as the endpoint allows; one result per planned op, in order."""
     size = min(endpoint.max_batch(), batch_size or endpoint.max_batch())
-    for batch in chunks(planned, size):
+
+    def send(batch: Sequence[PlannedOp]) -> list[WriteResult]:
         ops = [p.op for p in batch]
         try:
-            out = policy.call(lambda ops=ops: endpoint.write(ops), sleep=sleep, rng=rng)
+            out = policy.call(lambda: endpoint.write(ops), sleep=sleep, rng=rng)
         except Retriable as exc:
             out = [WriteResult(op=op, error=exc) for op in ops]
         if len(out) != len(ops):
             raise RuntimeError(f"endpoint returned {len(out)} results for {len(ops)} operations")
+        return out
+
+    results: list[WriteResult] = []
+    for out in in_flight(send, chunks(planned, size), endpoint.max_writes_in_flight()):
         results.extend(out)
         if on_progress:
             on_progress(len(results))

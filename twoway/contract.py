@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import abc
 import contextvars
-from collections.abc import Iterable, Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -93,6 +94,7 @@ def fold_pages(pages: Iterable[ChangeSet]) -> ChangeSet:
 
 
 T = TypeVar("T")
+A = TypeVar("A")
 _END = object()
 
 
@@ -113,6 +115,29 @@ def read_ahead(pages: Iterator[T]) -> Iterator[T]:
         close = getattr(pages, "close", None)
         if close is not None:
             close()
+
+
+def in_flight(fn: Callable[[A], T], items: Iterable[A], width: int) -> Iterator[T]:
+    """``fn`` of each item, in the items' order, with up to ``width`` calls running at once,
+    each on a thread of its own with the caller's context: a service's time to answer one
+    call overlaps the next call's sending and the caller's work on the last answer. An error
+    is raised where its result is due, after the calls already started have ended; no call
+    starts after it. A ``width`` of 1 calls ``fn`` on the caller's thread, one after another.
+    """
+    if width <= 1:
+        yield from map(fn, items)
+        return
+    pool = ThreadPoolExecutor(max_workers=width, thread_name_prefix="twoway-in-flight")
+    running: deque = deque()
+    try:
+        for item in items:
+            if len(running) == width:
+                yield running.popleft().result()
+            running.append(pool.submit(contextvars.copy_context().run, fn, item))
+        while running:
+            yield running.popleft().result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,6 +239,12 @@ class Endpoint(abc.ABC):
     def max_batch(self) -> int:
         """The most operations one :meth:`write` call should carry."""
         return 1000
+
+    def max_writes_in_flight(self) -> int:
+        """How many :meth:`write` calls of one load may run at once (:func:`in_flight`):
+        more than one only where the endpoint's client serves any thread and the service
+        takes concurrent calls. The batches of a load touch different records."""
+        return 1
 
     def close(self) -> None:
         """Release the client; the endpoint reopens it when used again."""

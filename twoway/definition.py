@@ -92,7 +92,16 @@ class OAuthClientMixin(BaseModel):
         return self
 
 
-class SharePointSystem(OAuthClientMixin, SystemBase):
+class WritesInFlightMixin(BaseModel):
+    """Systems whose service takes concurrent calls (Graph, Salesforce): a load keeps more
+    than one write batch on its way, so the service's time to answer one overlaps the next."""
+
+    writes_in_flight: int = Field(
+        2, ge=1, le=8, description="Write batches sent at once; 1 sends them one after another"
+    )
+
+
+class SharePointSystem(WritesInFlightMixin, OAuthClientMixin, SystemBase):
     """A SharePoint list through Microsoft Graph."""
 
     kind: Literal["sharepoint"]
@@ -106,7 +115,7 @@ class SharePointSystem(OAuthClientMixin, SystemBase):
     modified_by: str | None = "lastModifiedBy"
 
 
-class SalesforceSystem(OAuthClientMixin, SystemBase):
+class SalesforceSystem(WritesInFlightMixin, OAuthClientMixin, SystemBase):
     """An sObject in a Salesforce org through the REST API."""
 
     kind: Literal["salesforce"]

@@ -156,7 +156,9 @@ def ensure_limit(name: str, quota: ApiQuota) -> bool:
 
 class QuotaEndpoint(Endpoint):
     """An endpoint whose writes each take a slot of a global concurrency (or rate) limit
-    first; reads pass straight through (the limit guards the write quota)."""
+    first; reads pass straight through (the limit guards the write quota). A shard sends
+    its batches one after another (the contract's one write in flight): how many writes
+    are on their way at once is the limit's to say, across every shard."""
 
     def __init__(self, inner: Endpoint, limit: str, quota: ApiQuota):
         self.inner, self.limit, self.quota = inner, limit, quota

@@ -9,9 +9,9 @@ resourceLocked or UNABLE_TO_LOCK_ROW on some records of a batch, and 504 after t
 was applied (its answer lost). A 412 on a stale eTag, or a changed SystemModstamp, comes
 from a person editing the record right before our update (``concurrent_edit``).
 
-Requests reach a simulator one at a time (the endpoints are synchronous), every fault draw
-comes from a seeded source, and the simulators read the world's clock: a sequence replays
-exactly.
+Requests reach a simulator one at a time (the endpoints are synchronous and send their
+write batches one after another, ``writes_in_flight=1``), every fault draw comes from a
+seeded source, and the simulators read the world's clock: a sequence replays exactly.
 """
 
 from __future__ import annotations
@@ -174,6 +174,7 @@ class GraphSide(SimulatorSide):
             integration_account="twoway-sync",
             columns_to_sync=list(self.COLUMNS.values()),
             page_size=PAGE_SIZE,
+            writes_in_flight=1,  # a replayable order of requests
             credentials=IntegrationAccountCredentials(
                 client_id=CLIENT_ID, client_secret=SecretStr(CLIENT_SECRET)
             ),

@@ -4,6 +4,7 @@ per-item errors and retries, token refresh, and secrets kept out of messages."""
 from __future__ import annotations
 
 import pickle
+import random
 import uuid
 from pathlib import Path
 
@@ -12,9 +13,12 @@ from pydantic import SecretStr
 
 from blocks.credentials import IntegrationAccountCredentials
 from blocks.salesforce import SalesforceObject
+from tasks.common import PlannedOp
+from tasks.load import load_changes
 from twoway.contract import Create, Delete, Update
 from twoway.definition import parse_definition
 from twoway.errors import Fatal, PreconditionFailed, Retriable, Skippable
+from twoway.retry import RetryPolicy
 from twoway.simulators.salesforce import SalesforceState, create_app
 from twoway.simulators.server import BackgroundServer
 
@@ -292,3 +296,34 @@ def test_a_batch_failing_part_way_reports_every_operation(org):
             block.write([Update(key=key, values={"Title": "U"})])
         finally:
             state.faults.set()
+
+
+def test_writes_in_flight_answer_in_order_and_renew_an_ended_session_once(org):
+    state, url = org
+    block = _block(url, batch_size=200)
+    assert block.max_writes_in_flight() == 2
+    block.columns()
+    issued = []
+    issue = state.issue_token
+
+    def counted(*args):
+        issued.append(args[0])
+        return issue(*args)
+
+    state.issue_token = counted
+    state.expire_sessions()  # both writes start with the same ended session
+    state.latency_ms = 20
+    planned = [
+        PlannedOp(link_id=c.ref, system="sf", op=c) for c in _creates(600)
+    ]  # writes of 200 each, two on their way at a time
+    try:
+        results = load_changes(
+            block, planned, RetryPolicy(), lambda seconds: None, random.Random(5)
+        )
+    finally:
+        state.latency_ms = 0
+    assert len(issued) == 1
+    assert [r.op for r in results] == [p.op for p in planned]
+    assert all(r.ok and r.version for r in results)
+    stored = {r.key: r for r in block.read([r.key for r in results])}
+    assert [stored[r.key].values["LastName"] for r in results] == [f"N{i}" for i in range(600)]

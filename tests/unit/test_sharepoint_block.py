@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import pickle
+import random
+import threading
 import uuid
 from pathlib import Path
 
@@ -13,9 +15,12 @@ from pydantic import SecretStr
 
 from blocks.credentials import IntegrationAccountCredentials
 from blocks.sharepoint import SharePointList
+from tasks.common import PlannedOp
+from tasks.load import load_changes
 from twoway.contract import Create, Delete, Update
 from twoway.definition import load_definition
 from twoway.errors import Fatal, PreconditionFailed, Retriable, Skippable
+from twoway.retry import RetryPolicy
 from twoway.simulators.graph import GraphState, create_app
 from twoway.simulators.server import BackgroundServer
 
@@ -23,11 +28,14 @@ SECRET = "very-secret-value"
 
 
 class Recorder(httpx.BaseTransport):
-    """Passes requests to the network and keeps them (method, path, JSON body)."""
+    """Passes requests to the network and keeps them (method, path, JSON body), and the most
+    requests that were waiting for their answers at once."""
 
     def __init__(self) -> None:
         self.inner = httpx.HTTPTransport()
         self.sent: list[tuple[str, str, object]] = []
+        self.lock = threading.Lock()
+        self.waiting = self.most_waiting = 0
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         body = request.content
@@ -35,8 +43,15 @@ class Recorder(httpx.BaseTransport):
             payload = json.loads(body) if body else None
         except ValueError:
             payload = body.decode()
-        self.sent.append((request.method, request.url.path, payload))
-        return self.inner.handle_request(request)
+        with self.lock:
+            self.sent.append((request.method, request.url.path, payload))
+            self.waiting += 1
+            self.most_waiting = max(self.most_waiting, self.waiting)
+        try:
+            return self.inner.handle_request(request)
+        finally:
+            with self.lock:
+                self.waiting -= 1
 
     def paths(self, suffix: str) -> list[object]:
         return [body for _, path, body in self.sent if path.endswith(suffix)]
@@ -283,7 +298,54 @@ def test_from_definition(tmp_path: Path):
     definition = load_definition(path)
     block = SharePointList.from_definition("sp", definition.systems["sp"], ["Email"])
     assert block.list == "People" and block.columns_to_sync == ["Email"]
-    assert block.integration_account == "bot"
+    assert block.integration_account == "bot" and block.max_writes_in_flight() == 2
     assert block._token_endpoint() == "https://login.microsoftonline.com/contoso/oauth2/v2.0/token"
     with pytest.raises(ValueError):
         SharePointList(key=str(uuid.uuid4()))
+
+
+def _load_creates(block: SharePointList, n: int, sleeps: list[float]) -> list:
+    """``n`` creates of Titles T0.. through the load step; the planned ops and the results."""
+    planned = [
+        PlannedOp(link_id=f"l{i}", system="sp", op=Create(ref=f"l{i}", values={"Title": f"T{i}"}))
+        for i in range(n)
+    ]
+    return planned, load_changes(block, planned, RetryPolicy(), sleeps.append, random.Random(3))
+
+
+def test_a_load_keeps_two_batch_writes_in_flight_and_answers_in_order(env):
+    state, block, recorder, sleeps = env
+    state.latency_ms = 30  # each answer takes a while: the second write goes out meanwhile
+    try:
+        planned, results = _load_creates(block, 450, sleeps)  # writes of 200, 200 and 50
+    finally:
+        state.latency_ms = 0
+    assert recorder.most_waiting == 2
+    assert [r.op for r in results] == [p.op for p in planned]
+    assert all(r.ok for r in results) and len({r.key for r in results}) == 450
+    stored = {r.key: r.values["Title"] for r in block.read([r.key for r in results])}
+    assert [stored[r.key] for r in results] == [f"T{i}" for i in range(450)]
+
+
+def test_writes_in_flight_renew_an_expired_token_once(env):
+    state, block, recorder, sleeps = env
+    block.columns()
+    state.expire_tokens()  # both writes start with the same refused token
+    state.latency_ms = 30
+    try:
+        _, results = _load_creates(block, 400, sleeps)
+    finally:
+        state.latency_ms = 0
+    assert all(r.ok for r in results)
+    assert len(recorder.paths("/token")) == 2  # the first token and one renewal
+
+
+def test_one_write_in_flight_sends_batches_one_after_another(env):
+    state, block, recorder, sleeps = env
+    block.writes_in_flight = 1
+    state.latency_ms = 10
+    try:
+        _, results = _load_creates(block, 300, sleeps)
+    finally:
+        state.latency_ms = 0
+    assert all(r.ok for r in results) and recorder.most_waiting == 1
