@@ -350,7 +350,8 @@ def test_three_salesforce_orgs_converge_and_keep_18_character_ids(tmp_path, monk
 def test_sync_with_faults_on_every_simulator_loses_and_duplicates_nothing(tmp_path, monkeypatch):
     """10% of requests fail transiently (locked, throttled, unavailable) on a SharePoint
     list, a Salesforce org and a REST collection; retries (with waits recorded, not slept)
-    carry the sync through."""
+    carry the sync through. SharePoint and Salesforce get small write batches, so each load
+    keeps two of them in flight (their default) while faults fall."""
     rates = {"lock": 0.04, "throttle": 0.03, "unavailable": 0.03}
     waits: list[float] = []
     with ExitStack() as stack:
@@ -378,12 +379,14 @@ def test_sync_with_faults_on_every_simulator_loses_and_duplicates_nothing(tmp_pa
                     "client_secret": "${T_GRAPH_SECRET}",
                     "list": LIST,
                     "integration_account": "twoway-sync",
+                    "batch_size": 4,
                 },
                 "salesforce": {
                     "kind": "salesforce",
                     "instance_url": sserver.url,
                     "client_id": SF_CLIENT[0],
                     "client_secret": "${T_SF_SECRET}",
+                    "batch_size": 4,
                 },
                 "rest": {
                     "kind": "rest",
