@@ -327,3 +327,30 @@ def test_writes_in_flight_answer_in_order_and_renew_an_ended_session_once(org):
     assert all(r.ok and r.version for r in results)
     stored = {r.key: r for r in block.read([r.key for r in results])}
     assert [stored[r.key].values["LastName"] for r in results] == [f"N{i}" for i in range(600)]
+
+
+def test_a_write_keeps_what_it_sent_when_another_write_starts_meanwhile(org):
+    state, url = org
+    block = _block(url, retry_attempts=2)
+    key = state.user_create("Contact", {"LastName": "Before"})
+    block.columns()
+    original = block._update_call
+
+    def another_write_then_outage(*args):
+        # a second write of the same block (another batch in flight) starts and ends here,
+        # with nothing to send; then the first write's updates meet a lasting outage
+        block.write([Delete(key="not-a-salesforce-id")])
+        state.faults.set(unavailable=1.0)
+        return original(*args)
+
+    block._update_call = another_write_then_outage
+    try:
+        results = block.write(
+            [Create(ref="x", values={"LastName": "New"}), Update(key=key, values={"Title": "T"})]
+        )
+    finally:
+        state.faults.set()
+    # the create was applied: the write reports it rather than raise (a raise would send the
+    # whole batch again, the create with it)
+    assert results[0].ok and results[0].key
+    assert isinstance(results[1].error, Retriable)
