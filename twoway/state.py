@@ -613,9 +613,12 @@ class StateStore:
         now = self.now()
         links = list({link.link_id: link for link in changes.links}.values())
         base_of = {link.link_id: link.base for link in links}
+        # one row per record; a link's records sit together, rows go in parts of a few
+        # thousand, so a large run never holds them all at once
+        by_key = {(m.system, m.external_id): m for m in changes.members}
         with self.engine.begin() as conn:
-            # a record stored as "its link's base" keeps the values it has now when the base
-            # moves without it (its own row is not in this commit)
+            # a record stored as "its link's base" and not written by this commit keeps the
+            # values it has now when the base moves without it
             for part in chunks(list(base_of), 500):
                 referring = conn.execute(
                     sa.select(id_map.c.system, id_map.c.external_id, id_map.c.seen, shadow.c.base)
@@ -626,7 +629,8 @@ class StateStore:
                         id_map.c.seen.like(SAME_AS_BASE + "%"),
                     )
                 ).all()
-                if referring:
+                left = [row for row in referring if (row.system, row.external_id) not in by_key]
+                if left:
                     conn.execute(
                         id_map.update()
                         .where(
@@ -641,15 +645,13 @@ class StateStore:
                                 "s_key": key,
                                 "s_seen": None if values is None else _dumps(values),
                             }
-                            for system, key, seen, base in referring
+                            for system, key, seen, base in left
                             for values in [_seen_values(seen, base)]
                         ],
                     )
             # the records of a link mostly hold its merge base: those are stored as "=", the
-            # others' values encoded once per distinct set (by hash); rows go in parts of a
-            # few thousand, so a large run never holds them all at once
-            members = list({(m.system, m.external_id): m for m in changes.members}.values())
-            for part in chunks(members, 5000):
+            # others' values encoded once per distinct set (by hash)
+            for part in chunks(list(by_key.values()), 5000):
                 text_of: dict[str, str] = {}  # a link's records sit together in a part
                 member_rows = []
                 for m in part:
