@@ -135,7 +135,7 @@ def settle(
         )
         if lp.delete_link or base != lp.base or link is None or link.match_key != lp.match_key:
             changes.links.append(
-                Link(link_id, base, lp.match_key if not gone else None, deleted_at)
+                Link(link_id, base, lp.match_key if not gone else None, deleted_at, link is None)
             )
         if failed:
             failed_links.add(link_id)
@@ -183,14 +183,13 @@ def settle(
 def _move_tombstones_off_reused_keys(members: list[Member]) -> None:
     """A key the system gave to a new record belongs to it; the old record's tombstone keeps
     protecting its link under ``key@link``."""
-    by_key: dict[tuple[str, str], list[Member]] = {}
-    for m in members:
-        by_key.setdefault((m.system, m.external_id), []).append(m)
-    for (_, key), group in by_key.items():
-        if len(group) > 1 and any(m.deleted_at is None for m in group):
-            for m in group:
-                if m.deleted_at is not None:
-                    m.external_id = f"{key}@{m.link_id}"
+    tombstones = [m for m in members if m.deleted_at is not None]
+    if not tombstones:  # most runs delete nothing: no key to compare
+        return
+    live = {(m.system, m.external_id) for m in members if m.deleted_at is None}
+    for m in tombstones:
+        if (m.system, m.external_id) in live:
+            m.external_id = f"{m.external_id}@{m.link_id}"
 
 
 def _canonical_stored(

@@ -280,6 +280,9 @@ class Link:
     base: dict[str, Any]
     match_key: str | None
     deleted_at: datetime | None
+    #: the store holds no base for the link yet, so no record refers to one (a commit need
+    #: not look for such records before writing it)
+    first: bool = False
 
 
 @dataclass(slots=True)
@@ -619,7 +622,7 @@ class StateStore:
         with self.engine.begin() as conn:
             # a record stored as "its link's base" and not written by this commit keeps the
             # values it has now when the base moves without it
-            for part in chunks(list(base_of), 500):
+            for part in chunks([link.link_id for link in links if not link.first], 500):
                 referring = conn.execute(
                     sa.select(id_map.c.system, id_map.c.external_id, id_map.c.seen, shadow.c.base)
                     .select_from(_WITH_BASE)

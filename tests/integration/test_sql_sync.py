@@ -6,10 +6,11 @@ import gc
 
 import pytest
 import sqlalchemy as sa
+import yaml
 
 from blocks.sql import SqlTable
 from tests.syncrig import sync_rig
-from twoway.engine import Runtime, Steps
+from twoway.engine import Runtime, Steps, open_store
 
 BACKENDS = ["sqlite", "postgres", "mariadb"]
 
@@ -220,6 +221,29 @@ def test_three_systems_converge(tmp_path, backend):
         assert rig.row("s0", "y@example.com")["first_name"] == "Yvonne"
         assert rig.row("s2", "x@example.com")["last_name"] == "Ones"
         assert writes(rig.run()) == 0
+
+
+def test_a_record_whose_system_does_not_map_a_changed_field_keeps_its_own_values(tmp_path):
+    # s2 does not map phone: when s0 sets a phone the link's base moves without s2's record,
+    # which the state held as "the base"; it must keep the values it had
+    with sync_rig(tmp_path, "sqlite", systems=3) as rig:
+        del rig.doc["fields"]["phone"]["s2"]
+        rig.path.write_text(yaml.safe_dump(rig.doc))
+        rig.add("s0", "x@example.com", "X", "Zero")
+        rig.run()
+        rig.edit("s0", "x@example.com", phone="555")
+        assert rig.run().systems["s1"]["updated"] == 1
+        store = open_store(rig.definition)
+        try:
+            with store.engine.connect() as conn:
+                link = conn.execute(
+                    sa.text("select link_id from id_map where system = 's2'")
+                ).scalar()
+            seen = {m.system: m.seen for m in store.members_of(rig.definition.name, [link])[link]}
+        finally:
+            store.close()
+        assert seen["s2"] == {"email": "x@example.com", "first_name": "X", "last_name": "Zero"}
+        assert seen["s1"]["phone"] == "555"
 
 
 def test_a_held_conflict_decided_by_a_person_is_applied_next_run(tmp_path):
