@@ -51,10 +51,16 @@ def settle(
         failed: set[str] = set()
         updated: dict[str, Member] = {}
         for system, record in lp.observed.items():
-            if system in live:
-                updated[system] = Member(
-                    system, record.key, link_id, record.values, record.hash, record.version, None
-                )
+            if system not in live:
+                continue
+            seen, seen_hash = record.values, record.hash
+            if lp.left_behind:
+                # a one-direction run left a system behind: the state keeps what it knew of
+                # the record, so the run that writes there finds the change again
+                seen, seen_hash = live[system].seen, live[system].seen_hash
+            updated[system] = Member(
+                system, record.key, link_id, seen, seen_hash, record.version, None
+            )
         for p, r in outcome.get(link_id, []):
             kind = (
                 "created"
@@ -126,7 +132,7 @@ def settle(
 
         base = dict(lp.base)
         for fname, value in lp.proposed.items():
-            if not (lp.needs.get(fname, set()) & failed):
+            if not (lp.needs.get(fname, set()) & failed) and fname not in lp.left_behind:
                 base[fname] = value
         link = mapping.links.get(link_id)
         gone = lp.delete_link and not failed

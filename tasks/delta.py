@@ -41,6 +41,9 @@ class LinkPlan:
     deleted_now: set[str]  # systems whose record was deleted this run
     delete_link: bool = False
     match_key: str | None = None
+    # fields whose base stays: a system this run does not write to must still take the value
+    # (the empty set is shared: a run plans 100,000s of links)
+    left_behind: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -172,14 +175,16 @@ def compute_deltas(
                 value = canonical(chosen)  # a person's value takes the form read values have
                 plan.decided.setdefault(link_id, []).append(conflict_id)
                 lp.proposed[fname] = value
-                lp.needs[fname] = frozenset(
+                behind = {
                     t
                     for t, values in current.items()
-                    if t in targets
-                    and t in fmap.columns
+                    if t in fmap.columns
                     and fmap.source != t
                     and not _same(values.get(fname), value)
-                )
+                }
+                lp.needs[fname] = frozenset(behind & targets)
+                if behind - targets:
+                    lp.left_behind |= {fname}
                 continue
             proposals: dict[str, Any] = {}
             prior = base.get(fname, _MISSING)
@@ -220,12 +225,11 @@ def compute_deltas(
             lp.proposed[fname] = value
             need = _NOBODY
             for target, values in current.items():
-                if (
-                    target in targets
-                    and (winner, target) in flows
-                    and not _same(values.get(fname), value)
-                ):
-                    need = _plus(need, target)
+                if (winner, target) in flows and not _same(values.get(fname), value):
+                    if target in targets:
+                        need = _plus(need, target)
+                    else:  # a one-direction run: the base waits for the run that writes there
+                        lp.left_behind |= {fname}
             lp.needs[fname] = need
 
         lp.match_key = (

@@ -223,6 +223,28 @@ def test_three_systems_converge(tmp_path, backend):
         assert writes(rig.run()) == 0
 
 
+def test_a_system_a_one_way_run_leaves_out_takes_the_change_in_the_next_two_way_run(tmp_path):
+    # s0 -> s1 carries Xena to s1 only; s2 must get it from the next two-way run, and an
+    # edit of another field in s2 meanwhile must not bring X back over Xena
+    with sync_rig(tmp_path, "sqlite", systems=3) as rig:
+        rig.add("s0", "x@example.com", "X", "Zero")
+        rig.add("s0", "y@example.com", "Y", "Zero")
+        rig.run()
+        rig.edit("s0", "x@example.com", first_name="Xena")
+        rig.edit("s0", "y@example.com", first_name="Yara")
+        report = rig.run(sources={"s0"}, targets={"s1"})
+        assert report.systems["s1"]["updated"] == 2 and report.systems["s2"]["updated"] == 0
+        assert writes(rig.run(sources={"s0"}, targets={"s1"})) == 0
+        assert rig.row("s2", "x@example.com")["first_name"] == "X"
+        rig.edit("s2", "y@example.com", phone="555")
+        report = rig.run()
+        assert report.systems["s2"]["updated"] == 2
+        assert rig.data("s0") == rig.data("s1") == rig.data("s2")
+        assert [r["first_name"] for r in rig.rows("s2")] == ["Xena", "Yara"]
+        assert rig.row("s0", "y@example.com")["phone"] == "555"
+        assert writes(rig.run()) == 0
+
+
 def test_a_record_whose_system_does_not_map_a_changed_field_keeps_its_own_values(tmp_path):
     # s2 does not map phone: when s0 sets a phone the link's base moves without s2's record,
     # which the state held as "the base"; it must keep the values it had
