@@ -8,15 +8,18 @@ import sqlalchemy as sa
 
 
 def insert_rows(conn: sa.Connection, table: sa.Table, rows: list[dict[str, Any]]) -> None:
-    """Insert many rows at once. On SQLite the driver's own executemany takes the rows: at
-    100,000s of rows SQLAlchemy's per-row parameter processing costs more than the database;
-    elsewhere SQLAlchemy's multi-row VALUES batches are the fast path."""
+    """Insert many rows at once. On SQLite and on PostgreSQL through psycopg2 the driver's
+    own bulk call takes the rows (executemany; ``execute_values``, a multi-row VALUES per
+    1,000 rows): at 100,000s of rows SQLAlchemy's per-row parameter processing costs more
+    than the database. Elsewhere SQLAlchemy's multi-row VALUES batches are the fast path."""
     if not rows:
         return
-    if conn.dialect.name != "sqlite":
+    if conn.dialect.name == "sqlite":
+        _sqlite_executemany(conn, table, rows, "INSERT")
+    elif conn.dialect.driver == "psycopg2":
+        _psycopg2_values(conn, table, rows, "")
+    else:
         conn.execute(table.insert(), rows)
-        return
-    _sqlite_executemany(conn, table, rows, "INSERT")
 
 
 def upsert_rows(conn: sa.Connection, table: sa.Table, rows: list[dict[str, Any]]) -> None:
@@ -45,6 +48,16 @@ def _insert_on_conflict(
         return
     keys = [c.name for c in table.primary_key.columns]
     others = [n for n in rows[0] if n not in keys]
+    if dialect == "postgresql" and conn.dialect.driver == "psycopg2":
+        quote = conn.dialect.identifier_preparer.quote
+        target = ", ".join(quote(k) for k in keys)
+        action = (
+            "DO UPDATE SET " + ", ".join(f"{quote(n)} = EXCLUDED.{quote(n)}" for n in others)
+            if replace and others
+            else "DO NOTHING"
+        )
+        _psycopg2_values(conn, table, rows, f" ON CONFLICT ({target}) {action}")
+        return
     if dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
 
@@ -77,6 +90,47 @@ def _insert_on_conflict(
 def _sqlite_executemany(
     conn: sa.Connection, table: sa.Table, rows: list[dict[str, Any]], verb: str
 ) -> None:
+    names, params = _driver_params(conn, table, rows)
+    conn.exec_driver_sql(
+        f"{verb} INTO {_into(conn, table, names)} VALUES ({', '.join('?' for _ in names)})", params
+    )
+
+
+def _psycopg2_values(
+    conn: sa.Connection, table: sa.Table, rows: list[dict[str, Any]], suffix: str
+) -> None:
+    """``INSERT INTO table (...) VALUES %s`` and ``suffix``, 1,000 rows a statement, in the
+    caller's transaction; the driver's errors come out as SQLAlchemy's, as from any other
+    statement. (SQLAlchemy sends an upsert's rows one statement each: 23 s against 4.4 s
+    for a state commit of 50,000 new links.)"""
+    from psycopg2.extras import execute_values
+
+    names, params = _driver_params(conn, table, rows)
+    # the dialect's quoting doubles a % in a name already (psycopg2 formats the statement)
+    sql = f"INSERT INTO {_into(conn, table, names)} VALUES %s{suffix}"
+    dbapi = conn.dialect.loaded_dbapi
+    cursor = conn.connection.dbapi_connection.cursor()  # the transaction's own connection
+    try:
+        execute_values(cursor, sql, params, page_size=1000)
+    except dbapi.Error as exc:
+        raise sa.exc.DBAPIError.instance(
+            sql, None, exc, dbapi.Error, dialect=conn.dialect
+        ) from None
+    finally:
+        cursor.close()
+
+
+def _into(conn: sa.Connection, table: sa.Table, names: list[str]) -> str:
+    """``table (column, ...)``, quoted for the database."""
+    preparer = conn.dialect.identifier_preparer
+    return f"{preparer.format_table(table)} ({', '.join(preparer.quote(n) for n in names)})"
+
+
+def _driver_params(
+    conn: sa.Connection, table: sa.Table, rows: list[dict[str, Any]]
+) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """The rows' column names and their values as the driver takes them (each column
+    type's bind processor applied, as SQLAlchemy would)."""
     names = list(rows[0])
     convert = [
         (i, proc)
@@ -91,10 +145,4 @@ def _sqlite_executemany(
             if values[i] is not None:
                 values[i] = proc(values[i])
         params.append(tuple(values))
-    preparer = conn.dialect.identifier_preparer
-    sql = (
-        f"{verb} INTO {preparer.format_table(table)} "
-        f"({', '.join(preparer.quote(n) for n in names)}) "
-        f"VALUES ({', '.join('?' for _ in names)})"
-    )
-    conn.exec_driver_sql(sql, params)
+    return names, params

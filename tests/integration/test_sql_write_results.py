@@ -8,6 +8,7 @@ is; these tests hold both paths to the same answer as a real read.
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
@@ -167,3 +168,42 @@ def test_a_timestamp_or_decimal_value_means_its_row_is_read_back(tmp_path, value
     assert len(selects) == 2  # the write's read-back, then the read
     assert result.values == read.values
     assert isinstance(read.values["d"] or read.values["n"], datetime | Decimal)
+
+
+def test_postgresql_bulk_insert_writes_the_good_rows_and_refuses_the_bad_one_alone():
+    # creates reach PostgreSQL through psycopg2's execute_values; a row the database refuses
+    # (NOT NULL) must fail alone, as a SQLAlchemy error the endpoint understands, and a
+    # column name with a percent sign must not be taken for a placeholder
+    from tests.sqlrig import POSTGRES_URL
+
+    table = f"bulk_{uuid.uuid4().hex[:8]}"
+    engine = sa.create_engine(POSTGRES_URL)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            f'CREATE TABLE {table} (id TEXT PRIMARY KEY, t TEXT NOT NULL, "p%%s" BIGINT, '
+            "updated_at TIMESTAMP(6) WITH TIME ZONE, updated_by TEXT)"
+        )
+    endpoint = SqlTable(
+        url=SecretStr(POSTGRES_URL),
+        table=table,
+        key="id",
+        modified_at="updated_at",
+        modified_by="updated_by",
+        integration_account="svc-sync",
+        columns_to_sync=["t", "p%s"],
+    )
+    try:
+        rows = [{"t": f"row {i}", "p%s": i} for i in range(1500)]
+        rows[700] = {"t": None, "p%s": 700}
+        results = endpoint.write([Create(ref=str(i), values=v) for i, v in enumerate(rows)])
+        assert [i for i, r in enumerate(results) if not r.ok] == [700]
+        assert "null value" in str(results[700].error)
+        stored = {r.key: r.values for r in endpoint.read([r.key for r in results if r.ok])}
+        assert len(stored) == 1499
+        assert sorted(v["p%s"] for v in stored.values()) == [i for i in range(1500) if i != 700]
+        assert {r.key: r.values for r in results if r.ok} == stored
+    finally:
+        endpoint.close()
+        with engine.begin() as conn:
+            conn.exec_driver_sql(f"DROP TABLE {table}")
+        engine.dispose()
