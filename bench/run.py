@@ -72,7 +72,8 @@ PEERS_BY_TARGET = {
     "postgres": ("floor", "dlt-postgres"),
 }
 RAW = "raw-batched"
-PEERS = ("floor", "dlt-sqlite", "dlt-duckdb-parquet", "dlt-postgres", RAW)
+PREFECT_ONLY = "prefect-only"  # bench/prefect_floor.py: a run's Prefect work and nothing else
+PEERS = ("floor", "dlt-sqlite", "dlt-duckdb-parquet", "dlt-postgres", RAW, PREFECT_ONLY)
 TOOLS = ("twoway", *PEERS)
 WORKLOADS = ("sync", "full", "writes", "cold")
 SUFFIX = {"sqlite": "", "postgres": "-pg"}
@@ -577,6 +578,13 @@ def repetition(
             edit_table(target, 0.01, rng, {int(k[1:]) for k in edited})
             ours("incremental-1pct", definition)
             ours("no-change", definition)
+        if PREFECT_ONLY in tools and target.kind == "sqlite":
+            # what the no-change run would cost if twoway did nothing but Prefect's part
+            env = {**os.environ, "PREFECT_API_URL": api_url}
+            env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+            sample = timed([sys.executable, str(HERE / "prefect_floor.py")], env, timeout)
+            out.append(("no-change", PREFECT_ONLY, sample))
+            log(f"  {'no-change':22} {PREFECT_ONLY:20} {sample.wall_s:8.2f} s wall")
     finally:
         collection.stop()
         drop_schemas(target)
