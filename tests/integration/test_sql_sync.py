@@ -245,6 +245,18 @@ def test_a_system_a_one_way_run_leaves_out_takes_the_change_in_the_next_two_way_
         assert writes(rig.run()) == 0
 
 
+def test_one_way_runs_into_each_system_in_turn_converge_and_leave_nothing_pending(tmp_path):
+    with sync_rig(tmp_path, "sqlite", systems=3) as rig:
+        rig.add("s0", "x@example.com", "X", "Zero")
+        rig.run()
+        rig.edit("s0", "x@example.com", first_name="Xena")
+        assert rig.run(sources={"s0"}, targets={"s1"}).systems["s1"]["updated"] == 1
+        assert rig.run(sources={"s0"}, targets={"s2"}).systems["s2"]["updated"] == 1
+        assert rig.data("s0") == rig.data("s1") == rig.data("s2")
+        assert writes(rig.run()) == 0
+        assert writes(rig.run(sources={"s0"}, targets={"s1"})) == 0
+
+
 def test_a_record_whose_system_does_not_map_a_changed_field_keeps_its_own_values(tmp_path):
     # s2 does not map phone: when s0 sets a phone the link's base moves without s2's record,
     # which the state held as "the base"; it must keep the values it had
