@@ -55,9 +55,17 @@ def settle(
                 continue
             seen, seen_hash = record.values, record.hash
             if lp.left_behind:
-                # a one-direction run left a system behind: the state keeps what it knew of
-                # the record, so the run that writes there finds the change again
-                seen, seen_hash = live[system].seen, live[system].seen_hash
+                # a one-direction run left a system behind: for the fields it could not carry
+                # the state keeps what it knew of the record (a record new to the state stays
+                # unknown), so a later run finds the change again
+                known = live[system].seen
+                if known is None:
+                    seen, seen_hash = None, None
+                else:
+                    held = {f: known.get(f) for f in lp.left_behind if f in seen}
+                    if any((seen[f], type(seen[f])) != (v, type(v)) for f, v in held.items()):
+                        seen = {**seen, **held}
+                        seen_hash = values_hash(seen)
             updated[system] = Member(
                 system, record.key, link_id, seen, seen_hash, record.version, None
             )
@@ -117,7 +125,11 @@ def settle(
                 updated[p.system] = Member(
                     p.system, prior.external_id, link_id, seen, values_hash(seen), r.version, None
                 )
-        for system in lp.deleted_now:
+        # a deletion a one-direction run could not carry to every system is read again by
+        # the run that can: until then the deleted record stays known and its link alive
+        waits = lp.delete_link and bool(lp.left_behind)
+        delete_link = lp.delete_link and not waits
+        for system in () if waits else lp.deleted_now:
             member = live[system]
             updated[system] = Member(
                 system,
@@ -135,11 +147,13 @@ def settle(
             if not (lp.needs.get(fname, set()) & failed) and fname not in lp.left_behind:
                 base[fname] = value
         link = mapping.links.get(link_id)
-        gone = lp.delete_link and not failed
+        gone = delete_link and not failed
         deleted_at = (
-            (link.deleted_at if link and link.deleted_at else now) if lp.delete_link else None
+            (link.deleted_at if link and link.deleted_at else now)
+            if delete_link
+            else (link.deleted_at if link else None)  # a deletion that waits keeps its mark
         )
-        if lp.delete_link or base != lp.base or link is None or link.match_key != lp.match_key:
+        if delete_link or base != lp.base or link is None or link.match_key != lp.match_key:
             changes.links.append(
                 Link(link_id, base, lp.match_key if not gone else None, deleted_at, link is None)
             )
@@ -169,7 +183,10 @@ def settle(
     parked_now = {(p["system"], p["external_id"]) for p in mapping.parked}
     for letter in due_letters:
         if letter["link_id"]:
-            if letter["link_id"] in plan.links and letter["link_id"] not in failed_links:
+            lp = plan.links.get(letter["link_id"])
+            # a link a one-direction run left a system behind on keeps its letter for the
+            # run that writes there
+            if lp is not None and not lp.left_behind and letter["link_id"] not in failed_links:
                 changes.resolved_dead_letters.append(letter["id"])
         elif (letter["system"], letter["external_id"]) in linked_now - parked_now:
             changes.resolved_dead_letters.append(letter["id"])

@@ -61,6 +61,10 @@ class Plan:
 
 _SCALARS = (str, int, bool, type(None))
 
+#: ``LinkPlan.left_behind`` of a whole record (a deletion, a create) a one-direction run
+#: cannot carry to every system
+WHOLE_RECORD: frozenset[str] = frozenset({"(record)"})
+
 #: the systems a field must still be written to are frozen sets, shared between links (a run
 #: of 100,000 new records would otherwise hold two million small sets)
 _NOBODY: frozenset[str] = frozenset()
@@ -102,6 +106,16 @@ def compute_deltas(
         )
         for fname, fmap in definition.field_maps.items()
     ]
+    # per field, the systems that may propose it but this run does not read (one direction):
+    # a change they hold that the base has not taken waits for a run that reads them
+    unread = {
+        fname: {
+            s
+            for s in fmap.columns
+            if s not in sources and (fmap.source is None or s == fmap.source)
+        }
+        for fname, fmap in definition.field_maps.items()
+    }
     creates = _create_specs(definition)
     renames = _renames(definition)
     proposable = {s: [f for f, _, who, _ in specs if s in who] for s in definition.systems}
@@ -132,6 +146,8 @@ def compute_deltas(
 
         if link_gone or (deleted_now and definition.deletes == "propagate"):
             lp.delete_link = True
+            if any(s not in targets and s not in deleted_now for s in live):
+                lp.left_behind = WHOLE_RECORD  # a one-direction run: the deletion waits too
             for system, member in sorted(live.items()):
                 if system in deleted_now or system not in targets:
                     continue
@@ -190,7 +206,7 @@ def compute_deltas(
             prior = base.get(fname, _MISSING)
             for system, values in current.items():
                 # only sources that map the field propose; a one-way field never flows back
-                if system not in proposers:
+                if system not in proposers and system not in unread[fname]:
                     continue
                 if system not in observed and live[system].seen is None:
                     continue  # known by key only (a crashed run's new link): its values are unknown
@@ -198,7 +214,10 @@ def compute_deltas(
                 if prior is _MISSING and value is None:
                     continue  # no value yet is not a change: never write a blank over data
                 if prior is _MISSING or not _same(value, prior):
-                    proposals[system] = value
+                    if system in proposers:
+                        proposals[system] = value
+                    else:  # a change of a system this run does not read
+                        lp.left_behind |= {fname}
             if not proposals:
                 continue
             if len(proposals) == 1:
@@ -314,7 +333,7 @@ def _plan_writes(
     current = lp.current
     holders = current.keys()
     for system in definition.systems:
-        if system in live or system in tombstoned or system not in targets:
+        if system in live or system in tombstoned:
             continue
         # each field some holder sends here: the merged value, or a one-way field's source's
         fields = {
@@ -329,6 +348,9 @@ def _plan_writes(
             is not None
         }
         if not fields:
+            continue
+        if system not in targets:  # a one-direction run: the create waits for a run into it
+            lp.left_behind |= WHOLE_RECORD
             continue
         needs = lp.needs
         for fname in fields:

@@ -257,6 +257,57 @@ def test_one_way_runs_into_each_system_in_turn_converge_and_leave_nothing_pendin
         assert writes(rig.run(sources={"s0"}, targets={"s1"})) == 0
 
 
+def test_a_delete_a_one_way_run_carries_to_one_system_reaches_the_third_later(tmp_path):
+    # found by the one-way harness: s0 -> s1 deleted s1's twin and forgot the deletion, so
+    # s2's twin stayed for good; a failed write's dead letter was likewise resolved by a
+    # one-way run that did not write to the system it was for
+    with sync_rig(tmp_path, "sqlite", systems=3) as rig:
+        rig.add("s0", "x@example.com", "X", "Zero")
+        rig.add("s0", "y@example.com", "Y", "Zero")
+        rig.run()
+        rig.delete("s0", "x@example.com")
+        report = rig.run(sources={"s0"}, targets={"s1"})
+        assert report.systems["s1"]["deleted"] == 1 and report.systems["s2"]["deleted"] == 0
+        assert writes(rig.run(sources={"s0"}, targets={"s1"})) == 0
+        assert rig.row("s2", "x@example.com") is not None
+        report = rig.run()
+        assert report.systems["s2"]["deleted"] == 1
+        assert [[r["email"] for r in rig.rows(s)] for s in ("s0", "s1", "s2")] == [
+            ["y@example.com"]
+        ] * 3
+        assert writes(rig.run()) == 0
+
+
+def test_a_one_way_run_leaves_the_dead_letter_of_a_system_it_does_not_write_to(tmp_path):
+    with sync_rig(tmp_path, "sqlite", systems=3) as rig:
+        rig.add("s0", "x@example.com", "X", "Zero")
+        rig.run()
+        table = rig.tables["s1"].name
+        with rig.engines["s1"].begin() as conn:
+            conn.exec_driver_sql(
+                f"CREATE TRIGGER refuse BEFORE UPDATE ON {table} "
+                "BEGIN SELECT RAISE(ABORT, 'refused'); END"
+            )
+        rig.edit("s0", "x@example.com", first_name="Xena")
+        report = rig.run()
+        assert report.systems["s1"]["failed"] == 1 and report.systems["s2"]["updated"] == 1
+        with rig.engines["s1"].begin() as conn:
+            conn.exec_driver_sql("DROP TRIGGER refuse")
+        store = open_store(rig.definition)
+        try:
+            assert store.retry_dead_letters(rig.definition.name) == 1  # due now
+            # s2 -> s0 takes the letter's link up, and neither writes s1 nor settles it
+            assert writes(rig.run(sources={"s2"}, targets={"s0"})) == 0
+            assert len(store.open_dead_letters(rig.definition.name)) == 1
+            store.retry_dead_letters(rig.definition.name)
+        finally:
+            store.close()
+        assert rig.run().systems["s1"]["updated"] == 1
+        assert [rig.row(s, "x@example.com")["first_name"] for s in ("s0", "s1", "s2")] == [
+            "Xena"
+        ] * 3
+
+
 def test_a_record_whose_system_does_not_map_a_changed_field_keeps_its_own_values(tmp_path):
     # s2 does not map phone: when s0 sets a phone the link's base moves without s2's record,
     # which the state held as "the base"; it must keep the values it had
