@@ -198,7 +198,11 @@ class SyncMachine(RuleBasedStateMachine):
     def set_faults(self, **rates: float) -> None:
         self.world.faults = Faults(**rates)
 
-    def _run(self, steps: Steps | None = None) -> RunReport | None:
+    def _run(
+        self, steps: Steps | None = None, direction: tuple[str, str] | None = None
+    ) -> RunReport | None:
+        """A run (of one direction, ``(source, target)``, when given: it reads and moves the
+        source's cursor of that direction only, so the extraction check follows two-way runs)."""
         world = self.world
         world.clock.advance(2)
         runtime = Runtime(
@@ -212,14 +216,15 @@ class SyncMachine(RuleBasedStateMachine):
         starts = {}
         for endpoint in world.endpoints.values():
             endpoint.arm()
+        one_way = {"sources": {direction[0]}, "targets": {direction[1]}} if direction else {}
         try:
-            report = run_sync(world.definition, runtime)
+            report = run_sync(world.definition, runtime, **one_way)
         except Crash:
             if isinstance(steps, CrashingSteps) and steps.at == "commit state" and steps.after:
                 # died after its state was committed: for the state, the run is done
                 world.committed()
                 for name, endpoint in world.endpoints.items():
-                    if endpoint.last_read_start is not None:
+                    if endpoint.last_read_start is not None and not direction:
                         self.prev_start[name] = endpoint.last_read_start
             else:
                 world.crashed()
@@ -230,7 +235,7 @@ class SyncMachine(RuleBasedStateMachine):
             world.crashed()
         for name, endpoint in world.endpoints.items():
             starts[name] = endpoint.last_read_start
-        if report.status == "completed":
+        if report.status == "completed" and not direction:
             self._check_extraction(starts)
         return report
 
@@ -444,6 +449,18 @@ class SyncMachine(RuleBasedStateMachine):
 
 class ThreeSystems(SyncMachine):
     systems = 3
+
+
+class OneWayRuns(ThreeSystems):
+    """Three systems, and runs of the one-way flow among the two-way ones. Not in the CI
+    profile yet: with faults and crashes it still finds failing sequences (the regression
+    replays hold the ones fixed); run it with ``OneWayRuns.TestCase`` to hunt."""
+
+    @rule(source=st.integers(0, 2), into=st.integers(0, 2))
+    def one_way_run(self, source: int, into: int) -> None:
+        """One system's changes into one other; the third takes them from a later run."""
+        if self._system(source) != self._system(into):
+            self._run(direction=(self._system(source), self._system(into)))
 
 
 class MatchOnEmail(SyncMachine):

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from tests.convergence.machine import MatchOnEmail, SyncMachine, ThreeSystems
+from tests.convergence.machine import MatchOnEmail, OneWayRuns, SyncMachine, ThreeSystems
 from tests.convergence.saas_world import SalesforceAndSql, SharePointAndSql
 
 
@@ -249,6 +249,104 @@ SALESFORCE_CREATE_SENT_AGAIN_AFTER_LOST_ANSWER = (
 )
 
 
+# a one-way run settled the dead letter of a failed write to a system it does not write to
+ONE_WAY_RUN_SETTLES_ANOTHER_SYSTEMS_LETTER = (
+    OneWayRuns,
+    """
+    start(records=8, seed=851)
+    run()
+    run()
+    run()
+    run()
+    run()
+    run()
+    run()
+    run()
+    run()
+    run()
+    run()
+    set_faults(applied_then_timeout=0.0, concurrent_edit=0.3, edit_while_paging=0.0, error_before=0.0, partial=0.1)
+    run()
+    run_while_people_edit()
+    run()
+    run()
+    run()
+    one_way_run(into=0, source=2)
+    """,
+)
+
+# a one-way run carried a deletion to one system and forgot it before the third took it
+ONE_WAY_RUN_FORGETS_A_DELETION = (
+    OneWayRuns,
+    """
+    start(records=7, seed=0)
+    run()
+    run()
+    person_deletes(pick=0, side=0)
+    one_way_run(into=1, source=0)
+    """,
+)
+
+# the deletes of a deleted link failed; a one-way run into the deleting system settled them
+ONE_WAY_RUN_SETTLES_A_DELETED_LINKS_LETTERS = (
+    OneWayRuns,
+    """
+    start(records=7, seed=0)
+    run_again()
+    crash_after_write(step='load s0')
+    run_again()
+    run_again()
+    run_again()
+    run_while_people_edit()
+    run_again()
+    run_again()
+    run_again()
+    run_again()
+    run_again()
+    person_deletes(pick=0, side=0)
+    run_again()
+    one_way_run(into=0, source=2)
+    person_creates(side=0)
+    """,
+)
+
+
+# a one-way run settled the letters of a link whose change sat in a system it does not read
+ONE_WAY_RUN_SETTLES_A_CHANGE_IT_DOES_NOT_READ = (
+    OneWayRuns,
+    """
+    start(records=7, seed=32624)
+    run_while_people_edit()
+    person_edits(field='email', pick=0, side=1)
+    people_edit_one_record_on_both_sides(fields=['email', 'last_name', 'first_name'], pick=1)
+    run_while_people_edit()
+    run_again()
+    person_edits(field='email', pick=42, side=2)
+    set_faults(applied_then_timeout=0.0, concurrent_edit=0.0, edit_while_paging=0.0, error_before=0.1, partial=0.0)
+    run_again()
+    person_creates(side=0)
+    crash_after_write(step='load s0')
+    run_while_people_edit()
+    run_while_people_edit()
+    run_while_people_edit()
+    run_while_people_edit()
+    one_way_run(into=2, source=1)
+    crash_after_write(step='commit state')
+    run_again()
+    """,
+)
+
+
+# a one-way run created a new record in one system and never in the third
+ONE_WAY_RUN_CREATES_IN_ONE_SYSTEM_ONLY = (
+    OneWayRuns,
+    """
+    start(records=2, seed=0)
+    one_way_run(into=0, source=1)
+    """,
+)
+
+
 @pytest.mark.parametrize(
     "case",
     [
@@ -260,6 +358,11 @@ SALESFORCE_CREATE_SENT_AGAIN_AFTER_LOST_ANSWER = (
         COPY_EDITED_BEFORE_READ_BACK,
         GRAPH_CREATE_SENT_AGAIN_AFTER_LOST_ANSWER,
         SALESFORCE_CREATE_SENT_AGAIN_AFTER_LOST_ANSWER,
+        ONE_WAY_RUN_SETTLES_ANOTHER_SYSTEMS_LETTER,
+        ONE_WAY_RUN_FORGETS_A_DELETION,
+        ONE_WAY_RUN_SETTLES_A_DELETED_LINKS_LETTERS,
+        ONE_WAY_RUN_SETTLES_A_CHANGE_IT_DOES_NOT_READ,
+        ONE_WAY_RUN_CREATES_IN_ONE_SYSTEM_ONLY,
     ],
     ids=[
         "key-reused-after-delete",
@@ -270,6 +373,11 @@ SALESFORCE_CREATE_SENT_AGAIN_AFTER_LOST_ANSWER = (
         "copy-edited-before-read-back",
         "graph-create-sent-again-after-lost-answer",
         "salesforce-create-sent-again-after-lost-answer",
+        "one-way-run-settles-another-systems-letter",
+        "one-way-run-forgets-a-deletion",
+        "one-way-run-settles-a-deleted-links-letters",
+        "one-way-run-settles-a-change-it-does-not-read",
+        "one-way-run-creates-in-one-system-only",
     ],
 )
 def test_replay(case, caplog):
