@@ -63,7 +63,7 @@ def settle(
                     seen, seen_hash = None, None
                 else:
                     held = {f: known.get(f) for f in lp.left_behind if f in seen}
-                    if any((seen[f], type(seen[f])) != (v, type(v)) for f, v in held.items()):
+                    if held:
                         seen = {**seen, **held}
                         seen_hash = values_hash(seen)
             updated[system] = Member(
