@@ -178,6 +178,9 @@ def settle(
                     old.deleted_at or now,
                 )
             )
+    written = {(m.system, m.external_id) for m in changes.members}
+    for system, read in reads.items():
+        changes.members.extend(m for k, m in read.refreshed.items() if (system, k) not in written)
     _move_tombstones_off_reused_keys(changes.members)
     linked_now = {(m.system, m.external_id) for m in changes.members}
     parked_now = {(p["system"], p["external_id"]) for p in mapping.parked}

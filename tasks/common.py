@@ -53,6 +53,10 @@ class Filtered:
     unchanged: int = 0
     parked: list[dict] = field(default_factory=list)  # records no key can identify
     members: dict[str, Member] = field(default_factory=dict)  # ID-map rows of changed/deleted
+    # echoes and unchanged records whose version moved (a write applied again, a system-only
+    # bump): their ID-map rows with the version the system holds now, so that a
+    # compare-and-set on the old version never defers their next update
+    refreshed: dict[str, Member] = field(default_factory=dict)
 
 
 @dataclass(slots=True)

@@ -10,6 +10,7 @@ import pickle
 import subprocess
 import sys
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 
 from prefect import task
 
@@ -54,6 +55,7 @@ class _Read:
         self.unkeyed: list[dict] = []  # records with no key: each page's stay parked
         self.deleted: dict[str, None] = {}
         self.members: dict[str, Member] = {}  # of the keys changed or deleted so far
+        self.refreshed: dict[str, Member] = {}  # skipped records whose version moved
 
     def page(self, raw: list[RawRecord], deleted: Iterable[str] = ()) -> None:
         """Fold one page in; its raw records go as their canonical form is made."""
@@ -69,11 +71,18 @@ class _Read:
         for key in gone:
             if key in members:
                 self.members[key] = members[key]
+        versions = {r.key: r.version for r in records}
+        for key in gone:
+            self.refreshed.pop(key, None)
         for key, result in outcome.items():
+            self.refreshed.pop(key, None)
             if isinstance(result, Observed) and key in members:
                 self.members[key] = members[key]
             else:
                 self.members.pop(key, None)
+                member = members.get(key)
+                if result in (ECHO, UNCHANGED) and member.version != versions[key]:
+                    self.refreshed[key] = replace(member, version=versions[key])
 
     def accounts_for(self, endpoint: Endpoint) -> bool:
         """Whether the system holds exactly the keys the ID map holds as live plus the new
@@ -159,6 +168,7 @@ def extract_changes(
         unchanged=unchanged,
         parked=parked,
         members={k: m for k, m in read.members.items() if k in wanted},
+        refreshed={k: m for k, m in read.refreshed.items() if k not in deleted},
     )
 
 

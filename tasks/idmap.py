@@ -154,6 +154,10 @@ def map_ids(
 
     touched = set(out.observed) | set(out.deleted) | set(pending_links)
     out.members = store.members_of(sync, touched - out.new_links)
+    refreshed = {(s, k): m for s, batch in filtered.items() for k, m in batch.refreshed.items()}
+    if refreshed:  # the version each system holds now, for this run's compare-and-set
+        for link_id, members in out.members.items():
+            out.members[link_id] = [refreshed.get((m.system, m.external_id), m) for m in members]
     out.links = store.links(sync, touched - out.new_links)
     for member in rejoined:
         if member.link_id not in out.links:

@@ -306,6 +306,14 @@ class SyncMachine(RuleBasedStateMachine):
         doubled = [k for k, n in live.items() if n > 1]
         assert not doubled, f"links with two live records in one system: {doubled}"
 
+    @invariant()
+    def no_write_is_a_no_op(self) -> None:
+        if self.world is None:
+            return
+        assert not self.world.no_op_writes, (
+            f"a write set fields to the values the system held: {self.world.no_op_writes}"
+        )
+
     def _check_extraction(self, starts: dict[str, datetime | None]) -> None:
         """A completed run returned every row changed since the previous completed extraction began."""
         for system, start in starts.items():

@@ -311,6 +311,7 @@ class Flaky(Endpoint):
         refused = {i for i in range(len(ops)) if self._endpoint_fault(faults.partial)}
         applied = [op for i, op in enumerate(ops) if i not in refused]
         self.ops_sent += len(applied)
+        self._note_no_ops(applied)
         before = set(self.side.live_keys()) if self.side.http_faults else set()
         try:
             applied_results = self.inner.write(applied)
@@ -338,6 +339,9 @@ class Flaky(Endpoint):
             else:
                 out.append(next(results))
         if self._endpoint_fault(faults.applied_then_timeout):
+            self.world.unsure_now |= {
+                (self.system, r.op.key) for r in out if r.ok and isinstance(r.op, Update)
+            }
             for r in out:
                 if r.ok and isinstance(r.op, Create):
                     self.world.unconfirmed_keys.add((self.system, r.key))
@@ -347,6 +351,31 @@ class Flaky(Endpoint):
                 for r in out
             ]
         return out
+
+    def _note_no_ops(self, ops: list[Op]) -> None:
+        """An update that sets a field to the value the system already holds is a wasted
+        write at best and an echo written back at worst: the world counts each one, except
+        where twoway cannot know what the system holds (a write of its own whose outcome was
+        lost, or one made by a run that died before its state was committed)."""
+        updates = [op for op in ops if isinstance(op, Update)]
+        if not updates:
+            return
+        rows = self.side.rows()
+        for op in updates:
+            held = rows.get(op.key)
+            if held is None or (self.system, op.key) in self.world.unsure | self.world.unsure_now:
+                continue
+            same = [
+                f
+                for f in FIELDS
+                if self.side.column(f) in op.values and op.values[self.side.column(f)] == held[f]
+            ]
+            if same:
+                self.world.no_op_writes.append(
+                    f"{self.system} {op.key}: {', '.join(same)} = {held}"
+                )
+        for op in updates:
+            self.world.written_this_run.add((self.system, op.key))
 
     def _note_lost_creates(
         self, before: set[str], ops: list[Op], results: list[WriteResult]
@@ -408,6 +437,13 @@ class World:
         self.engine_deleted: dict[int, tuple[str, str]] = {}  # record -> (system, key)
         self.skew: dict[str, float] = {}  # seconds a person's clock is behind
         self.true_change: dict[tuple[str, str], datetime] = {}
+        # updates that set a field to the value the system held (see Flaky._note_no_ops)
+        self.no_op_writes: list[str] = []
+        # records whose latest write twoway cannot be sure of: its answer was lost, or the
+        # run that made it died before committing; the next completed run learns them
+        self.unsure: set[tuple[str, str]] = set()
+        self.unsure_now: set[tuple[str, str]] = set()  # the same, of the run going on
+        self.written_this_run: set[tuple[str, str]] = set()
         self._faults = Faults()
         self.counter = 0
         self.names = [f"s{i}" for i in range(len(sides))]
@@ -509,6 +545,8 @@ class World:
                 self.ambiguous_values |= values
         self.uncommitted.clear()
         self.touched.clear()
+        self.unsure, self.unsure_now = self.unsure_now, set()
+        self.written_this_run.clear()
 
     def crashed(self) -> None:
         """A run died, or failed, before committing its state: the creates it applied are
@@ -520,6 +558,9 @@ class World:
             self.ambiguous_values |= values
         self.uncommitted.clear()
         self.touched.clear()
+        self.unsure |= self.written_this_run | self.unsure_now
+        self.unsure_now.clear()
+        self.written_this_run.clear()
 
     def _note_if_unconfirmed(self, system: str, key: str, new: dict[str, str]) -> None:
         """A person touching a copy twoway cannot know of yet makes its values ambiguous
