@@ -66,6 +66,9 @@ class SqlTable(EndpointBlock):
     modified_at: str | None = Field(None, description="Column holding the last change time")
     modified_by: str | None = Field(None, description="Column holding the last modifier")
     columns_to_sync: list[str] = Field(default_factory=list, description="Data columns to read")
+    link_column: str | None = Field(
+        None, description="Column stamped with the link id of each row twoway creates"
+    )
     page_size: int = Field(5000, ge=1, description="Rows per read page")
     overlap_seconds: float = Field(300.0, ge=0, description="Look-back window of incremental reads")
     credentials: IntegrationAccountCredentials | None = Field(
@@ -87,6 +90,7 @@ class SqlTable(EndpointBlock):
             "url": SecretStr(system.url) if system.url else None,
             "table": system.table,
             "db_schema": system.db_schema,
+            "link_column": system.link_column,
         }
 
     # -- plumbing ---------------------------------------------------------------------
@@ -161,6 +165,20 @@ class SqlTable(EndpointBlock):
     def columns(self) -> set[str]:
         return set(self.sa_table().c.keys())
 
+    def add_link_column(self) -> bool:
+        """Add the link marker column (``link_column``) when the table lacks it: a nullable
+        text column that twoway alone writes, on creates. True when it was added."""
+        if not self.link_column or self.link_column in self.columns():
+            return False
+        table = self.sa_table()
+        column = sa.Column(self.link_column, sa.String(64), nullable=True)
+        ddl = sa.schema.CreateColumn(column).compile(dialect=self.engine().dialect)
+        quoted = self.engine().dialect.identifier_preparer.format_table(table)
+        with self.engine().begin() as conn:
+            conn.execute(sa.text(f"ALTER TABLE {quoted} ADD COLUMN {ddl}"))
+        self.close()  # the table's columns are read again on next use
+        return True
+
     def _col(self, name: str) -> sa.Column:
         table = self.sa_table()
         if name not in table.c:
@@ -170,7 +188,7 @@ class SqlTable(EndpointBlock):
     def _select(self) -> sa.Select:
         cols = [self._col(self.key)]
         cols += [self._col(c) for c in self.columns_to_sync if c != self.key]
-        for extra in (self.modified_at, self.modified_by):
+        for extra in (self.modified_at, self.modified_by, self.link_column):
             if extra and extra not in self.columns_to_sync and extra != self.key:
                 cols.append(self._col(extra))
         return sa.select(*cols)
@@ -186,6 +204,7 @@ class SqlTable(EndpointBlock):
         key_at = at[self.key]
         stamp_at = at[self.modified_at] if self.modified_at else None
         by_at = at[self.modified_by] if self.modified_by else None
+        link_at = at[self.link_column] if self.link_column else None
         raw = self._raw
         return [
             raw(
@@ -193,6 +212,7 @@ class SqlTable(EndpointBlock):
                 {c: row[i] for c, i in zip(columns, picks, strict=True)},
                 None if stamp_at is None else row[stamp_at],
                 None if by_at is None else row[by_at],
+                None if link_at is None else row[link_at],
             )
             for row in rows
         ]
@@ -204,15 +224,19 @@ class SqlTable(EndpointBlock):
             {c: data[c] for c in self.columns_to_sync},
             data[self.modified_at] if self.modified_at else None,
             data[self.modified_by] if self.modified_by else None,
+            data.get(self.link_column) if self.link_column else None,
         )
 
-    def _raw(self, key: Any, values: dict[str, Any], stamp: Any, by: Any) -> RawRecord:
+    def _raw(
+        self, key: Any, values: dict[str, Any], stamp: Any, by: Any, link: Any = None
+    ) -> RawRecord:
         return RawRecord(
             key="" if key is None else key if type(key) is str else str(key),
             values=values,
             modified_at=parse_timestamp(stamp),
             modified_by=None if by is None else str(by),
             version=self._version(stamp),
+            link=None if link is None else str(link),
         )
 
     def _version(self, stamp: Any) -> str | None:
@@ -405,7 +429,9 @@ class SqlTable(EndpointBlock):
             creates = [(i, op) for i, op in enumerate(ops) if isinstance(op, Create)]
             known: dict[str, RawRecord] = {}  # records whose stored form is what was sent
             if creates:
-                keys, sent = self._insert(conn, [op.values for _, op in creates], stamps)
+                mark = self.link_column
+                rows = [{**op.values, mark: op.ref} if mark else op.values for _, op in creates]
+                keys, sent = self._insert(conn, rows, stamps)
                 as_sent = self._stored_as_sent(conn)
                 nulls = dict.fromkeys(as_sent or ())  # what the columns left out read back as
                 for (i, _), new_key, row in zip(creates, keys, sent, strict=True):

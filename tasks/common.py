@@ -35,6 +35,7 @@ class Observed:
     modified_at: datetime | None
     modified_by: str | None
     version: str | None
+    link: str | None = None  # the link marker twoway stamped on a record it created
 
 
 @dataclass(slots=True)

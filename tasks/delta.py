@@ -245,7 +245,15 @@ def compute_deltas(
             need = _NOBODY
             for target, values in current.items():
                 if (winner, target) in flows and not _same(values.get(fname), value):
-                    if target in targets:
+                    if (
+                        target not in sources
+                        and target not in observed
+                        and live[target].seen is None
+                    ):
+                        # a record known by key only, in a system this run does not read:
+                        # what it holds is unknown, so the run that reads it decides
+                        lp.left_behind |= {fname}
+                    elif target in targets:
                         need = _plus(need, target)
                     else:  # a one-direction run: the base waits for the run that writes there
                         lp.left_behind |= {fname}
@@ -254,7 +262,13 @@ def compute_deltas(
         lp.match_key = (
             match_key(definition, {**base, **lp.proposed}) if definition.match_on else None
         )
-        _plan_writes(definition, plan, lp, live, tombstoned, targets, creates, renames)
+        # a create a crashed run may have applied in a system this run does not read waits
+        unread_creates = {s for s in mapping.unsettled.get(link_id, ()) if s not in sources}
+        _plan_writes(
+            definition, plan, lp, live, tombstoned | unread_creates, targets, creates, renames
+        )
+        if unread_creates and any(s not in live for s in unread_creates):
+            lp.left_behind |= WHOLE_RECORD
     return plan
 
 

@@ -39,6 +39,7 @@ def _canonicalise(columns: dict[str, str], system: str, record: RawRecord) -> Ob
         modified_at=record.modified_at,
         modified_by=record.modified_by,
         version=record.version,
+        link=record.link,
     )
 
 
@@ -81,7 +82,11 @@ class _Read:
             else:
                 self.members.pop(key, None)
                 member = members.get(key)
-                if result in (ECHO, UNCHANGED) and member.version != versions[key]:
+                if (
+                    result in (ECHO, UNCHANGED)
+                    and member is not None
+                    and member.version != versions[key]
+                ):
                     self.refreshed[key] = replace(member, version=versions[key])
 
     def accounts_for(self, endpoint: Endpoint) -> bool:

@@ -35,6 +35,9 @@ class Mapping:
     recovered: list[tuple[str, str]] = field(default_factory=list)
     # tombstones whose key a new record took
     reused: list[Member] = field(default_factory=list)
+    # link -> systems with an open intent whose created record this run did not find (it
+    # may exist unread: a run that does not read the system must not create it again)
+    unsettled: dict[str, set[str]] = field(default_factory=dict)
 
 
 def match_key(definition: Definition, values: dict[str, Any]) -> str | None:
@@ -71,6 +74,8 @@ def map_ids(
     unlinked: dict[str, dict[str, list[Observed]]] = {}  # match key -> system -> records
     loners: list[Observed] = []
     by_member = {m: i for i in intents or [] for m in i.members}
+    by_marker = {(i.system, i.link_id): i for i in intents or []}
+    marked: list[Observed] = []  # unknown records whose link marker names no open intent
     by_hash: dict[tuple[str, str], list[Intent]] = {}
     for intent in sorted(intents or [], key=lambda i: i.link_id):
         by_hash.setdefault((intent.system, intent.values_hash), []).append(intent)
@@ -100,9 +105,19 @@ def map_ids(
             if member is not None:
                 out.reused.append(member)
             intent = by_member.get((system, record.key))
-            if intent is None and created:
+            mark = by_marker.pop((system, record.link), None) if record.link else None
+            if intent is None and mark is not None:
+                # our own create, found by the link id it carries whatever a person changed
+                intent = mark
+                out.recovered.append((intent.system, intent.link_id))
+                if created and intent in created:
+                    created.remove(intent)
+            elif intent is None and created:
                 intent = created.pop(0)
                 out.recovered.append((intent.system, intent.link_id))
+            elif intent is None and record.link:
+                marked.append(record)
+                continue
             if intent is not None:
                 out.observed.setdefault(intent.link_id, {})[system] = record
                 rejoined.append(_new_member(record, intent.link_id))
@@ -117,6 +132,7 @@ def map_ids(
             if member is not None and member.deleted_at is None:
                 out.deleted.setdefault(member.link_id, set()).add(system)
 
+    loners += _rejoin_marked(store, sync, marked, out, rejoined)
     existing = store.links_by_match_key(sync, unlinked) if unlinked else {}
     candidates_members = store.members_of(sync, {lid for ids in existing.values() for lid in ids})
     joined: list[Member] = []
@@ -166,7 +182,39 @@ def map_ids(
         out.members.setdefault(member.link_id, []).append(member)
     for link_id in pending_links:
         out.observed.setdefault(link_id, {})
+    found = set(out.recovered)
+    for intent in intents or []:
+        if (intent.system, intent.link_id) not in found:
+            out.unsettled.setdefault(intent.link_id, set()).add(intent.system)
     return out
+
+
+def _rejoin_marked(
+    store: StateStore, sync: str, marked: list[Observed], out: Mapping, rejoined: list[Member]
+) -> list[Observed]:
+    """Unknown records that carry the marker of a link the state holds rejoin it where the
+    link has no live record in their system; the others are new records (a person copied a
+    marked row, or the link is gone). Returns those."""
+    if not marked:
+        return []
+    ids = {r.link for r in marked if r.link}
+    links = store.links(sync, ids)
+    taken = {
+        (m.system, m.link_id)
+        for members in store.members_of(sync, links.keys()).values()
+        for m in members
+        if m.deleted_at is None
+    }
+    strangers = []
+    for record in marked:
+        link = links.get(record.link or "")
+        if link is None or link.deleted_at is not None or (record.system, link.link_id) in taken:
+            strangers.append(record)
+            continue
+        taken.add((record.system, link.link_id))
+        out.observed.setdefault(link.link_id, {})[record.system] = record
+        rejoined.append(_new_member(record, link.link_id))
+    return strangers
 
 
 def _new_member(record: Observed, link_id: str) -> Member:

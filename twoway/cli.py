@@ -43,6 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="validate a definition against its systems")
     check.add_argument("path")
 
+    init = sub.add_parser(
+        "init", help="prepare a definition's systems: the link marker columns, the state store"
+    )
+    init.add_argument("path")
+
     plan = sub.add_parser("plan", help="show what a run would change, field by field")
     plan.add_argument("path")
     plan.add_argument("--full", action="store_true")
@@ -147,6 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler = {
         "run": cmd_run,
         "check": cmd_check,
+        "init": cmd_init,
         "plan": cmd_plan,
         "status": cmd_status,
         "deadletters": cmd_deadletters,
@@ -294,6 +300,12 @@ def check_definition(definition) -> list[str]:
             column = getattr(system, key)
             if column and column not in columns:
                 problems.append(f"{prefix}{where}.{key}: column {column!r} does not exist")
+        marker = getattr(system, "link_column", None)
+        if marker and marker not in columns:
+            problems.append(
+                f"{prefix}{where}.link_column: column {marker!r} does not exist "
+                f"(`twoway init {definition.path}` adds it)"
+            )
         for fname, column in definition.fields_of(name).items():
             if column not in columns:
                 problems.append(
@@ -319,6 +331,42 @@ def cmd_check(args: argparse.Namespace) -> int:
     if problems:
         raise DefinitionError(problems)
     print(f"{args.path}: ok ({len(definition.systems)} systems, {len(definition.fields)} fields)")
+    for line in link_marker_notes(definition):
+        print(f"note: {line}")
+    return EXIT_OK
+
+
+def link_marker_notes(definition) -> list[str]:
+    """The systems where twoway cannot mark its creates, and what that leaves possible."""
+    return [
+        f"systems.{name} has no link marker (link_column): a create whose answer is lost "
+        "and whose copy a person edits before the next run can give a duplicate "
+        "(docs/operations.md, 'Link markers')"
+        for name, system in definition.systems.items()
+        if not getattr(system, "link_column", None)
+    ]
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    """Add each SQL system's link marker column where the definition asks for one, and
+    create or upgrade the state store: what a sync needs before its first run."""
+    from twoway.connectors import open_endpoint
+    from twoway.state import StateStore
+
+    definition = _load(args.path)
+    for name, system in definition.systems.items():
+        if not getattr(system, "link_column", None):
+            continue
+        with open_endpoint(definition, name) as endpoint:
+            added = endpoint.add_link_column()
+        state = "added" if added else "present"
+        print(f"systems.{name}: link column {system.link_column!r} {state}")
+    store = StateStore(definition.state)
+    try:
+        store.migrate()
+    finally:
+        store.close()
+    print(f"state: ready ({redact(definition.state)})")
     return EXIT_OK
 
 

@@ -35,6 +35,7 @@ class RawRecord:
     modified_at: datetime | None = None  # timezone-aware UTC
     modified_by: str | None = None
     version: str | None = None
+    link: str | None = None  # the link id twoway stamped on a record it created (link marker)
 
 
 @dataclass(slots=True)

@@ -59,6 +59,14 @@ class SqlSystem(SystemBase):
     url: str | None = Field(None, description="SQLAlchemy URL; relative SQLite paths are resolved")
     table: str | None = Field(None, description="Table name")
     db_schema: str | None = Field(None, alias="schema", description="Database schema of the table")
+    link_column: str | None = Field(
+        None,
+        description=(
+            "Column where twoway stamps the link id of every row it creates and reads it back "
+            "from, so a create whose answer was lost is found even after a person edited the "
+            "row (`twoway init` adds the column)"
+        ),
+    )
 
 
 class OAuthClientMixin(BaseModel):
