@@ -115,7 +115,8 @@ class SimulatorSide(Side):
     def insert(self, values: dict[str, str]) -> str:
         return self.state.user_create(self.COLLECTION, self._fields(values), user=self.person)
 
-    def update(self, key: str, values: dict[str, str]) -> bool:
+    def update(self, key: str, values: dict[str, str], as_account: bool = False) -> bool:
+        assert not as_account, "the simulators' people edit as themselves"
         try:
             self.state.user_update(self.COLLECTION, key, self._fields(values), user=self.person)
         except self.REFUSED:

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from tests.convergence.machine import MatchOnEmail, SyncMachine, ThreeSystems, profile
+from tests.convergence.machine import (
+    LinkMarkers,
+    MatchOnEmail,
+    OneWayRuns,
+    SyncMachine,
+    ThreeSystems,
+    TwoSystemsOnPostgres,
+    profile,
+)
 
 TestTwoSystems = SyncMachine.TestCase
 TestTwoSystems.settings = profile(250)
@@ -12,3 +20,12 @@ TestThreeSystems.settings = profile(100)
 
 TestMatchOnEmail = MatchOnEmail.TestCase
 TestMatchOnEmail.settings = profile(80)
+
+TestOneWayRuns = OneWayRuns.TestCase
+TestOneWayRuns.settings = profile(100)
+
+TestLinkMarkers = LinkMarkers.TestCase
+TestLinkMarkers.settings = profile(80)
+
+TestTwoSystemsOnPostgres = TwoSystemsOnPostgres.TestCase
+TestTwoSystemsOnPostgres.settings = profile(60)

@@ -30,6 +30,10 @@ class TwoSystemsWideWindow(SyncMachine):
     overlap = 60.0
 
 
+class TwoSystemsMarked(SyncMachine):
+    marked = ("s0", "s1")
+
+
 # a person deletes a record, and before any run notices, a new record takes its key
 KEY_REUSED_AFTER_DELETE = (
     ThreeSystemsReusingKeys,
@@ -377,6 +381,46 @@ ECHO_KEEPS_AN_OLD_VERSION = (
 )
 
 
+# a run died after its creates were applied; a person edited every copy before the next run:
+# without a link marker the copies no longer matched the creates' values and were created
+# again (a duplicate); the marker each copy carries rejoins it to its link
+LOST_CREATE_FOUND_BY_ITS_MARKER = (
+    TwoSystemsMarked,
+    """
+    start(records=4, seed=7)
+    crash_run(step='load s1', after=True)
+    person_edits(field='email', pick=0, side=1)
+    person_edits(field='email', pick=1, side=1)
+    person_edits(field='last_name', pick=2, side=1)
+    person_edits(field='email', pick=3, side=1)
+    run()
+    """,
+)
+
+
+# a run died after creating records in s0 and s1; a one-way run from s1 into s2 found s2's
+# original by the intent, knew it by key only, and wrote it the values it already held
+ONE_WAY_RUN_WRITES_A_RECORD_IT_KNOWS_BY_KEY_ONLY = (
+    OneWayRuns,
+    """
+    start(records=10, seed=1468508)
+    crash_after_write(step='load s1')
+    one_way_run(into=2, source=1)
+    """,
+)
+
+# the same crash; a one-way run from s1 into s0 created again in s0 the records the dead run
+# had created there (s0 unread, their intents open): duplicates
+ONE_WAY_RUN_CREATES_AGAIN_WHAT_A_DEAD_RUN_CREATED = (
+    OneWayRuns,
+    """
+    start(records=10, seed=0)
+    crash_after_write(step='load s1')
+    one_way_run(into=0, source=1)
+    """,
+)
+
+
 @pytest.mark.parametrize(
     "case",
     [
@@ -394,6 +438,9 @@ ECHO_KEEPS_AN_OLD_VERSION = (
         ONE_WAY_RUN_SETTLES_A_CHANGE_IT_DOES_NOT_READ,
         ONE_WAY_RUN_CREATES_IN_ONE_SYSTEM_ONLY,
         ECHO_KEEPS_AN_OLD_VERSION,
+        LOST_CREATE_FOUND_BY_ITS_MARKER,
+        ONE_WAY_RUN_WRITES_A_RECORD_IT_KNOWS_BY_KEY_ONLY,
+        ONE_WAY_RUN_CREATES_AGAIN_WHAT_A_DEAD_RUN_CREATED,
     ],
     ids=[
         "key-reused-after-delete",
@@ -410,6 +457,9 @@ ECHO_KEEPS_AN_OLD_VERSION = (
         "one-way-run-settles-a-change-it-does-not-read",
         "one-way-run-creates-in-one-system-only",
         "echo-keeps-an-old-version",
+        "lost-create-found-by-its-marker",
+        "one-way-run-writes-a-record-it-knows-by-key-only",
+        "one-way-run-creates-again-what-a-dead-run-created",
     ],
 )
 def test_replay(case, caplog):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 import shutil
 import tempfile
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -74,6 +75,10 @@ class Deletion:
     unconfirmed_copy: bool = False  # it, or a copy of it, came from a create whose answer was lost
 
 
+class Crash(BaseException):
+    """The process dies: nothing the engine may catch or clean up after."""
+
+
 @dataclass
 class Faults:
     """Rates of each fault kind, drawn per call from the world's random source (SQL), or
@@ -117,8 +122,16 @@ class Side:
         """A person creates a record; its key."""
         raise NotImplementedError
 
-    def update(self, key: str, values: dict[str, str]) -> bool:
-        """A person changes fields of a record; False when it is gone."""
+    #: twoway stamps its creates with their link id (a link marker) and reads it back
+    marked = False
+
+    #: people can edit with the integration account's own credentials (a script or an
+    #: administrator using them): such an edit is a change, not an echo
+    account_edits = False
+
+    def update(self, key: str, values: dict[str, str], as_account: bool = False) -> bool:
+        """A person changes fields of a record (as the integration account when
+        ``as_account``); False when it is gone."""
         raise NotImplementedError
 
     def remove(self, key: str) -> bool:
@@ -146,15 +159,17 @@ class SqlSide(Side):
 
     def __init__(self, world: World, name: str):
         super().__init__(world, name)
-        self.url = f"sqlite:///{world.folder / (name + '.db')}"
+        self.url, self.table_name = self.place(world, name)
         self.engine = sa.create_engine(self.url)
+        self.marked = name in world.marked
         self.table = sa.Table(
-            "records",
+            self.table_name,
             sa.MetaData(),
             sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
             *(sa.Column(f"{name}_{f}", sa.String(80)) for f in FIELDS),
             sa.Column("stamp", sa.String(32)),
             sa.Column("who", sa.String(40)),
+            *([sa.Column("twoway_link", sa.String(40))] if self.marked else []),
             sqlite_autoincrement=not world.reuse_keys,
         )
         self.table.create(self.engine)
@@ -163,13 +178,13 @@ class SqlSide(Side):
         return {
             "kind": "sql",
             "url": self.url,
-            "table": "records",
+            "table": self.table_name,
             "key": "id",
             "modified_at": "stamp",
             "modified_by": "who",
             "integration_account": "sync",
             "overlap_seconds": self.world.overlap,
-        }
+        } | ({"link_column": "twoway_link"} if self.marked else {})
 
     def column(self, field_name: str) -> str:
         return f"{self.name}_{field_name}"
@@ -177,7 +192,7 @@ class SqlSide(Side):
     def endpoint(self, between_pages: Callable[[list[str]], None]) -> Endpoint:
         table = SqlTable(
             url=SecretStr(self.url),
-            table="records",
+            table=self.table_name,
             key="id",
             modified_at="stamp",
             modified_by="who",
@@ -185,30 +200,39 @@ class SqlSide(Side):
             columns_to_sync=[self.column(f) for f in FIELDS],
             page_size=3,
             overlap_seconds=self.world.overlap,
+            link_column="twoway_link" if self.marked else None,
         )
         table.use_clock(self.world.clock)
         table.use_page_hook(between_pages)
         return table
 
-    def _stamp(self) -> dict[str, str]:
+    account_edits = True
+
+    def place(self, world: World, name: str) -> tuple[str, str]:
+        """The database URL and the table name of this system."""
+        return f"sqlite:///{world.folder / (name + '.db')}", "records"
+
+    def _stamp(self, who: str) -> dict[str, str]:
         behind = self.world.skew.get(self.name, 0.0)
         return {
             "stamp": format_timestamp(self.world.clock() - timedelta(seconds=behind)),
-            "who": f"person-{self.name}",
+            "who": who,
         }
 
-    def _columns(self, values: dict[str, str]) -> dict[str, str]:
-        return {self.column(f): v for f, v in values.items()} | self._stamp()
+    def _columns(self, values: dict[str, str], as_account: bool = False) -> dict[str, str]:
+        who = "sync" if as_account else f"person-{self.name}"
+        return {self.column(f): v for f, v in values.items()} | self._stamp(who)
 
     def insert(self, values: dict[str, str]) -> str:
         with self.engine.begin() as conn:
             inserted = conn.execute(self.table.insert().values(self._columns(values)))
             return str(inserted.inserted_primary_key[0])
 
-    def update(self, key: str, values: dict[str, str]) -> bool:
+    def update(self, key: str, values: dict[str, str], as_account: bool = False) -> bool:
         table = self.table
         with self.engine.begin() as conn:
-            query = table.update().where(table.c.id == int(key)).values(self._columns(values))
+            columns = self._columns(values, as_account)
+            query = table.update().where(table.c.id == int(key)).values(columns)
             return bool(conn.execute(query).rowcount)
 
     def remove(self, key: str) -> bool:
@@ -230,6 +254,20 @@ class SqlSide(Side):
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+class PostgresSide(SqlSide):
+    """A table of its own in the PostgreSQL server the integration tests use (dropped when
+    the world closes)."""
+
+    def place(self, world: World, name: str) -> tuple[str, str]:
+        from tests.sqlrig import POSTGRES_URL
+
+        return POSTGRES_URL, f"harness_{uuid.uuid4().hex[:10]}_{name}"
+
+    def close(self) -> None:
+        self.table.drop(self.engine, checkfirst=True)
+        super().close()
 
 
 class Flaky(Endpoint):
@@ -326,6 +364,11 @@ class Flaky(Endpoint):
                 self.world.uncommitted[(self.system, r.key)] = r.op.ref
         if self.side.http_faults:
             self._note_lost_creates(before, applied, applied_results)
+        if self.world.crash_after_batches is not None:
+            self.world.crash_after_batches -= 1
+            if self.world.crash_after_batches <= 0:  # dies with this batch applied
+                self.world.crash_after_batches = None
+                raise Crash(f"{self.system}: the process died after a write batch")
         results = iter(applied_results)
         out = []
         for i, op in enumerate(ops):
@@ -414,6 +457,7 @@ class World:
         match_on: bool = False,
         reuse_keys: bool = False,  # SQLite without AUTOINCREMENT gives a deleted row's key again
         overlap: float = OVERLAP,
+        marked: Sequence[str] = (),  # the systems with a link marker column
     ):
         self.seed, self.match_on, self.reuse_keys, self.overlap = (
             seed,
@@ -421,6 +465,7 @@ class World:
             reuse_keys,
             overlap,
         )
+        self.marked = set(marked)
         self.rng = random.Random(seed)
         self.clock = VirtualClock(datetime(2030, 1, 1, tzinfo=UTC))
         self.folder = Path(tempfile.mkdtemp(prefix="twoway-harness-"))
@@ -444,6 +489,8 @@ class World:
         self.unsure: set[tuple[str, str]] = set()
         self.unsure_now: set[tuple[str, str]] = set()  # the same, of the run going on
         self.written_this_run: set[tuple[str, str]] = set()
+        # the process dies once this many more write batches have been applied
+        self.crash_after_batches: int | None = None
         self._faults = Faults()
         self.counter = 0
         self.names = [f"s{i}" for i in range(len(sides))]
@@ -529,9 +576,9 @@ class World:
     def keys(self, system: str) -> list[str]:
         return self.sides[system].live_keys()
 
-    def edit(self, system: str, key: str, fname: str) -> None:
+    def edit(self, system: str, key: str, fname: str, as_account: bool = False) -> None:
         value = self.unique(fname[0])
-        if self.sides[system].update(key, {fname: value}):
+        if self.sides[system].update(key, {fname: value}, as_account):
             self._note_if_unconfirmed(system, key, {fname: value})
             self._log(system, key, {fname: value})
 
@@ -564,7 +611,10 @@ class World:
 
     def _note_if_unconfirmed(self, system: str, key: str, new: dict[str, str]) -> None:
         """A person touching a copy twoway cannot know of yet makes its values ambiguous
-        (for a copy the running run made: once that run dies without committing)."""
+        (for a copy the running run made: once that run dies without committing). Not on
+        a system with a link marker: twoway finds its copies by the marker, edited or not."""
+        if new and self.sides[system].marked:
+            return
         if (system, key) in self.uncommitted:
             touched = self.touched.setdefault((system, key), set())
             touched |= set(self.rows(system).get(key, {}).values()) | set(new.values())
