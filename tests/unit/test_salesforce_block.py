@@ -260,7 +260,7 @@ def test_block_pickles_without_its_client(org):
     block = _block(url)
     block.columns()
     copy = pickle.loads(pickle.dumps(block))
-    assert copy._client is None and copy._token is None
+    assert copy._http is None
     assert "LastName" in copy.columns()
     block.close()
 

@@ -12,6 +12,10 @@ from pathlib import Path
 import httpx
 import pytest
 from pydantic import SecretStr
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
 
 from blocks.credentials import IntegrationAccountCredentials
 from blocks.sharepoint import SharePointList
@@ -83,7 +87,7 @@ def env(served):
         credentials=IntegrationAccountCredentials(client_id="app", client_secret=SecretStr(SECRET)),
     )
     block.use_transport(recorder)
-    block.use_sleep(sleeps.append)
+    block.use_retry_hooks(sleeps.append)
     yield state, block, recorder, sleeps
     block.close()
     state.faults.set()
@@ -166,7 +170,7 @@ def test_retry_after_is_honoured_and_only_failed_items_are_retried():
         credentials=IntegrationAccountCredentials(client_id="a", client_secret=SecretStr("b")),
     )
     block.use_transport(httpx.MockTransport(handler))
-    block.use_sleep(sleeps.append)
+    block.use_retry_hooks(sleeps.append)
     results = block.write([Create(ref=str(i), values={"Title": "x"}) for i in range(3)])
     assert sleeps == [7.0, 3.0]
     assert envelopes[1] == ["0", "1", "2"] and envelopes[2] == ["1"]
@@ -280,7 +284,7 @@ def test_pickling_drops_the_client_and_token(env):
     _, block, _, _ = env
     block.columns()
     copy = pickle.loads(pickle.dumps(block))
-    assert copy._client is None and copy._token is None
+    assert copy._http is None
     assert copy.credentials.client_secret.get_secret_value() == SECRET
 
 
@@ -349,3 +353,29 @@ def test_one_write_in_flight_sends_batches_one_after_another(env):
     finally:
         state.latency_ms = 0
     assert all(r.ok for r in results) and recorder.most_waiting == 1
+
+
+def test_subscribing_goes_through_the_blocks_client_retries_and_token_renewal(env):
+    state, block, recorder, sleeps = env
+
+    async def hook(request: Request) -> Response:
+        return PlainTextResponse(request.query_params.get("validationToken", ""))
+
+    app = Starlette(routes=[Route("/hook", hook, methods=["POST"])])
+    with BackgroundServer(app) as receiver:
+        url = f"{receiver.url}/hook"
+        created = block.subscribe(url, SecretStr("client-state-secret"), 60)
+        state.expire_tokens()
+        state.faults.set(throttle=1.0)
+
+        def released(seconds: float) -> None:
+            sleeps.append(seconds)
+            state.faults.set()
+
+        block.use_retry_hooks(released)
+        renewed = block.subscribe(url, SecretStr("client-state-secret"), 120)
+    assert created["action"] == "created" and renewed["action"] == "renewed"
+    assert renewed["id"] == created["id"] and len(state.subscriptions) == 1
+    assert len(recorder.paths("/token")) == 2  # the expired token was renewed once
+    assert sleeps == [1.0]  # the throttled call waited as Graph asked, then went through
+    assert "client-state-secret" not in json.dumps([created, renewed])
