@@ -320,8 +320,10 @@ class HttpClient:
 
     ``retriable`` are the statuses worth another try; ``codes`` maps a system's own error
     codes (Salesforce's ``UNABLE_TO_LOCK_ROW``) to the error they mean, ahead of the
-    status; ``origin`` (scheme, host and port of a URL), when set, is the only place
-    authenticated requests may go.
+    status, except that an answer with ``Retry-After`` is always retriable (the server says
+    when to come back); ``note`` adds what an answer's headers tell (quota used) to the
+    errors it means; ``origin`` (scheme, host and port of a URL), when set, is the only
+    place authenticated requests may go.
     """
 
     def __init__(
@@ -335,6 +337,7 @@ class HttpClient:
         transport: httpx.BaseTransport | None = None,
         retriable: Collection[int] = RETRIABLE_STATUSES,
         codes: Mapping[str, type[SyncError]] | None = None,
+        note: Callable[[Reply], str] | None = None,
         origin: str | None = None,
     ):
         self.auth = auth
@@ -342,6 +345,7 @@ class HttpClient:
         self.timeout = timeout
         self.retriable = frozenset(retriable)
         self.codes = dict(codes or {})
+        self.note = note
         self.origin = httpx.URL(origin) if origin else None
         self.requests = 0  # requests sent to the API, retries included, token requests not
         self.sleep = sleep
@@ -363,11 +367,15 @@ class HttpClient:
         retriable status (honouring ``Retry-After``); None leaves it to the caller."""
         code, _ = error_of(reply.body)
         kind = self.codes.get(code or "")
+        if kind is not None and reply.retry_after is not None:
+            kind = Retriable
         if kind is None and reply.status in self.retriable:
             kind = Retriable
         if kind is None:
             return None
         message = f"{where}: refused with {reply.status}{reason(reply.body)}"
+        if self.note is not None:
+            message += self.note(reply)
         if kind is Retriable:
             return Retriable(message, status=reply.status, retry_after=reply.retry_after)
         return kind(message, status=reply.status)
@@ -561,6 +569,10 @@ class HttpEndpointBlock(EndpointBlock, abc.ABC):
         """The only scheme, host and port credentials may go to (None: any)."""
         return None
 
+    def _note(self, reply: Reply) -> str:
+        """What an error answer's headers add to its message (quota used); empty here."""
+        return ""
+
     @property
     def policy(self) -> RetryPolicy:
         """How many tries a request gets, with backoff and jitter between them."""
@@ -579,6 +591,7 @@ class HttpEndpointBlock(EndpointBlock, abc.ABC):
                     transport=self._transport,
                     retriable=self._retriable,
                     codes=self._codes,
+                    note=self._note,
                     origin=self._origin(),
                 )
             return self._http

@@ -113,8 +113,9 @@ class SalesforceObject(HttpEndpointBlock):
         2, ge=1, le=8, description="write() calls sent at once; 1 sends them one after another"
     )
 
-    #: a locked row, throttling: worth another try whatever the status
-    _codes = {"UNABLE_TO_LOCK_ROW": Retriable, "REQUEST_LIMIT_EXCEEDED": Retriable}
+    #: a locked row is worth another try; a spent API allocation (REQUEST_LIMIT_EXCEEDED
+    #: with no Retry-After) stops the run at once: each retry would spend more of it
+    _codes = {"UNABLE_TO_LOCK_ROW": Retriable, "REQUEST_LIMIT_EXCEEDED": Fatal}
 
     _base: str | None = PrivateAttr(None)  # the instance URL the token answer names
     _fresh_when_pickled = {**HttpEndpointBlock._fresh_when_pickled, "_base": None}
@@ -164,6 +165,11 @@ class SalesforceObject(HttpEndpointBlock):
                 self.integration_account = sfid.to18(user_id)
         elif self.integration_account and sfid.is_valid(self.integration_account, strict=False):
             self.integration_account = sfid.to18(self.integration_account)
+
+    def _note(self, reply: Reply) -> str:
+        """The org's API use, from the Sforce-Limit-Info header every answer carries."""
+        usage = reply.headers.get("sforce-limit-info")
+        return f" (the org's API requests: {usage})" if usage else ""
 
     def _version(self) -> str:
         version = self.api_version.strip()
@@ -225,6 +231,11 @@ class SalesforceObject(HttpEndpointBlock):
         reply = self._request("GET", self._data_path("/query"), params={"q": soql}, headers=headers)
         body = reply.body
         signpost = _server_time(reply.headers)
+        logger.info(
+            "reading %s; the org's API requests: %s",
+            self.object,
+            reply.headers.get("sforce-limit-info", "not reported"),
+        )
         read: set[str] = set()  # keys read live, when deletions are asked for after the pages
         newest: datetime | None = None
         seen_urls: set[str] = set()

@@ -354,3 +354,18 @@ def test_a_write_keeps_what_it_sent_when_another_write_starts_meanwhile(org):
     # whole batch again, the create with it)
     assert results[0].ok and results[0].key
     assert isinstance(results[1].error, Retriable)
+
+
+def test_a_spent_daily_allocation_stops_the_run_at_once_with_the_usage(org):
+    state, url = org
+    block = _block(url)
+    waits: list[float] = []
+    block.use_retry_hooks(waits.append)
+    block.columns()
+    state.api_limit = state.api_usage  # the org's 24-hour allocation is spent
+    with pytest.raises(Fatal) as caught:
+        block.read_changes(None)
+    message = str(caught.value)
+    assert "REQUEST_LIMIT_EXCEEDED" in message
+    assert f"api-usage={state.api_usage}/{state.api_limit}" in message
+    assert waits == []  # no retries that would spend more calls
