@@ -325,6 +325,45 @@ def test_updated_and_deleted(api):
     assert backwards.status_code == 400
 
 
+def test_get_deleted_reaches_back_15_days_and_not_past_a_purge(api):
+    state, client, _ = api
+    now = datetime.now(UTC)
+    end = (now + timedelta(minutes=1)).isoformat(timespec="seconds")
+    days16 = (now - timedelta(days=16)).isoformat(timespec="seconds")
+    path = f"{V}/sobjects/Contact/%s/"
+    assert client.get(path % "updated", params={"start": days16, "end": end}).status_code == 200
+    too_old = client.get(path % "deleted", params={"start": days16, "end": end})
+    assert too_old.status_code == 400
+    assert too_old.json()[0]["errorCode"] == "INVALID_REPLICATION_DATE"
+
+    start = (now - timedelta(minutes=1)).isoformat(timespec="seconds")
+    first = state.user_create("Contact", {"LastName": "First"})
+    state.user_delete("Contact", first)
+    assert state.purge_deleted("Contact") == 1  # the Recycle Bin is emptied
+    purged = client.get(path % "deleted", params={"start": start, "end": end})
+    assert purged.status_code == 400
+    assert purged.json()[0]["errorCode"] == "INVALID_REPLICATION_DATE"
+    later = client.get(path % "deleted", params={"start": end, "end": end}).json()
+    assert later["deletedRecords"] == []
+    assert later["earliestDateAvailable"].startswith(now.strftime("%Y-%m-%dT"))
+
+
+def test_replication_windows_past_the_id_limit_are_refused(api):
+    state, client, _ = api
+    state.id_limit = 2
+    start = (datetime.now(UTC) - timedelta(minutes=1)).isoformat(timespec="seconds")
+    keys = [state.user_create("Contact", {"LastName": f"L{i}"}) for i in range(3)]
+    for key in keys:
+        state.user_delete("Contact", key)
+    state.user_create("Contact", {"LastName": "Keep"})
+    end = (datetime.now(UTC) + timedelta(minutes=1)).isoformat(timespec="seconds")
+    for kind in ("deleted", "updated"):
+        state.user_create("Contact", {"LastName": "More"})
+        reply = client.get(f"{V}/sobjects/Contact/{kind}/", params={"start": start, "end": end})
+        assert reply.status_code == 400, kind
+        assert reply.json()[0]["errorCode"] == "EXCEEDED_ID_LIMIT"
+
+
 def test_second_client_is_another_user(org):
     state, url = org
     alice = _token(url, "alice", "alice-secret")

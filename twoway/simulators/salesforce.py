@@ -56,6 +56,11 @@ COLLECTION_LIMIT = 200
 COLLECTION_GET_LIMIT = 2000
 DEFAULT_BATCH_SIZE = 2000
 SESSION_SECONDS = 2 * 3600
+#: how far back getUpdated and getDeleted reach ("sObject Get Updated/Deleted"), in days
+UPDATED_DAYS = 30
+DELETED_DAYS = 15
+#: most ids one getUpdated or getDeleted answer may hold (EXCEEDED_ID_LIMIT past it)
+ID_LIMIT = 600_000
 STAMP_FORMAT = "%Y-%m-%dT%H:%M:%S.%f"
 STRING_TYPES = frozenset(
     {"string", "textarea", "email", "phone", "url", "picklist", "id", "reference"}
@@ -197,6 +202,7 @@ class SObjectType:
         self.fields: dict[str, FieldDef] = {}
         self.records: dict[str, dict[str, Any]] = {}  # id -> field name -> typed value
         self.deleted: dict[str, dict[str, Any]] = {}  # recycle bin: id -> record with IsDeleted
+        self.purged_through: datetime | None = None  # deletion time of the last record purged
         for f in _system_fields():
             self.add_field(f)
 
@@ -341,6 +347,7 @@ class SalesforceState:
         self._writing: str | None = None  # id of the record being updated (unique checks skip it)
         self.system_user: str | None = None
         self.session_seconds = SESSION_SECONDS
+        self.id_limit = ID_LIMIT  # most ids one getUpdated or getDeleted answer may hold
         for name, prefix, fields in _standard_objects():
             obj = SObjectType(name, prefix)
             for f in fields:
@@ -937,7 +944,24 @@ class SalesforceState:
 
     # -- replication ------------------------------------------------------------------
 
-    def _window(self, start: str | None, end: str | None) -> tuple[datetime, datetime]:
+    def purge_deleted(self, sobject: str, before: datetime | None = None) -> int:
+        """Empty the recycle bin of ``sobject`` of records deleted before ``before`` (all
+        when None), as the Recycle Bin's emptying or the delete log's purge does: getDeleted
+        then refuses a start earlier than the last one purged. Returns how many went."""
+        with self._lock:
+            obj = self.sobject(sobject)
+            gone = [
+                rid
+                for rid, r in obj.deleted.items()
+                if before is None or r["SystemModstamp"] < before
+            ]
+            for rid in gone:
+                stamp = obj.deleted.pop(rid)["SystemModstamp"]
+                if obj.purged_through is None or stamp > obj.purged_through:
+                    obj.purged_through = stamp
+            return len(gone)
+
+    def _window(self, start: str | None, end: str | None, days: int) -> tuple[datetime, datetime]:
         if not start or not end:
             raise SfError(400, "MISSING_ARGUMENT", "start and end are required")
         begin, finish = parse_stamp(start), parse_stamp(end)
@@ -947,33 +971,53 @@ class SalesforceState:
             )
         if finish < begin:
             raise SfError(400, "INVALID_REPLICATION_DATE", "end date is before start date")
-        if begin < self.now() - timedelta(days=30):
+        if begin < self.now() - timedelta(days=days):
             raise SfError(
-                400, "INVALID_REPLICATION_DATE", "startDate cannot be more than 30 days ago"
+                400, "INVALID_REPLICATION_DATE", f"startDate cannot be more than {days} days ago"
             )
         return begin, min(finish, self.now())
+
+    def _within_id_limit(self, count: int) -> None:
+        if count > self.id_limit:
+            raise SfError(
+                400,
+                "EXCEEDED_ID_LIMIT",
+                f"The replication window holds more than {self.id_limit} ids; ask for a "
+                "shorter one",
+            )
 
     def updated(self, sobject: str, start: str | None, end: str | None) -> dict[str, Any]:
         """getUpdated: ids of live records changed in [start, end]."""
         with self._lock:
             obj = self.sobject(sobject)
-            begin, finish = self._window(start, end)
+            begin, finish = self._window(start, end, UPDATED_DAYS)
             ids = sorted(
                 rid for rid, r in obj.records.items() if begin <= r["SystemModstamp"] <= finish
             )
+            self._within_id_limit(len(ids))
             return {"ids": ids, "latestDateCovered": format_stamp(finish)}
 
     def deleted(self, sobject: str, start: str | None, end: str | None) -> dict[str, Any]:
         """getDeleted: records deleted in [start, end] with their deletion dates."""
         with self._lock:
             obj = self.sobject(sobject)
-            begin, finish = self._window(start, end)
+            begin, finish = self._window(start, end, DELETED_DAYS)
+            if obj.purged_through is not None and begin < obj.purged_through:
+                raise SfError(
+                    400,
+                    "INVALID_REPLICATION_DATE",
+                    "startDate is before the earliest date available "
+                    f"({format_stamp(obj.purged_through)}): deleted records were purged",
+                )
             found = sorted(
                 (r["SystemModstamp"], rid)
                 for rid, r in obj.deleted.items()
                 if begin <= r["SystemModstamp"] <= finish
             )
-            earliest = min((r["SystemModstamp"] for r in obj.deleted.values()), default=begin)
+            self._within_id_limit(len(found))
+            earliest = obj.purged_through or min(
+                (r["SystemModstamp"] for r in obj.deleted.values()), default=begin
+            )
             return {
                 "deletedRecords": [
                     {"id": rid, "deletedDate": format_stamp(when)} for when, rid in found
