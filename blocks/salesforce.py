@@ -39,6 +39,7 @@ from blocks.http import (
     HttpEndpointBlock,
     Reply,
     cursor_text,
+    error_of,
     overlap_start,
     reason,
 )
@@ -214,11 +215,28 @@ class SalesforceObject(HttpEndpointBlock):
 
     def read_pages(self, cursor: str | None) -> Iterator[ChangeSet]:
         """Records changed since ``cursor`` minus the overlap (all when None), a query page at
-        a time, then the deletions.
+        a time; the last page carries the deletions, asked for first.
 
-        The new cursor is the server's time when the read began (its Date header): a change
-        committed while the read pages has a later SystemModstamp and is read next time."""
+        The new cursor is the server's time when the read began (its Date header), never past
+        the deletions' ``latestDateCovered``: a change committed while the read pages has a
+        later SystemModstamp and is read next time. When getDeleted no longer reaches back
+        to the cursor (its 15 days, or a purged Recycle Bin), the read is a full one: the
+        run finds the deletions by comparing the keys read with its ID map."""
         since, start = overlap_start(cursor, self.overlap_seconds)
+        deleted: list[str] = []
+        covered: datetime | None = None
+        if start is not None:
+            window = self._deleted_since(start)
+            if window is None:
+                logger.warning(
+                    "getDeleted of %s no longer reaches back to %s; reading every record "
+                    "instead, deletions found against the ID map",
+                    self.object,
+                    cursor_text(start),
+                )
+                since = start = None
+            else:
+                deleted, covered = window
         soql = f"SELECT {', '.join(self._fields())} FROM {self.object}"
         if start is not None:
             soql += (
@@ -264,29 +282,46 @@ class SalesforceObject(HttpEndpointBlock):
                 seen_urls.add(next_url)
                 body = self._request("GET", str(next_url), headers=headers).body
                 continue
-            covered: datetime | None = None
             if start is not None:
-                deleted, covered = self._deleted_since(start, signpost)
-                page.deleted = [k for k in deleted if k not in read]
-            mark = signpost or newest or covered or since
+                page.deleted = [k for k in dict.fromkeys(deleted) if k not in read]
+            marks = [m for m in (signpost, covered) if m is not None]
+            mark = min(marks) if marks else newest or since
             page.cursor = cursor_text(mark) if mark else cursor
             page.requests = http.requests - counted
             yield page
             return
 
-    def _deleted_since(
-        self, start: datetime, server_now: datetime | None
-    ) -> tuple[list[str], datetime | None]:
-        """Ids deleted since ``start``. The window ends a minute past the server's time (or
-        ours when it sent none): the server caps it at its own clock, and a local clock
-        running behind the org's would otherwise end the window before it starts."""
-        end = max(filter(None, [server_now, datetime.now(UTC)])) + timedelta(seconds=60)
+    def _deleted_since(self, start: datetime) -> tuple[list[str], datetime | None] | None:
+        """Ids deleted since ``start`` and the ``latestDateCovered``; None when getDeleted
+        no longer reaches back that far (INVALID_REPLICATION_DATE). The window ends a minute
+        past our clock (and ``start``): the server caps it at its own clock."""
+        end = max(datetime.now(UTC), start) + timedelta(seconds=60)
+        return self._deleted_between(start, end)
+
+    def _deleted_between(
+        self, start: datetime, end: datetime
+    ) -> tuple[list[str], datetime | None] | None:
+        """getDeleted over ``[start, end]``; a window holding more ids than the server
+        answers for (EXCEEDED_ID_LIMIT) is asked for again in halves."""
         params = {
             "start": start.astimezone(UTC).isoformat(timespec="seconds"),
-            "end": end.isoformat(timespec="seconds"),
+            "end": end.astimezone(UTC).isoformat(timespec="seconds"),
         }
         path = self._data_path(f"/sobjects/{self.object}/deleted/")
-        body = self._request("GET", path, params=params).body
+        reply = self._request("GET", path, ok=(200, 400), params=params)
+        body = reply.body
+        if reply.status == 400:
+            code, _ = error_of(body)
+            if code == "INVALID_REPLICATION_DATE":
+                return None
+            if code == "EXCEEDED_ID_LIMIT" and end - start > timedelta(minutes=1):
+                middle = start + (end - start) / 2
+                first = self._deleted_between(start, middle)
+                second = self._deleted_between(middle, end)
+                if first is None or second is None:
+                    return None
+                return first[0] + second[0], second[1]
+            raise Fatal(f"GET {path}: answered 400{reason(body)}", status=400)
         if not isinstance(body, dict) or not isinstance(body.get("deletedRecords"), list):
             raise Fatal(f"GET deleted {self.object}: the answer has no deletedRecords list")
         keys = [

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pickle
 import random
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -369,3 +370,36 @@ def test_a_spent_daily_allocation_stops_the_run_at_once_with_the_usage(org):
     assert "REQUEST_LIMIT_EXCEEDED" in message
     assert f"api-usage={state.api_usage}/{state.api_limit}" in message
     assert waits == []  # no retries that would spend more calls
+
+
+def test_a_cursor_past_the_deleted_history_falls_back_to_a_full_read(org, caplog):
+    state, url = org
+    block = _block(url, overlap_seconds=0)
+    keys = [state.user_create("Contact", {"LastName": f"P{i}"}) for i in range(3)]
+    cursor = block.read_changes(None).cursor
+    state.user_delete("Contact", keys[0])
+    state.purge_deleted("Contact")  # the Recycle Bin is emptied before the next run
+    with caplog.at_level("WARNING", logger="twoway.salesforce"):
+        again = block.read_changes(cursor)
+    assert again.full and {r.key for r in again.records} == set(keys[1:])
+    assert again.cursor and again.cursor >= cursor  # the cursor moves on
+    assert "reading every record" in caplog.text
+
+
+def test_a_deleted_window_past_the_id_limit_is_read_in_halves():
+    start = datetime.now(UTC) - timedelta(hours=1)
+    now = [start]
+    state = SalesforceState(clock=lambda: now[0])
+    state.add_client("sync", SECRET, "Integration User")
+    with BackgroundServer(create_app(state)) as server:
+        block = _block(server.url, overlap_seconds=0)
+        keys = [state.user_create("Contact", {"LastName": f"W{i}"}) for i in range(3)]
+        cursor = block.read_changes(None).cursor
+        for minutes, key in zip((1, 10, 20), keys, strict=True):
+            now[0] = start + timedelta(minutes=minutes)
+            state.user_delete("Contact", key)
+        now[0] = start + timedelta(minutes=25)
+        state.id_limit = 2
+        changes = block.read_changes(cursor)
+        block.close()
+    assert sorted(changes.deleted) == sorted(keys) and not changes.full
