@@ -508,3 +508,28 @@ def test_microsoft_graph_sdk_basic_calls(graph):
         assert delta.odata_delta_link and [i.id for i in delta.value] == [created.id]
 
     asyncio.run(calls())
+
+
+def test_subscription_listing_pages_and_public_urls_only_when_set(graph):
+    state, http, _ = graph
+    headers = auth(http, state)
+    receiver = Receiver()
+    expires = (datetime.now(UTC) + timedelta(days=1)).isoformat().replace("+00:00", "Z")
+    state.subscriptions_page_size = 2
+    with BackgroundServer(receiver.app) as hook:
+        body = {
+            "changeType": "updated",
+            "notificationUrl": f"{hook.url}/hook",
+            "resource": "sites/root/lists/Contacts",
+            "expirationDateTime": expires,
+        }
+        for _ in range(3):
+            assert http.post("/v1.0/subscriptions", headers=headers, json=body).status_code == 201
+        first = http.get("/v1.0/subscriptions", headers=headers).json()
+        assert len(first["value"]) == 2
+        second = http.get(first["@odata.nextLink"], headers=headers).json()
+        assert len(second["value"]) == 1 and "@odata.nextLink" not in second
+        state.public_notifications_only = True
+        refused = http.post("/v1.0/subscriptions", headers=headers, json=body)
+        assert refused.status_code == 400
+        assert "public HTTPS" in refused.json()["error"]["message"]

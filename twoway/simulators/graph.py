@@ -38,6 +38,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from twoway.simulators.faults import FaultPlan
+from twoway.urls import is_public_https
 
 HOSTNAME = "contoso.sharepoint.com"
 DEFAULT_PAGE = 200  # items per page when the client gives no $top
@@ -294,6 +295,10 @@ class GraphState:
         self._delta_tokens: OrderedDict[str, DeltaPosition] = OrderedDict()
         self._lookup_ids: dict[str, int] = {}
         self.subscriptions: dict[str, Subscription] = {}
+        self.subscriptions_page_size = 100  # subscriptions per GET /subscriptions page
+        #: refuse notification URLs real Graph cannot reach (plain HTTP, loopback); the
+        #: simulator itself delivers only to loopback, so this refuses every subscription
+        self.public_notifications_only = False
         self.deliveries: list[dict[str, Any]] = []  # notification attempts, for tests
         self._outbox: queue.Queue[tuple[str, str, dict[str, Any]] | None] = queue.Queue()
         self._sender: threading.Thread | None = None
@@ -824,6 +829,19 @@ class GraphState:
 
     # -- subscriptions and notifications --------------------------------------------------
 
+    def subscriptions_page(self, query: dict[str, str], base: str) -> dict[str, Any]:
+        """One page of ``GET /subscriptions``; the next one behind ``@odata.nextLink``."""
+        start = _decode_skiptoken(query["$skiptoken"]) if "$skiptoken" in query else 0
+        with self._lock:
+            subs = [s.as_json() for s in self.subscriptions.values()]
+        end = start + self.subscriptions_page_size
+        page: dict[str, Any] = {"value": subs[start:end]}
+        if end < len(subs):
+            page["@odata.nextLink"] = _link(
+                base, "subscriptions", {"$skiptoken": _encode_skiptoken(end)}
+            )
+        return page
+
     def _notify(self, lst: GraphList) -> None:
         now = datetime.now(UTC)
         for sub in self.subscriptions.values():
@@ -1162,9 +1180,7 @@ class Dispatcher:
                     )
             if name == "subscriptions":
                 if method == "GET":
-                    with state._lock:
-                        subs = [s.as_json() for s in state.subscriptions.values()]
-                    return Answer(200, {"value": subs})
+                    return Answer(200, state.subscriptions_page(query, base))
                 return await self._subscribe(body, identity)
             if name == "subscription":
                 return self._subscription(method, params["sub"], body)
@@ -1227,6 +1243,13 @@ class Dispatcher:
         expiration = _expiration(body["expirationDateTime"])
         url = str(body["notificationUrl"])
         host = urlsplit(url).hostname
+        if state.public_notifications_only and not is_public_https(url):
+            raise GraphError(
+                400,
+                "InvalidRequest",
+                "Subscription validation request failed. The notification URL must be a "
+                "public HTTPS URL.",
+            )
         if urlsplit(url).scheme not in ("http", "https") or host not in ("127.0.0.1", "localhost"):
             raise GraphError(
                 400,
