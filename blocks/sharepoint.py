@@ -17,6 +17,7 @@ from decimal import Decimal
 from typing import Any
 from urllib.parse import quote
 
+import httpx
 from pydantic import Field, SecretStr, field_validator
 
 from blocks.credentials import IntegrationAccountCredentials
@@ -42,8 +43,9 @@ from twoway.contract import (
     chunks,
 )
 from twoway.definition import SharePointSystem
-from twoway.errors import Fatal, Retriable, Skippable
+from twoway.errors import DefinitionError, Fatal, Retriable, Skippable
 from twoway.retry import retry_after_seconds
+from twoway.urls import is_public_https
 from twoway.values import as_utc, canonical, parse_timestamp
 
 BATCH_LIMIT = 20  # requests per Graph $batch call
@@ -231,16 +233,24 @@ class SharePointList(HttpEndpointBlock):
     ) -> dict[str, Any]:
         """Create, or renew, the Graph subscription that sends this list's changes to
         ``notification_url``, signed with ``client_state``; an existing one (same URL and
-        list) gets a new expiration. Returns a summary without the secret."""
+        list) gets a new expiration. Returns a summary without the secret.
+
+        Microsoft Graph calls only public HTTPS URLs back, so against its own hosts a
+        plain-HTTP or loopback ``notification_url`` is refused before any request."""
+        if _graph_host(self.graph_url) and not is_public_https(notification_url):
+            raise DefinitionError(
+                f"notification URL {safe_url(notification_url)}: Microsoft Graph "
+                f"({safe_url(self.graph_url)}) calls only public HTTPS URLs back; give the "
+                "receiver's public https:// address"
+            )
         site = self._call("GET", self._api(f"sites/{quote(self.site, safe=',')}")).body
         path = f"sites/{quote(site['id'], safe=',')}/lists/{quote(self.list, safe='')}"
         lst = self._call("GET", self._api(path)).body
         resource = f"sites/{site['id']}/lists/{lst['id']}"
         expires = (datetime.now(UTC) + timedelta(minutes=minutes)).strftime("%Y-%m-%dT%H:%M:%SZ")
-        listing = self._call("GET", self._api("subscriptions")).body or {}
         existing = [
             s
-            for s in listing.get("value", [])
+            for s in self._subscriptions()
             if s.get("notificationUrl") == notification_url
             and s.get("resource", "").strip("/") == resource
         ]
@@ -272,6 +282,18 @@ class SharePointList(HttpEndpointBlock):
             "notificationUrl": notification_url,
             "expirationDateTime": sub.get("expirationDateTime"),
         }
+
+    def _subscriptions(self) -> Iterator[dict[str, Any]]:
+        """The app's subscriptions, following ``@odata.nextLink`` page after page."""
+        url: str | None = self._api("subscriptions")
+        seen: set[str] = set()
+        while url:
+            if url in seen:
+                raise Fatal(f"{self._where()}: the subscription pages repeat a next link")
+            seen.add(url)
+            page = self._call("GET", url).body or {}
+            yield from page.get("value", [])
+            url = page.get("@odata.nextLink")
 
     # -- reading ----------------------------------------------------------------------
 
@@ -530,6 +552,22 @@ class SharePointList(HttpEndpointBlock):
             retry_after=retry_after_seconds(_header(answer, "Retry-After")),
         )
         return WriteResult(op=op, key=key, error=error)
+
+
+#: the hosts of Microsoft Graph's national clouds: real tenants, not a simulator
+GRAPH_HOSTS = frozenset(
+    {
+        "graph.microsoft.com",
+        "graph.microsoft.us",
+        "dod-graph.microsoft.us",
+        "microsoftgraph.chinacloudapi.cn",
+    }
+)
+
+
+def _graph_host(url: str) -> bool:
+    """True when ``url`` is on one of Microsoft Graph's own hosts."""
+    return httpx.URL(url).host.lower() in GRAPH_HOSTS
 
 
 _ITEM_PROPERTIES = (

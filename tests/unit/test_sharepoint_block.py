@@ -23,7 +23,7 @@ from tasks.common import PlannedOp
 from tasks.load import load_changes
 from twoway.contract import Create, Delete, Update
 from twoway.definition import load_definition
-from twoway.errors import Fatal, PreconditionFailed, Retriable, Skippable
+from twoway.errors import DefinitionError, Fatal, PreconditionFailed, Retriable, Skippable
 from twoway.retry import RetryPolicy
 from twoway.simulators.graph import GraphState, create_app
 from twoway.simulators.server import BackgroundServer
@@ -379,3 +379,36 @@ def test_subscribing_goes_through_the_blocks_client_retries_and_token_renewal(en
     assert len(recorder.paths("/token")) == 2  # the expired token was renewed once
     assert sleeps == [1.0]  # the throttled call waited as Graph asked, then went through
     assert "client-state-secret" not in json.dumps([created, renewed])
+
+
+def test_subscribing_follows_the_subscription_pages(env):
+    state, block, _, _ = env
+
+    async def hook(request: Request) -> Response:
+        return PlainTextResponse(request.query_params.get("validationToken", ""))
+
+    before = len(state.subscriptions)
+    with BackgroundServer(Starlette(routes=[Route("/hook", hook, methods=["POST"])])) as other:
+        for n in range(3):  # other subscriptions fill the first pages
+            block.subscribe(f"{other.url}/hook?n={n}", SecretStr("s"), 60)
+        mine = block.subscribe(f"{other.url}/hook", SecretStr("s"), 60)
+        state.subscriptions_page_size = 2
+        try:
+            again = block.subscribe(f"{other.url}/hook", SecretStr("s"), 90)
+        finally:
+            state.subscriptions_page_size = 100
+    assert again["action"] == "renewed" and again["id"] == mine["id"]
+    assert len(state.subscriptions) == before + 4
+
+
+@pytest.mark.parametrize("url", ["http://hooks.example/graph/s/x", "https://127.0.0.1/graph/s/x"])
+def test_real_graph_refuses_a_notification_url_it_cannot_call_before_any_request(url):
+    sent: list[httpx.Request] = []
+    block = SharePointList(
+        tenant="contoso",
+        credentials=IntegrationAccountCredentials(client_id="a", client_secret=SecretStr("b")),
+    )
+    block.use_transport(httpx.MockTransport(lambda r: sent.append(r) or httpx.Response(500)))
+    with pytest.raises(DefinitionError, match="public HTTPS"):
+        block.subscribe(url, SecretStr("s"), 60)
+    assert sent == []
