@@ -45,6 +45,8 @@ DEFAULT_PAGE = 200  # items per page when the client gives no $top
 MAX_PAGE = 5000
 MAX_BATCH = 20  # requests per $batch, as Graph documents
 LIST_SUBSCRIPTION_MINUTES = 42300  # longest subscription lifetime for SharePoint lists
+#: a directory (tenant) id as the token endpoint's path takes it: a GUID or a domain name
+TENANT_ID = re.compile(r"[0-9A-Za-z](?:[0-9A-Za-z.-]{0,253}[0-9A-Za-z])?")
 VALIDATION_TIMEOUT = 10.0  # seconds the subscriber has to echo the validation token
 DELTA_TOKENS_KEPT = 20000  # older delta and page tokens expire (410 Gone)
 SYSTEM_FIELDS = (
@@ -279,6 +281,10 @@ class GraphState:
         latency_ms: float = 0.0,
         clock: Callable[[], datetime] | None = None,
     ):
+        if tenant_id is not None and not TENANT_ID.fullmatch(tenant_id):
+            raise ValueError(
+                f"--tenant: {tenant_id!r} is not a directory (tenant) id: a GUID or a domain"
+            )
         self.tenant_id = tenant_id or str(uuid.uuid4())
         self.tenant_domain = "contoso.onmicrosoft.com"
         self.site_id = f"{HOSTNAME},{uuid.uuid4()},{uuid.uuid4()}"

@@ -323,14 +323,19 @@ class SalesforceState:
         latency_ms: float = 0.0,
         api_limit: int = API_LIMIT,
         seed: int | None = None,
+        org_id: str | None = None,
     ):
+        if org_id is not None and not (
+            sfid.is_valid(org_id, strict=False) and org_id.startswith("00D")
+        ):
+            raise ValueError(f"--org: {org_id!r} is not an org id (15 or 18 characters, 00D...)")
         with _ORG_SERIAL_LOCK:
             serial = next(_ORG_SERIAL)
         self._clock = clock or (lambda: datetime.now(UTC))
         self._lock = threading.RLock()
         self._rng = random.Random(seed)
         self.pod = sfid.base62(serial % (62 * 62), 2)
-        self.org_id = sfid.make_id("00D", self.pod, serial)
+        self.org_id = sfid.to18(org_id) if org_id else sfid.make_id("00D", self.pod, serial)
         self.faults = faults or FaultPlan()
         self.latency_ms = latency_ms
         self.api_limit = api_limit
@@ -1841,13 +1846,15 @@ def serve(
     latency_ms: float = 0.0,
     data: str | Path | None = None,
     host: str = "127.0.0.1",
+    org_id: str | None = None,
 ) -> None:
     """Serve one org until interrupted (blocking; ``twoway simulate salesforce``). The client
-    acts as "Integration User"; client id ``alice`` (secret ``alice``) acts as "Alice"."""
+    acts as "Integration User"; client id ``alice`` (secret ``alice``) acts as "Alice".
+    ``org_id`` fixes the org's id (the token answer's ``id`` URL names it)."""
     import uvicorn
 
     plan = faults if isinstance(faults, FaultPlan) else FaultPlan.parse(faults)
-    state = SalesforceState(faults=plan, latency_ms=latency_ms)
+    state = SalesforceState(faults=plan, latency_ms=latency_ms, org_id=org_id)
     state.add_client(client_id, client_secret, "Integration User")
     if client_id != "alice":
         state.add_client("alice", "alice", "Alice")
