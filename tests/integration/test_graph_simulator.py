@@ -205,8 +205,14 @@ def test_delta_initial_pages_changes_deletes_and_gone(graph):
     state.expire_delta_tokens()
     gone = http.get(quiet["@odata.deltaLink"], headers=headers)
     assert gone.status_code == 410
-    assert gone.json()["error"]["code"] == "resyncRequired"
+    assert gone.json()["error"]["code"] == "resyncChangesApplyDifferences"
     assert gone.headers["Location"].endswith("/items/delta")
+    fresh = http.get(gone.headers["Location"], headers=headers)  # a new enumeration
+    assert fresh.status_code == 200 and "value" in fresh.json()
+    state.expire_delta_tokens("resyncChangesUploadDifferences")
+    upload = http.get(quiet["@odata.deltaLink"], headers=headers)
+    assert upload.status_code == 410
+    assert upload.json()["error"]["code"] == "resyncChangesUploadDifferences"
     assert http.get(f"{ITEMS}/delta?token=madeup", headers=headers).status_code == 410
 
 

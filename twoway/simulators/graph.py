@@ -48,6 +48,16 @@ LIST_SUBSCRIPTION_MINUTES = 42300  # longest subscription lifetime for SharePoin
 #: a directory (tenant) id as the token endpoint's path takes it: a GUID or a domain name
 TENANT_ID = re.compile(r"[0-9A-Za-z](?:[0-9A-Za-z.-]{0,253}[0-9A-Za-z])?")
 VALIDATION_TIMEOUT = 10.0  # seconds the subscriber has to echo the validation token
+#: the codes of a delta's ``410 Gone``, with Graph's advice for each
+RESYNC_CODES = {
+    "resyncChangesApplyDifferences": "Resync required. Replace any local items with the "
+    "server's version (including deletes) if you're sure that the service was up to date "
+    "with your local changes when you last sync'd. Upload any local changes that the "
+    "server doesn't know about.",
+    "resyncChangesUploadDifferences": "Resync required. Upload any local items that the "
+    "service did not return, and upload any items that differ from the server's version "
+    "(keeping both copies if you're not sure which one is more up-to-date).",
+}
 DELTA_TOKENS_KEPT = 20000  # older delta and page tokens expire (410 Gone)
 SYSTEM_FIELDS = (
     "id",
@@ -301,6 +311,7 @@ class GraphState:
         self._delta_tokens: OrderedDict[str, DeltaPosition] = OrderedDict()
         self._lookup_ids: dict[str, int] = {}
         self.subscriptions: dict[str, Subscription] = {}
+        self.resync_code = "resyncChangesApplyDifferences"  # what an expired delta token says
         self.subscriptions_page_size = 100  # subscriptions per GET /subscriptions page
         #: refuse notification URLs real Graph cannot reach (plain HTTP, loopback); the
         #: simulator itself delivers only to loopback, so this refuses every subscription
@@ -503,10 +514,16 @@ class GraphState:
         with self._lock:
             self._tokens = {t: (ident, 0.0) for t, (ident, _) in self._tokens.items()}
 
-    def expire_delta_tokens(self) -> None:
-        """Forget every delta and paging token: their next use answers ``410 Gone``."""
+    def expire_delta_tokens(self, code: str = "resyncChangesApplyDifferences") -> None:
+        """Forget every delta and paging token: their next use answers ``410 Gone`` with
+        ``code``, one of the two Graph documents: ``resyncChangesApplyDifferences`` (the
+        service's state stands, deletions included) or ``resyncChangesUploadDifferences``
+        (the service may lack items the client holds: upload what it did not return)."""
+        if code not in RESYNC_CODES:
+            raise ValueError(f"unknown resync code {code!r}; one of {', '.join(RESYNC_CODES)}")
         with self._lock:
             self._delta_tokens.clear()
+            self.resync_code = code
 
     # -- data ---------------------------------------------------------------------------
 
@@ -824,12 +841,11 @@ class GraphState:
         return token
 
     def _gone(self, base: str, path: str) -> GraphError:
+        """410 with the resync code in force; ``Location`` starts a fresh enumeration."""
         return GraphError(
             410,
-            "resyncRequired",
-            "Resync required. Replace any local items with the server's version (including "
-            "deletes) if you're sure that the service was up to date with your local changes "
-            "when you last sync'd. Upload any local changes that the server doesn't know about.",
+            self.resync_code,
+            RESYNC_CODES[self.resync_code],
             {"Location": f"{base}/v1.0/{path}"},
         )
 
