@@ -1,7 +1,8 @@
 """The SharePoint-list endpoint block: a list's items through Microsoft Graph.
 
 Reads follow the list's delta feed: the cursor is the ``@odata.deltaLink``; deletions come
-from the feed itself, and ``410 Gone`` starts a full read over. The delta feed does not
+from the feed itself, and ``410 Gone`` starts a full read over (after
+``resyncChangesUploadDifferences`` one that infers no deletion: the list may lack items). The delta feed does not
 carry ``lastModifiedBy``, so changed items are read again through ``$batch`` (20 a call)
 to learn who changed them; that is what lets the sync tell its own echoes from people's
 edits. Writes go through ``$batch`` too, updates with ``If-Match`` on the eTag read, and
@@ -11,6 +12,7 @@ only the sub-requests that failed transiently are retried, honouring ``Retry-Aft
 from __future__ import annotations
 
 import builtins
+import logging
 from collections.abc import Iterator, Sequence
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -28,6 +30,7 @@ from blocks.http import (
     ClientCredentials,
     HttpEndpointBlock,
     Reply,
+    error_of,
     reason,
     record_error,
     safe_url,
@@ -48,11 +51,21 @@ from twoway.retry import retry_after_seconds
 from twoway.urls import is_public_https
 from twoway.values import as_utc, canonical, parse_timestamp
 
+logger = logging.getLogger("twoway.sharepoint")
+
 BATCH_LIMIT = 20  # requests per Graph $batch call
+#: the delta 410 after which the list may lack items the other systems hold
+UPLOAD_DIFFERENCES = "resyncChangesUploadDifferences"
 
 
 class _DeltaGone(Exception):
-    """The delta token is no longer valid (410 Gone): read everything again."""
+    """The delta token is no longer valid (410 Gone): read everything again. ``code`` is
+    Graph's resync code: after ``resyncChangesUploadDifferences`` the list may lack items
+    it should hold, so an item missing from it is not a deletion."""
+
+    def __init__(self, code: str | None):
+        super().__init__(code)
+        self.code = code
 
 
 class SharePointList(HttpEndpointBlock):
@@ -333,8 +346,19 @@ class SharePointList(HttpEndpointBlock):
             pages = self._read_delta(cursor)
             try:
                 first = next(pages)
-            except _DeltaGone:
-                pass  # the token expired: read everything and start a new feed
+            except _DeltaGone as gone:
+                # the token expired: read everything and start a new feed
+                if gone.code == UPLOAD_DIFFERENCES:
+                    logger.warning(
+                        "%s: the delta feed answered 410 %s: reading every item again; items "
+                        "missing from the list are not deleted elsewhere",
+                        self._where(),
+                        gone.code,
+                    )
+                    for page in self._read_all():
+                        page.full = False  # absent is not deleted: no deletions inferred
+                        yield page
+                    return
             else:
                 yield first
                 try:
@@ -397,7 +421,7 @@ class SharePointList(HttpEndpointBlock):
             reply = self._call("GET", url, ok=(200, 410), params=params)
             requests = 1
             if reply.status == 410:
-                raise _DeltaGone()
+                raise _DeltaGone(error_of(reply.body)[0])
             page = reply.body or {}
             latest: dict[str, dict[str, Any]] = {}
             deleted: dict[str, None] = {}
