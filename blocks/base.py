@@ -27,6 +27,7 @@ COMMON_SETTINGS = (
     "retry_attempts",
     "batch_size",
     "writes_in_flight",
+    "retry_deadline_seconds",
 )
 
 #: guards the set-up a block's threads share (its HTTP client, its access token) when a load

@@ -323,7 +323,8 @@ class HttpClient:
     status, except that an answer with ``Retry-After`` is always retriable (the server says
     when to come back); ``note`` adds what an answer's headers tell (quota used) to the
     errors it means; ``origin`` (scheme, host and port of a URL), when set, is the only
-    place authenticated requests may go.
+    place authenticated requests may go; ``deadline`` is the most seconds the client waits
+    between retries in all (a wait that would pass it raises Fatal instead).
     """
 
     def __init__(
@@ -339,8 +340,11 @@ class HttpClient:
         codes: Mapping[str, type[SyncError]] | None = None,
         note: Callable[[Reply], str] | None = None,
         origin: str | None = None,
+        deadline: float = float("inf"),
     ):
         self.auth = auth
+        self.deadline = deadline
+        self.waited = 0.0  # seconds spent waiting between retries, against ``deadline``
         self.policy = policy
         self.timeout = timeout
         self.retriable = frozenset(retriable)
@@ -433,7 +437,7 @@ class HttpClient:
 
         try:
             reply = (
-                self.policy.call(attempt, sleep=self.sleep, rng=self.rng) if retry else attempt()
+                self.policy.call(attempt, sleep=self._wait, rng=self.rng) if retry else attempt()
             )
         except _OutcomeUnknown as exc:
             raise exc.error from None
@@ -473,6 +477,18 @@ class HttpClient:
         body = _parse_body(response, where, self.retriable)
         return Reply(response.status_code, response.headers, body)
 
+    def _wait(self, seconds: float) -> None:
+        """Wait between tries, within the deadline: a service asking for more than is left
+        of it stops the run rather than hold it past what the definition allows."""
+        if self.waited + seconds > self.deadline:
+            raise Fatal(
+                f"the service asks to wait {seconds:g} s before another try; this run has "
+                f"waited {self.waited:g} s and may wait {self.deadline:g} s in all "
+                "(retry_deadline_seconds)"
+            )
+        self.waited += seconds
+        self.sleep(seconds)
+
     def _check_origin(self, url: str | httpx.URL) -> None:
         """Never send credentials to a host other than the endpoint's own."""
         if self.origin is None:
@@ -503,7 +519,7 @@ class HttpClient:
                 len(failed),
                 delay,
             )
-            self.sleep(delay)
+            self._wait(delay)
             attempt += 1
             pending = list(failed)
 
@@ -540,7 +556,8 @@ def cursor_text(moment: datetime) -> str:
 class HttpEndpointBlock(EndpointBlock, abc.ABC):
     """An endpoint block that talks HTTP: it owns one :class:`HttpClient`, made on first
     use from :meth:`_authenticator` and :meth:`_timeout` and the class's ``_retriable``
-    statuses and ``_codes``. Subclasses declare the ``retry_attempts`` field.
+    statuses and ``_codes``. Subclasses declare the ``retry_attempts`` and
+    ``retry_deadline_seconds`` fields.
 
     Not a block type of its own (``ABC`` among its direct bases); it declares no field, so
     the blocks' registered schemas are unchanged.
@@ -575,8 +592,12 @@ class HttpEndpointBlock(EndpointBlock, abc.ABC):
 
     @property
     def policy(self) -> RetryPolicy:
-        """How many tries a request gets, with backoff and jitter between them."""
-        return RetryPolicy(attempts=self.retry_attempts)  # type: ignore[attr-defined]
+        """How many tries a request gets, with backoff and jitter between them; a
+        Retry-After is honoured in full, the deadline bounding the waits in all."""
+        return RetryPolicy(
+            attempts=self.retry_attempts,  # type: ignore[attr-defined]
+            max_retry_after=self.retry_deadline_seconds,  # type: ignore[attr-defined]
+        )
 
     def http(self) -> HttpClient:
         """The endpoint's HTTP client, made on first use (one for all of a load's threads)."""
@@ -593,6 +614,7 @@ class HttpEndpointBlock(EndpointBlock, abc.ABC):
                     codes=self._codes,
                     note=self._note,
                     origin=self._origin(),
+                    deadline=self.retry_deadline_seconds,  # type: ignore[attr-defined]
                 )
             return self._http
 

@@ -124,6 +124,9 @@ class RestCollection(HttpEndpointBlock):
     overlap_seconds: float = Field(300.0, ge=0, description="Look-back window of incremental reads")
     batch_limit: int = Field(20, ge=1, description="Most requests one batch call may carry")
     batch_size: int = Field(1000, ge=1, description="Most operations one write() call should carry")
+    retry_deadline_seconds: float = Field(
+        900.0, gt=0, description="Most seconds a run waits between retries on this system"
+    )
 
     _retriable = RETRIABLE_STATUSES | {409}  # a conflicting lock, for in-house APIs
 

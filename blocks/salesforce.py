@@ -113,6 +113,9 @@ class SalesforceObject(HttpEndpointBlock):
     writes_in_flight: int = Field(
         2, ge=1, le=8, description="write() calls sent at once; 1 sends them one after another"
     )
+    retry_deadline_seconds: float = Field(
+        900.0, gt=0, description="Most seconds a run waits between retries on this system"
+    )
 
     #: a locked row is worth another try; a spent API allocation (REQUEST_LIMIT_EXCEEDED
     #: with no Retry-After) stops the run at once: each retry would spend more of it

@@ -120,6 +120,9 @@ class SharePointList(HttpEndpointBlock):
         description="Write batches (of 200 items: ten $batch calls) on their way at once; 1 "
         "sends them one after another",
     )
+    retry_deadline_seconds: float = Field(
+        900.0, gt=0, description="Most seconds a run waits between retries on this system"
+    )
 
     _retriable = RETRIABLE_STATUSES | {509}  # Graph's bandwidth limit exceeded
 

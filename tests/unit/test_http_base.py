@@ -147,3 +147,19 @@ def test_redaction_and_cursor_overlap():
     with pytest.raises(Fatal, match="not an ISO 8601"):
         overlap_start("yesterday", 300)
     assert Reply(429, httpx.Headers({"Retry-After": "12"}), None).retry_after == 12.0
+
+
+def test_a_long_retry_after_is_honoured_in_full_within_the_deadline():
+    answers = iter([httpx.Response(429, headers={"Retry-After": "120"}), httpx.Response(200)])
+    policy = RetryPolicy(attempts=3, max_retry_after=900)
+    http, waits = client(lambda r: next(answers), deadline=900)
+    http.policy = policy
+    assert http.send("GET", API).status == 200
+    assert waits == [120.0] and http.waited == 120.0
+
+    throttled = httpx.Response(503, headers={"Retry-After": "300"})
+    refused, waits = client(lambda r: throttled, deadline=200)
+    refused.policy = policy
+    with pytest.raises(Fatal, match="wait 300 s .* 200 s in all"):
+        refused.send("GET", API)
+    assert waits == []

@@ -428,3 +428,22 @@ def test_real_graph_refuses_a_notification_url_it_cannot_call_before_any_request
     with pytest.raises(DefinitionError, match="public HTTPS"):
         block.subscribe(url, SecretStr("s"), 60)
     assert sent == []
+
+
+def test_graph_retry_after_of_minutes_is_honoured_without_a_cap(env):
+    state, block, _, sleeps = env
+    key = state.user_create("Contacts", {"Title": "Wait"})
+    block.read([key])  # the token first
+    state.faults.retry_after = 90
+    state.faults.set(throttle=1.0)
+
+    def released(seconds: float) -> None:
+        sleeps.append(seconds)
+        state.faults.set()
+
+    block.use_retry_hooks(released)
+    try:
+        assert [r.key for r in block.read([key])] == [key]
+    finally:
+        state.faults.retry_after = 1
+    assert sleeps == [90]
