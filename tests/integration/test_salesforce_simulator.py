@@ -85,7 +85,7 @@ def test_simple_salesforce_crud_and_query_paging(org):
     sf.headers["Sforce-Query-Options"] = "batchSize=2"
     first = sf.query("SELECT Id, LastName FROM Contact ORDER BY LastName")
     assert first["totalSize"] == 5 and not first["done"] and len(first["records"]) == 2
-    assert first["nextRecordsUrl"].startswith(f"{V}/query/01g")
+    assert first["nextRecordsUrl"].startswith(f"{V}/query/0r8")
     everything = sf.query_all(
         "SELECT Id, LastName FROM Contact WHERE LastName LIKE 'Page%' ORDER BY LastName"
     )
@@ -362,6 +362,34 @@ def test_replication_windows_past_the_id_limit_are_refused(api):
         reply = client.get(f"{V}/sobjects/Contact/{kind}/", params={"start": start, "end": end})
         assert reply.status_code == 400, kind
         assert reply.json()[0]["errorCode"] == "EXCEEDED_ID_LIMIT"
+
+
+def test_query_locators_last_two_days_and_are_not_capped():
+    now = [datetime.now(UTC)]
+    state = SalesforceState(clock=lambda: now[0])
+    state.add_client("sync", "sync-secret", "Integration User")
+    for i in range(201):
+        state.user_create("Contact", {"LastName": f"Q{i}"})
+    with BackgroundServer(create_app(state)) as server:
+
+        def client() -> httpx.Client:
+            token = _token(server.url)["access_token"]
+            headers = {"Authorization": f"Bearer {token}", "Sforce-Query-Options": "batchSize=200"}
+            return httpx.Client(base_url=server.url, headers=headers)
+
+        with client() as http:
+            soql = {"q": "SELECT Id FROM Contact"}
+            links = [
+                http.get(f"{V}/query", params=soql).json()["nextRecordsUrl"] for _ in range(600)
+            ]
+            locator = links[0].rsplit("/", 1)[1].split("-")[0]
+            assert len(locator) == 18 and locator.startswith("0r8")
+            assert http.get(links[0]).status_code == 200  # the first of 600 is still open
+        now[0] += timedelta(days=2, seconds=1)
+        with client() as http:
+            lapsed = http.get(links[1])
+        assert lapsed.status_code == 400
+        assert lapsed.json()[0]["errorCode"] == "INVALID_QUERY_LOCATOR"
 
 
 def test_second_client_is_another_user(org):

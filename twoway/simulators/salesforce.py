@@ -56,6 +56,8 @@ COLLECTION_LIMIT = 200
 COLLECTION_GET_LIMIT = 2000
 DEFAULT_BATCH_SIZE = 2000
 SESSION_SECONDS = 2 * 3600
+#: how long a query locator stays open (Salesforce keeps them two days, uncapped in number)
+LOCATOR_LIFE = timedelta(days=2)
 #: how far back getUpdated and getDeleted reach ("sObject Get Updated/Deleted"), in days
 UPDATED_DAYS = 30
 DELETED_DAYS = 15
@@ -302,11 +304,12 @@ class _Session:
 
 @dataclass
 class _Cursor:
-    """An open query locator: the materialised result and the batch size."""
+    """An open query locator: the materialised result, the batch size, when it lapses."""
 
     records: list[dict[str, Any]]
     batch: int
     version: str
+    expires: datetime
 
 
 class SalesforceState:
@@ -926,10 +929,11 @@ class SalesforceState:
         answer: dict[str, Any] = {"totalSize": len(rendered), "done": done}
         if not done:
             if locator is None:
-                locator = sfid.make_id("01g", self.pod, self._rng.randrange(62**8))[:15]
-                self._cursors[locator] = _Cursor(rendered, batch, version)
-                while len(self._cursors) > 500:
-                    self._cursors.popitem(last=False)
+                now = self.now()
+                while self._cursors and next(iter(self._cursors.values())).expires <= now:
+                    self._cursors.popitem(last=False)  # opened first, so lapsed first
+                locator = sfid.make_id("0r8", self.pod, self._rng.randrange(62**8))
+                self._cursors[locator] = _Cursor(rendered, batch, version, now + LOCATOR_LIFE)
             answer["nextRecordsUrl"] = f"/services/data/v{version}/query/{locator}-{offset + batch}"
         elif locator is not None:
             self._cursors.pop(locator, None)
@@ -937,10 +941,13 @@ class SalesforceState:
         return answer
 
     def query_more(self, locator_text: str) -> dict[str, Any]:
-        """The next batch of an open query: ``locator_text`` is ``01g...-offset``."""
+        """The next batch of an open query: ``locator_text`` is ``0r8...-offset``."""
         locator, _, offset_text = locator_text.partition("-")
         with self._lock:
             cursor = self._cursors.get(locator)
+            if cursor is not None and cursor.expires <= self.now():
+                del self._cursors[locator]
+                cursor = None
             if cursor is None or not offset_text.isdigit():
                 raise SfError(400, "INVALID_QUERY_LOCATOR", "invalid query locator")
             return self._page(
