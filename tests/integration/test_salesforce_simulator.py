@@ -503,3 +503,26 @@ def test_data_document_and_two_orgs_at_once(tmp_path):
             headers={"Authorization": f"Bearer {t1['access_token']}"},
         ).json()
         assert projects["records"][0]["Code__c"] == "A1"
+
+
+def test_a_long_transaction_holds_latest_date_covered_back(api):
+    state, client, _ = api
+    key = state.user_create("Contact", {"LastName": "Long"})
+    start = (datetime.now(UTC) - timedelta(minutes=1)).isoformat(timespec="seconds")
+    state.user_update("Contact", key, {"Title": "Later"}, commit_lag=1.5)
+    stamped = state.now()
+    end = (datetime.now(UTC) + timedelta(minutes=1)).isoformat(timespec="seconds")
+    window = {"start": start, "end": end}
+    open_txn = client.get(f"{V}/sobjects/Contact/updated/", params=window).json()
+    assert datetime.fromisoformat(open_txn["latestDateCovered"]) < stamped
+    hidden = client.get(f"{V}/sobjects/Contact/{key}", params={"fields": "Title"}).json()
+    assert hidden["Title"] is None  # not visible while the transaction is open
+    time.sleep(1.6)
+    seen = client.get(f"{V}/sobjects/Contact/{key}", params={"fields": "Title,SystemModstamp"})
+    assert seen.json()["Title"] == "Later"
+    assert datetime.fromisoformat(seen.json()["SystemModstamp"].replace("+0000", "+00:00")) < (
+        stamped + timedelta(seconds=1)
+    )  # stamped at DML time, not when it became visible
+    done = client.get(f"{V}/sobjects/Contact/updated/", params=window).json()
+    assert key in done["ids"]
+    assert datetime.fromisoformat(done["latestDateCovered"]) > stamped

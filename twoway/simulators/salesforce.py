@@ -352,6 +352,8 @@ class SalesforceState:
         self._cursors: OrderedDict[str, _Cursor] = OrderedDict()
         self._journal: list[Callable[[], None]] | None = None
         self._custom_count = 0
+        #: changes of transactions still open: (visible from, sObject, id, record as committed)
+        self._uncommitted: list[tuple[datetime, str, str, dict[str, Any]]] = []
         self._writing: str | None = None  # id of the record being updated (unique checks skip it)
         self.system_user: str | None = None
         self.session_seconds = SESSION_SECONDS
@@ -1007,7 +1009,7 @@ class SalesforceState:
                 rid for rid, r in obj.records.items() if begin <= r["SystemModstamp"] <= finish
             )
             self._within_id_limit(len(ids))
-            return {"ids": ids, "latestDateCovered": format_stamp(finish)}
+            return {"ids": ids, "latestDateCovered": format_stamp(self._covered(finish))}
 
     def deleted(self, sobject: str, start: str | None, end: str | None) -> dict[str, Any]:
         """getDeleted: records deleted in [start, end] with their deletion dates."""
@@ -1035,7 +1037,7 @@ class SalesforceState:
                     {"id": rid, "deletedDate": format_stamp(when)} for when, rid in found
                 ],
                 "earliestDateAvailable": format_stamp(earliest),
-                "latestDateCovered": format_stamp(finish),
+                "latestDateCovered": format_stamp(self._covered(finish)),
             }
 
     # -- collections ------------------------------------------------------------------
@@ -1102,10 +1104,43 @@ class SalesforceState:
         return self.create(sobject, values, self.user_id(user))
 
     def user_update(
-        self, sobject: str, record_id: str, values: Mapping[str, Any], user: str = "Alice"
+        self,
+        sobject: str,
+        record_id: str,
+        values: Mapping[str, Any],
+        user: str = "Alice",
+        commit_lag: float = 0.0,
     ) -> None:
-        """Change some fields of a record as the User called ``user``."""
-        self.update(sobject, record_id, values, self.user_id(user))
+        """Change some fields of a record as the User called ``user``. With ``commit_lag``
+        the change sits in a long transaction: stamped now, seen only ``commit_lag``
+        seconds later, and getUpdated/getDeleted hold ``latestDateCovered`` below it
+        meanwhile, as an org does while a transaction is open."""
+        with self._lock:
+            obj = self.sobject(sobject)
+            before = dict(self._find(obj, record_id))
+            self.update(sobject, record_id, values, self.user_id(user))
+            if commit_lag > 0:
+                record = obj.records[before["Id"]]
+                committed = dict(record)
+                record.clear()
+                record.update(before)
+                due = self.now() + timedelta(seconds=commit_lag)
+                self._uncommitted.append((due, obj.name, before["Id"], committed))
+
+    def commit_due(self) -> None:
+        """Make the changes of transactions that have ended visible, with their own stamps."""
+        with self._lock:
+            now = self.now()
+            for _, sobject, rid, committed in [u for u in self._uncommitted if u[0] <= now]:
+                record = self.sobject(sobject).records.get(rid)
+                if record is not None:
+                    record.update(committed)
+            self._uncommitted = [u for u in self._uncommitted if u[0] > now]
+
+    def _covered(self, finish: datetime) -> datetime:
+        """``latestDateCovered``: ``finish``, held below the oldest open transaction."""
+        pending = [c["SystemModstamp"] for _, _, _, c in self._uncommitted]
+        return min([finish, *(p - timedelta(milliseconds=1) for p in pending)])
 
     def user_delete(self, sobject: str, record_id: str, user: str = "Alice") -> None:
         """Delete a record as the User called ``user``."""
@@ -1247,6 +1282,7 @@ class SalesforceApp:
     async def handle(self, request: Request) -> Response:
         """Answer one request; every answer carries the Sforce-Limit-Info header, and a
         Date header from the org's clock (clients take it as the server's time)."""
+        self.state.commit_due()
         response = await self._handle(request)
         if "sforce-limit-info" not in response.headers:
             response.headers.update(self._limit_header())
