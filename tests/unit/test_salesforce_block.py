@@ -403,3 +403,24 @@ def test_a_deleted_window_past_the_id_limit_is_read_in_halves():
         changes = block.read_changes(cursor)
         block.close()
     assert sorted(changes.deleted) == sorted(keys) and not changes.full
+
+
+def test_a_change_in_a_long_transaction_is_read_once_it_commits():
+    start = datetime.now(UTC) - timedelta(hours=1)
+    now = [start]
+    state = SalesforceState(clock=lambda: now[0])
+    state.add_client("sync", SECRET, "Integration User")
+    with BackgroundServer(create_app(state)) as server:
+        block = _block(server.url, overlap_seconds=0)
+        key = state.user_create("Contact", {"LastName": "Long"})
+        cursor = block.read_changes(None).cursor
+        now[0] = start + timedelta(seconds=10)
+        state.user_update("Contact", key, {"LastName": "Committed late"}, commit_lag=600)
+        now[0] = start + timedelta(seconds=20)
+        during = block.read_changes(cursor)
+        seen = {r.key: r.values["LastName"] for r in during.records}
+        assert seen.get(key, "Long") == "Long"  # the change is not visible yet
+        now[0] = start + timedelta(seconds=700)  # the transaction has ended
+        after = block.read_changes(during.cursor)
+        block.close()
+    assert {r.key: r.values["LastName"] for r in after.records}.get(key) == "Committed late"
