@@ -526,3 +526,23 @@ def test_a_long_transaction_holds_latest_date_covered_back(api):
     done = client.get(f"{V}/sobjects/Contact/updated/", params=window).json()
     assert key in done["ids"]
     assert datetime.fromisoformat(done["latestDateCovered"]) > stamped
+
+
+def test_simple_salesforce_meets_the_replication_limits(org):
+    state, url = org
+    sf = _simple(url, _token(url)["access_token"])
+    now = datetime.now(UTC)
+    key = state.user_create("Contact", {"LastName": "Gone"})
+    state.user_delete("Contact", key)
+    window = (now - timedelta(minutes=1), now + timedelta(minutes=1))
+    assert [d["id"] for d in sf.Contact.deleted(*window)["deletedRecords"]] == [key]
+    assert "latestDateCovered" in sf.Contact.updated(*window)
+    with pytest.raises(SalesforceMalformedRequest, match="INVALID_REPLICATION_DATE"):
+        sf.Contact.deleted(now - timedelta(days=16), now)
+    state.purge_deleted("Contact")
+    with pytest.raises(SalesforceMalformedRequest, match="INVALID_REPLICATION_DATE"):
+        sf.Contact.deleted(*window)
+    state.user_create("Contact", {"LastName": "Live"})
+    state.id_limit = 0
+    with pytest.raises(SalesforceMalformedRequest, match="EXCEEDED_ID_LIMIT"):
+        sf.Contact.updated(now - timedelta(days=16), now + timedelta(minutes=1))
