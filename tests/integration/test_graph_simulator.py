@@ -484,6 +484,7 @@ def test_microsoft_graph_sdk_basic_calls(graph):
     from msgraph import GraphRequestAdapter, GraphServiceClient
     from msgraph.generated.models.field_value_set import FieldValueSet
     from msgraph.generated.models.list_item import ListItem
+    from msgraph.generated.models.o_data_errors.o_data_error import ODataError
 
     state, http, base = graph
     access_token = token(http, state)
@@ -512,6 +513,11 @@ def test_microsoft_graph_sdk_basic_calls(graph):
         assert [i.id for i in page.value] == [created.id]
         delta = await items.delta.get()
         assert delta.odata_delta_link and [i.id for i in delta.value] == [created.id]
+        state.expire_delta_tokens("resyncChangesUploadDifferences")
+        with pytest.raises(ODataError) as gone:
+            await items.delta.with_url(delta.odata_delta_link).get()
+        assert gone.value.response_status_code == 410
+        assert gone.value.error.code == "resyncChangesUploadDifferences"
 
     asyncio.run(calls())
 
