@@ -545,3 +545,20 @@ def test_subscription_listing_pages_and_public_urls_only_when_set(graph):
         refused = http.post("/v1.0/subscriptions", headers=headers, json=body)
         assert refused.status_code == 400
         assert "public HTTPS" in refused.json()["error"]["message"]
+
+
+def test_resource_units_per_minute_throttle_with_retry_after_and_ratelimit_headers():
+    now = [datetime(2026, 1, 5, 9, 0, 5, tzinfo=UTC)]
+    state = GraphState(client_id=CLIENT_ID, client_secret=SECRET, clock=lambda: now[0])
+    state.resource_units_per_minute = 5
+    with BackgroundServer(create_app(state)) as server, httpx.Client(base_url=server.url) as http:
+        headers = auth(http, state)
+        answers = [http.get(ITEMS, headers=headers) for _ in range(6)]
+        assert [a.status_code for a in answers] == [200] * 5 + [429]
+        assert "RateLimit-Limit" not in answers[2].headers
+        assert answers[4].headers["RateLimit-Remaining"] == "0"
+        assert answers[5].headers["Retry-After"] == "55"  # the rest of the minute
+        assert answers[5].json()["error"]["code"] == "TooManyRequests"
+        now[0] += timedelta(seconds=55)
+        assert http.get(ITEMS, headers=headers).status_code == 200
+    state.close()

@@ -313,6 +313,10 @@ class GraphState:
         self.subscriptions: dict[str, Subscription] = {}
         self.resync_code = "resyncChangesApplyDifferences"  # what an expired delta token says
         self.subscriptions_page_size = 100  # subscriptions per GET /subscriptions page
+        #: the app's resource units per minute (None: no budget); a request costs one, a
+        #: $batch one per sub-request; past the budget Graph answers 429 until the minute ends
+        self.resource_units_per_minute: int | None = None
+        self._units = (0, 0)  # (minute, units spent in it)
         #: refuse notification URLs real Graph cannot reach (plain HTTP, loopback); the
         #: simulator itself delivers only to loopback, so this refuses every subscription
         self.public_notifications_only = False
@@ -850,6 +854,39 @@ class GraphState:
         )
 
     # -- subscriptions and notifications --------------------------------------------------
+
+    def charge(self, units: int) -> tuple[Answer | None, dict[str, str]]:
+        """Spend ``units`` of the app's budget for this minute: a 429 answer when it is
+        spent (Retry-After: the seconds left of the minute), and the RateLimit headers
+        Graph adds once 80% of it is used."""
+        budget = self.resource_units_per_minute
+        if budget is None:
+            return None, {}
+        now = self.clock().timestamp()
+        minute = int(now // 60)
+        with self._lock:
+            spent = self._units[1] if self._units[0] == minute else 0
+            over = spent + units > budget
+            if not over:
+                spent += units
+            self._units = (minute, spent)
+        reset = max(1, int((minute + 1) * 60 - now + 0.999))
+        headers = {}
+        if over or spent >= 0.8 * budget:
+            headers = {
+                "RateLimit-Limit": str(budget),
+                "RateLimit-Remaining": str(max(0, budget - spent)),
+                "RateLimit-Reset": str(reset),
+            }
+        if not over:
+            return None, headers
+        error = GraphError(
+            429,
+            "TooManyRequests",
+            "The application's resource units for this minute are spent; retry after a while",
+            {**headers, "Retry-After": str(reset)},
+        )
+        return Answer.error(error), headers
 
     def subscriptions_page(self, query: dict[str, str], base: str) -> dict[str, Any]:
         """One page of ``GET /subscriptions``; the next one behind ``@odata.nextLink``."""
@@ -1410,6 +1447,10 @@ def create_app(state: GraphState | None = None) -> Starlette:
                 )
         query = {k: v for k, v in request.query_params.items()}
         method = request.method.upper()
+        subs = body.get("requests") if path == "$batch" and isinstance(body, dict) else None
+        throttled, limits = graph.charge(len(subs) if isinstance(subs, list) else 1)
+        if throttled is not None:
+            return _json_response(throttled)
         if path == "$batch":
             kind = graph.faults.draw()
             await asyncio.sleep(fault_delay(graph, kind))
@@ -1422,7 +1463,9 @@ def create_app(state: GraphState | None = None) -> Starlette:
                     Answer.error(GraphError(405, "BadRequest", "Use POST for $batch"))
                 )
             answer = await _batch(graph, dispatcher, body, identity, base)
-            return _json_response(lost_answer(kind, answer))
+            answer = lost_answer(kind, answer)
+            answer.headers.update(limits)
+            return _json_response(answer)
         with graph._lock:
             graph.requests += 1
         kind = graph.faults.draw()
@@ -1431,8 +1474,11 @@ def create_app(state: GraphState | None = None) -> Starlette:
         if faulted is not None:
             return _json_response(faulted)
         headers = {k.lower(): v for k, v in request.headers.items()}
-        answer = await dispatcher.handle(method, path, query, headers, body, identity, base)
-        return _json_response(lost_answer(kind, answer))
+        answer = lost_answer(
+            kind, await dispatcher.handle(method, path, query, headers, body, identity, base)
+        )
+        answer.headers.update(limits)
+        return _json_response(answer)
 
     app = Starlette(
         routes=[
