@@ -7,6 +7,7 @@ import pickle
 import random
 import threading
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -447,3 +448,31 @@ def test_graph_retry_after_of_minutes_is_honoured_without_a_cap(env):
     finally:
         state.faults.retry_after = 1
     assert sleeps == [90]
+
+
+def test_a_spent_resource_unit_budget_is_waited_out_as_graph_asks():
+    now = [datetime(2026, 1, 5, 9, 0, 5, tzinfo=UTC)]
+    state = GraphState(client_id="app", client_secret=SECRET, clock=lambda: now[0])
+    state.resource_units_per_minute = 3
+    waits: list[float] = []
+
+    def wait(seconds: float) -> None:
+        waits.append(seconds)
+        now[0] += timedelta(seconds=seconds)
+
+    with BackgroundServer(create_app(state)) as server:
+        block = SharePointList(
+            graph_url=server.url,
+            token_url=f"{server.url}/{state.tenant_id}/oauth2/v2.0/token",
+            columns_to_sync=["Title"],
+            credentials=IntegrationAccountCredentials(
+                client_id="app", client_secret=SecretStr(SECRET)
+            ),
+        )
+        block.use_retry_hooks(wait)
+        key = state.user_create("Contacts", {"Title": "Budget"})
+        for _ in range(4):
+            assert [r.key for r in block.read([key])] == [key]
+        block.close()
+    state.close()
+    assert waits == [55.0]  # the rest of the minute, not a 30 s guess
