@@ -359,19 +359,24 @@ class Receiver:
         return Response(status_code=202)
 
 
+def subscription(url: str, **extra: str) -> dict[str, str]:
+    """A list subscription's body, expiring in two days."""
+    expires = (datetime.now(UTC) + timedelta(days=2)).isoformat().replace("+00:00", "Z")
+    return {
+        "changeType": "updated",
+        "notificationUrl": url,
+        "resource": "sites/root/lists/Contacts",
+        "expirationDateTime": expires,
+        **extra,
+    }
+
+
 def test_subscription_handshake_notifications_renew_delete(graph):
     state, http, _ = graph
     headers = auth(http, state)
     receiver = Receiver()
-    expires = (datetime.now(UTC) + timedelta(days=2)).isoformat().replace("+00:00", "Z")
     with BackgroundServer(receiver.app) as hook:
-        body = {
-            "changeType": "updated",
-            "notificationUrl": f"{hook.url}/hook",
-            "resource": "sites/root/lists/Contacts",
-            "expirationDateTime": expires,
-            "clientState": "secretClientState",
-        }
+        body = subscription(f"{hook.url}/hook", clientState="secretClientState")
         created = http.post("/v1.0/subscriptions", headers=headers, json=body)
         assert created.status_code == 201, created.text
         sub = created.json()
@@ -526,15 +531,9 @@ def test_subscription_listing_pages_and_public_urls_only_when_set(graph):
     state, http, _ = graph
     headers = auth(http, state)
     receiver = Receiver()
-    expires = (datetime.now(UTC) + timedelta(days=1)).isoformat().replace("+00:00", "Z")
     state.subscriptions_page_size = 2
     with BackgroundServer(receiver.app) as hook:
-        body = {
-            "changeType": "updated",
-            "notificationUrl": f"{hook.url}/hook",
-            "resource": "sites/root/lists/Contacts",
-            "expirationDateTime": expires,
-        }
+        body = subscription(f"{hook.url}/hook")
         for _ in range(3):
             assert http.post("/v1.0/subscriptions", headers=headers, json=body).status_code == 201
         first = http.get("/v1.0/subscriptions", headers=headers).json()

@@ -386,41 +386,46 @@ def test_a_cursor_past_the_deleted_history_falls_back_to_a_full_read(org, caplog
     assert "reading every record" in caplog.text
 
 
-def test_a_deleted_window_past_the_id_limit_is_read_in_halves():
+@pytest.fixture
+def clocked():
+    """An org on a clock the test moves, an hour behind ours: (state, block, set_time)."""
     start = datetime.now(UTC) - timedelta(hours=1)
     now = [start]
     state = SalesforceState(clock=lambda: now[0])
     state.add_client("sync", SECRET, "Integration User")
+
+    def at(seconds: float) -> None:
+        now[0] = start + timedelta(seconds=seconds)
+
     with BackgroundServer(create_app(state)) as server:
         block = _block(server.url, overlap_seconds=0)
-        keys = [state.user_create("Contact", {"LastName": f"W{i}"}) for i in range(3)]
-        cursor = block.read_changes(None).cursor
-        for minutes, key in zip((1, 10, 20), keys, strict=True):
-            now[0] = start + timedelta(minutes=minutes)
-            state.user_delete("Contact", key)
-        now[0] = start + timedelta(minutes=25)
-        state.id_limit = 2
-        changes = block.read_changes(cursor)
+        yield state, block, at
         block.close()
+
+
+def test_a_deleted_window_past_the_id_limit_is_read_in_halves(clocked):
+    state, block, at = clocked
+    keys = [state.user_create("Contact", {"LastName": f"W{i}"}) for i in range(3)]
+    cursor = block.read_changes(None).cursor
+    for minutes, key in zip((1, 10, 20), keys, strict=True):
+        at(minutes * 60)
+        state.user_delete("Contact", key)
+    at(25 * 60)
+    state.id_limit = 2
+    changes = block.read_changes(cursor)
     assert sorted(changes.deleted) == sorted(keys) and not changes.full
 
 
-def test_a_change_in_a_long_transaction_is_read_once_it_commits():
-    start = datetime.now(UTC) - timedelta(hours=1)
-    now = [start]
-    state = SalesforceState(clock=lambda: now[0])
-    state.add_client("sync", SECRET, "Integration User")
-    with BackgroundServer(create_app(state)) as server:
-        block = _block(server.url, overlap_seconds=0)
-        key = state.user_create("Contact", {"LastName": "Long"})
-        cursor = block.read_changes(None).cursor
-        now[0] = start + timedelta(seconds=10)
-        state.user_update("Contact", key, {"LastName": "Committed late"}, commit_lag=600)
-        now[0] = start + timedelta(seconds=20)
-        during = block.read_changes(cursor)
-        seen = {r.key: r.values["LastName"] for r in during.records}
-        assert seen.get(key, "Long") == "Long"  # the change is not visible yet
-        now[0] = start + timedelta(seconds=700)  # the transaction has ended
-        after = block.read_changes(during.cursor)
-        block.close()
+def test_a_change_in_a_long_transaction_is_read_once_it_commits(clocked):
+    state, block, at = clocked
+    key = state.user_create("Contact", {"LastName": "Long"})
+    cursor = block.read_changes(None).cursor
+    at(10)
+    state.user_update("Contact", key, {"LastName": "Committed late"}, commit_lag=600)
+    at(20)
+    during = block.read_changes(cursor)
+    seen = {r.key: r.values["LastName"] for r in during.records}
+    assert seen.get(key, "Long") == "Long"  # the change is not visible yet
+    at(700)  # the transaction has ended
+    after = block.read_changes(during.cursor)
     assert {r.key: r.values["LastName"] for r in after.records}.get(key) == "Committed late"
