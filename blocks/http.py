@@ -18,8 +18,31 @@ and shapes) and sends every request through :meth:`HttpEndpointBlock.http`, one
 - names URLs and headers in messages and logs only through :func:`safe_url` and
   :func:`safe_headers`.
 
+- waits as long as a ``Retry-After`` asks, within the endpoint's retry deadline.
+
 :func:`overlap_start` and :func:`cursor_text` are the cursor-with-overlap rule of the
 blocks that read changes since a timestamp.
+
+A new connector declares its fields (``retry_attempts`` and ``retry_deadline_seconds``
+among them), then::
+
+    class Collection(HttpEndpointBlock):
+        _retriable = RETRIABLE_STATUSES | {409}       # optional: its own extra statuses
+        _codes = {"RECORD_LOCKED": Retriable}          # optional: its own error codes
+
+        def _authenticator(self) -> Authenticator:
+            return BearerToken(self.credentials.token)  # or ClientCredentials, NoAuth
+
+        def _timeout(self) -> float:
+            return self.timeout
+
+        def read(self, keys):
+            reply = self.http().send("GET", url, params={...})  # retried, classified
+            ...
+
+``send(..., once=True)`` for a request that must not be applied twice (a create without
+an idempotency key); ``send(..., ok=None)`` to read any status; ``send(..., retry=False)``
+with :meth:`HttpClient.retry_failed` to retry only the refused requests of a set.
 """
 
 from __future__ import annotations
