@@ -561,3 +561,17 @@ def test_resource_units_per_minute_throttle_with_retry_after_and_ratelimit_heade
         now[0] += timedelta(seconds=55)
         assert http.get(ITEMS, headers=headers).status_code == 200
     state.close()
+
+
+def test_delta_pages_may_repeat_an_item(graph):
+    state, http, _ = graph
+    headers = auth(http, state)
+    state.repeat_delta_items = True
+    keys = [state.user_create("Contacts", {"Title": f"R{i}"}) for i in range(5)]
+    url, params, seen = f"{ITEMS}/delta", {"$top": "2"}, []
+    while url:
+        page = http.get(url, params=params, headers=headers).json()
+        seen += [i["id"] for i in page["value"]]
+        url, params = page.get("@odata.nextLink"), None
+    assert sorted(set(seen)) == sorted(keys) and len(seen) > len(keys)
+    state.repeat_delta_items = False

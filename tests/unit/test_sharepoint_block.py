@@ -476,3 +476,16 @@ def test_a_spent_resource_unit_budget_is_waited_out_as_graph_asks():
         block.close()
     state.close()
     assert waits == [55.0]  # the rest of the minute, not a 30 s guess
+
+
+def test_items_repeated_across_delta_pages_come_once(env):
+    state, block, _, _ = env
+    block.read_modifiers = False
+    state.repeat_delta_items = True
+    try:
+        first = block.read_changes(None)
+        keys = [state.user_create("Contacts", {"Title": f"Rep{i}"}) for i in range(9)]
+        later = block.read_changes(first.cursor)
+    finally:
+        state.repeat_delta_items = False
+    assert sorted(r.key for r in later.records) == sorted(keys)

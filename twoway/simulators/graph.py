@@ -312,6 +312,9 @@ class GraphState:
         self._lookup_ids: dict[str, int] = {}
         self.subscriptions: dict[str, Subscription] = {}
         self.resync_code = "resyncChangesApplyDifferences"  # what an expired delta token says
+        #: repeat each delta page's last item on the next page, as Graph may: a client must
+        #: take an item's last occurrence, not count it twice
+        self.repeat_delta_items = False
         self.subscriptions_page_size = 100  # subscriptions per GET /subscriptions page
         #: the app's resource units per minute (None: no budget); a request costs one, a
         #: $batch one per sub-request; past the budget Graph answers 429 until the minute ends
@@ -807,7 +810,10 @@ class GraphState:
                 )
                 for i in chosen
             ]
-            return value, (chosen[-1] if chosen else pos.after), len(ids) > pos.top
+            more = len(ids) > pos.top
+            if more and self.repeat_delta_items and len(chosen) > 1:
+                return value, chosen[-2], more  # the next page starts with this one's last
+            return value, (chosen[-1] if chosen else pos.after), more
         entries: list[tuple[int, int, bool]] = [
             (item.seq, item.id, True)
             for item in lst.items.values()
@@ -835,7 +841,10 @@ class GraphState:
             else:
                 value.append({"id": str(item_id), "deleted": {"state": "deleted"}})
         last = chosen_entries[-1][0] if chosen_entries else pos.after
-        return value, last, len(entries) > pos.top
+        more = len(entries) > pos.top
+        if more and self.repeat_delta_items and len(chosen_entries) > 1:
+            last = chosen_entries[-2][0]  # the next page starts with this one's last
+        return value, last, more
 
     def _keep(self, pos: DeltaPosition) -> str:
         token = base64.urlsafe_b64encode(secrets.token_bytes(24)).decode().rstrip("=")
