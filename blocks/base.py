@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import abc
-import random
 import threading
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, ClassVar, Self, TypeVar
+from typing import Any, ClassVar, Self, TypeVar
 
 from prefect.blocks.core import Block
 from pydantic import Field
@@ -14,8 +12,7 @@ from pydantic import Field
 from blocks.credentials import IntegrationAccountCredentials
 from twoway.contract import Endpoint
 from twoway.definition import OAuthClientMixin, SystemBase
-from twoway.errors import DefinitionError, Retriable
-from twoway.retry import RetryPolicy
+from twoway.errors import DefinitionError
 
 B = TypeVar("B", bound=Block)
 
@@ -30,6 +27,7 @@ COMMON_SETTINGS = (
     "retry_attempts",
     "batch_size",
     "writes_in_flight",
+    "retry_deadline_seconds",
 )
 
 #: guards the set-up a block's threads share (its HTTP client, its access token) when a load
@@ -94,41 +92,6 @@ class EndpointBlock(Block, Endpoint, abc.ABC):
         private.update(self._fresh_when_pickled)
         state["__pydantic_private__"] = private
         return state
-
-
-class RetryHooksMixin:
-    """Retry plumbing of the blocks whose requests a :class:`RetryPolicy` retries (Salesforce,
-    REST): the policy from the ``retry_attempts`` field, and the wait and jitter source that
-    tests replace. It must hold no annotation at run time: pydantic orders a block's fields
-    by where their names first appear along its bases, and that order (each field's
-    ``position``) is part of the registered schema.
-    """
-
-    if TYPE_CHECKING:  # the block's field and private attributes this mixin uses
-        retry_attempts: int
-        _sleep: Callable[[float], Any]
-        _rng: random.Random | None
-
-    def use_retry_hooks(
-        self, sleep: Callable[[float], Any], rng: random.Random | None = None
-    ) -> None:
-        """Wait with ``sleep`` and draw jitter from ``rng`` between retries (tests)."""
-        self._sleep = sleep
-        self._rng = rng
-
-    @property
-    def policy(self) -> RetryPolicy:
-        """How many tries a request gets, with backoff and jitter between them."""
-        return RetryPolicy(attempts=self.retry_attempts)
-
-
-class OutcomeUnknown(Exception):
-    """A request that must not be sent twice got no answer that says whether it was
-    applied; not retriable, so the retry policy lets it through."""
-
-    def __init__(self, error: Retriable):
-        super().__init__(str(error))
-        self.error = error
 
 
 def load_block(name: str, where: str) -> Block:

@@ -11,21 +11,29 @@ operations the API refused for a transient reason (423, 429, 503, 504), honourin
 from __future__ import annotations
 
 import json
-import logging
-import random
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
 import httpx
-from pydantic import Field, PrivateAttr
+from pydantic import Field
 
-from blocks.base import EndpointBlock, RetryHooksMixin
 from blocks.credentials import IntegrationAccountCredentials
-from twoway import jsontext
+from blocks.http import (
+    RETRIABLE_STATUSES,
+    Authenticator,
+    BearerToken,
+    HttpEndpointBlock,
+    NoAuth,
+    Reply,
+    cursor_text,
+    overlap_start,
+    reason,
+    record_error,
+    safe_url,
+)
 from twoway.contract import (
     ChangeSet,
     Create,
@@ -37,37 +45,10 @@ from twoway.contract import (
     chunks,
 )
 from twoway.definition import RestSystem
-from twoway.errors import Fatal, PreconditionFailed, Retriable, Skippable, SyncError
-from twoway.retry import retry_after_seconds
+from twoway.errors import Fatal, Retriable, SyncError
 from twoway.values import as_utc, canonical, parse_timestamp
 
-logger = logging.getLogger("twoway.rest")
-
 #: statuses worth another try: conflict/lock, throttling, server trouble, gateway timeouts
-RETRY_STATUSES = frozenset({409, 423, 429, 500, 502, 503, 504})
-CURSOR_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
-_SECRET_PARAMS = ("token", "key", "secret", "password", "sig", "code", "auth")
-
-
-def safe_url(url: str | httpx.URL) -> str:
-    """A URL fit for messages: no user info, secret-looking query values masked."""
-    try:
-        parsed = httpx.URL(str(url))
-    except Exception:
-        return "<unparseable URL>"
-    parsed = parsed.copy_with(username=None, password=None) if parsed.userinfo else parsed
-    if parsed.query:
-        pairs = [
-            f"{quote(k, safe='$')}="
-            + (
-                "***"
-                if k != "$skiptoken" and any(s in k.lower() for s in _SECRET_PARAMS)
-                else quote(v, safe="")
-            )
-            for k, v in parsed.params.multi_items()
-        ]
-        parsed = parsed.copy_with(query="&".join(pairs).encode("ascii"))
-    return str(parsed)
 
 
 def dig(document: Any, path: str) -> Any:
@@ -98,16 +79,7 @@ class _Call:
     body: Any = None
 
 
-@dataclass
-class _Reply:
-    """One answer: status, lower-cased headers, parsed JSON body (None when empty)."""
-
-    status: int
-    headers: dict[str, str]
-    body: Any
-
-
-class RestCollection(RetryHooksMixin, EndpointBlock):
+class RestCollection(HttpEndpointBlock):
     """A JSON collection of a REST API kept in step by twoway.
 
     ``columns()`` is learnt from the records of the first page: a REST API has no schema
@@ -152,12 +124,11 @@ class RestCollection(RetryHooksMixin, EndpointBlock):
     overlap_seconds: float = Field(300.0, ge=0, description="Look-back window of incremental reads")
     batch_limit: int = Field(20, ge=1, description="Most requests one batch call may carry")
     batch_size: int = Field(1000, ge=1, description="Most operations one write() call should carry")
+    retry_deadline_seconds: float = Field(
+        900.0, gt=0, description="Most seconds a run waits between retries on this system"
+    )
 
-    _client: httpx.Client | None = PrivateAttr(None)
-    _sleep: Callable[[float], Any] = PrivateAttr(time.sleep)
-    _rng: random.Random | None = PrivateAttr(None)
-    _calls: int = PrivateAttr(0)  # HTTP requests sent, retries included (ChangeSet.requests)
-    _fresh_when_pickled = {"_client": None, "_sleep": time.sleep, "_rng": None}
+    _retriable = RETRIABLE_STATUSES | {409}  # a conflicting lock, for in-house APIs
 
     @classmethod
     def _own_settings(cls, system: RestSystem) -> dict[str, Any]:
@@ -191,22 +162,16 @@ class RestCollection(RetryHooksMixin, EndpointBlock):
             raise Fatal(f"item path {self.item!r} must contain {{id}}")
         return self.item.replace("{id}", quote(key, safe=""))
 
-    def client(self) -> httpx.Client:
-        """The block's HTTP client, created on first use."""
-        if self._client is None:
-            headers = {"Accept": "application/json"}
-            token = self.credentials.token if self.credentials else None
-            if token is not None:
-                headers["Authorization"] = f"Bearer {token.get_secret_value()}"
-            self._client = httpx.Client(
-                headers=headers, timeout=self.timeout, follow_redirects=False
-            )
-        return self._client
+    def _timeout(self) -> float:
+        return self.timeout
 
-    def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-        self._client = None
+    def _origin(self) -> str | None:
+        return str(self._base())  # next links to another host are refused
+
+    def _authenticator(self) -> Authenticator:
+        """The integration account's static bearer token, or none."""
+        token = self.credentials.token if self.credentials else None
+        return NoAuth() if token is None else BearerToken(token)
 
     def max_batch(self) -> int:
         return self.batch_size
@@ -215,35 +180,17 @@ class RestCollection(RetryHooksMixin, EndpointBlock):
 
     def _send(
         self, method: str, url: httpx.URL, body: Any = None, headers: dict[str, str] | None = None
-    ) -> _Reply:
-        """Send one request; transport failures become Retriable, unreadable bodies Fatal or
-        Retriable, all naming the URL without secrets."""
-        where = f"{method} {safe_url(url)}"
-        content = None
+    ) -> Reply:
+        """Send one request, once: transient failures raise Retriable, other answers come
+        back whatever their status (the callers retry sets of requests)."""
         send_headers = dict(headers or {})
+        content = None
         if body is not None:
             content = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
             send_headers["Content-Type"] = "application/json"
-        self._calls += 1
-        try:
-            response = self.client().request(method, url, content=content, headers=send_headers)
-        except httpx.TimeoutException:
-            raise Retriable(f"{where}: no answer within {self.timeout:g} s") from None
-        except httpx.TransportError as exc:
-            raise Retriable(f"{where}: {type(exc).__name__} ({_transport_reason(exc)})") from None
-        reply_headers = {k.lower(): v for k, v in response.headers.items()}
-        return _Reply(response.status_code, reply_headers, _parse_body(response, where))
-
-    def _request(self, method: str, url: httpx.URL) -> _Reply:
-        """One request with the retry policy; a non-2xx answer raises the matching error."""
-
-        def attempt() -> _Reply:
-            reply = self._send(method, url)
-            if 200 <= reply.status < 300:
-                return reply
-            raise _status_error(reply, f"{method} {safe_url(url)}")
-
-        return self.policy.call(attempt, sleep=self._sleep, rng=self._rng)
+        return self.http().send(
+            method, url, ok=None, retry=False, content=content, headers=send_headers
+        )
 
     # -- reading ------------------------------------------------------------------------
 
@@ -269,14 +216,14 @@ class RestCollection(RetryHooksMixin, EndpointBlock):
 
     def _pages(self, params: dict[str, str]) -> Iterator[tuple[list[Any], str]]:
         """Each page's records (and where they came from), following next links one page at
-        a time; refuses a link that repeats a fetched URL or leaves the API's host."""
-        base = self._base()
+        a time; refuses a link that repeats a fetched URL (one that leaves the API's host
+        the client refuses)."""
         url = self._url(self.collection).copy_merge_params(params)
         seen: set[str] = set()
         pages: set[str] = set()  # what each page held: a page served again under a new link
         while True:
             seen.add(str(url))
-            reply = self._request("GET", url)
+            reply = self.http().send("GET", url)
             where = f"GET {safe_url(url)}"
             items = dig(reply.body, self.records)
             if not isinstance(items, list):
@@ -294,14 +241,6 @@ class RestCollection(RetryHooksMixin, EndpointBlock):
             if not isinstance(link, str):
                 raise Fatal(f"{where}: {self.next_link!r} is not a URL")
             following = url.join(link)
-            if (following.scheme, following.host, _port(following)) != (
-                base.scheme,
-                base.host,
-                _port(base),
-            ):
-                raise Fatal(
-                    f"{where}: next link points to another host ({following.host}); refused"
-                )
             if str(following) in seen:
                 raise Fatal(
                     f"{where}: nextLink loops back to a page already read ({safe_url(following)})"
@@ -309,18 +248,18 @@ class RestCollection(RetryHooksMixin, EndpointBlock):
             url = following
 
     def read_pages(self, cursor: str | None) -> Iterator[ChangeSet]:
-        since = parse_timestamp(cursor) if cursor else None
+        since, start = overlap_start(cursor, self.overlap_seconds)
         incremental = (
-            since is not None and self.cursor_param is not None and self.modified_at is not None
+            start is not None and self.cursor_param is not None and self.modified_at is not None
         )
         params: dict[str, str] = {}
         if self.page_size_param:
             params[self.page_size_param] = str(self.page_size)
         if incremental:
-            lower = since - timedelta(seconds=self.overlap_seconds)  # type: ignore[operator]
-            params[self.cursor_param] = lower.strftime(CURSOR_FORMAT)  # type: ignore[index]
+            params[self.cursor_param] = cursor_text(start)  # type: ignore[index,arg-type]
         newest = since
-        calls_before = self._calls
+        http = self.http()
+        calls_before = http.requests
         for items, where in self._pages(params):
             latest: dict[str, RawRecord | None] = {}  # key -> record, None when deleted; last wins
             for item in items:
@@ -343,11 +282,11 @@ class RestCollection(RetryHooksMixin, EndpointBlock):
             yield ChangeSet(
                 records=[r for r in latest.values() if r is not None],
                 deleted=[k for k, r in latest.items() if r is None],
-                cursor=newest.astimezone(UTC).strftime(CURSOR_FORMAT) if newest else cursor,
+                cursor=cursor_text(newest) if newest else cursor,
                 full=not incremental,
-                requests=self._calls - calls_before,
+                requests=http.requests - calls_before,
             )
-            calls_before = self._calls
+            calls_before = http.requests
 
     def read(self, keys: Sequence[str]) -> list[RawRecord]:
         wanted = list(dict.fromkeys(keys))
@@ -360,7 +299,7 @@ class RestCollection(RetryHooksMixin, EndpointBlock):
             if outcome.status in (404, 410):
                 continue
             if not 200 <= outcome.status < 300:
-                raise _status_error(outcome, where)
+                raise Fatal(f"{where}: answered {outcome.status}{reason(outcome.body)}")
             if not isinstance(outcome.body, dict):
                 raise Fatal(f"{where}: the answer is not a JSON object")
             if "@removed" in outcome.body:
@@ -378,7 +317,7 @@ class RestCollection(RetryHooksMixin, EndpointBlock):
         """Union of the fields of the first page's records (a REST API has no schema endpoint)."""
         params = {self.page_size_param: str(self.page_size)} if self.page_size_param else {}
         url = self._url(self.collection).copy_merge_params(params)
-        reply = self._request("GET", url)
+        reply = self.http().send("GET", url)
         items = dig(reply.body, self.records)
         if not isinstance(items, list):
             raise Fatal(f"GET {safe_url(url)}: the page has no list at {self.records!r}")
@@ -412,31 +351,17 @@ class RestCollection(RetryHooksMixin, EndpointBlock):
                 results.append(self._result(op, outcome, where))
         return results
 
-    def _result(self, op: Op, reply: _Reply, where: str) -> WriteResult:
+    def _result(self, op: Op, reply: Reply, where: str) -> WriteResult:
         key = _op_key(op)
         status = reply.status
-        if isinstance(op, Delete) and status in (404, 410):
-            return WriteResult(op=op, key=key)  # already gone: the delete's goal holds
-        if status == 412:
-            return WriteResult(
-                op=op,
-                key=key,
-                error=PreconditionFailed(
-                    f"{where}: record {key} changed since it was read", status=412
-                ),
-            )
-        if status == 404:
-            return WriteResult(
-                op=op, key=key, error=Skippable(f"{where}: record {key} does not exist", status=404)
-            )
         if not 200 <= status < 300:
-            return WriteResult(
-                op=op,
-                key=key,
-                error=Skippable(
-                    f"{where}: refused with {status}{_reason(reply.body)}", status=status
-                ),
+            error = record_error(
+                status,
+                f"{where}: record {key}",
+                reason(reply.body),
+                deleting=isinstance(op, Delete),
             )
+            return WriteResult(op=op, key=key, error=error)
         if isinstance(op, Delete):
             return WriteResult(op=op, key=key)
         body = reply.body
@@ -452,50 +377,35 @@ class RestCollection(RetryHooksMixin, EndpointBlock):
 
     # -- sending sets of requests, retrying only the refused ones -------------------------
 
-    def _run(self, calls: list[_Call]) -> list[_Reply | SyncError]:
+    def _run(self, calls: list[_Call]) -> list[Reply | SyncError]:
         """Answers to ``calls`` in order. Calls refused for a transient reason are sent again
         (alone) with backoff, honouring the largest Retry-After; those still refused when the
         tries run out come back as Retriable errors. Authentication failures raise Fatal."""
-        outcomes: list[_Reply | SyncError | None] = [None] * len(calls)
-        pending = list(range(len(calls)))
-        rng = self._rng or random.Random()
-        attempt = 1
-        while pending:
-            waits: list[float] = []
-            retry: list[int] = []
+        outcomes: list[Reply | SyncError | None] = [None] * len(calls)
+        http = self.http()
+
+        def send(pending: list[int]) -> dict[int, Retriable]:
+            failed: dict[int, Retriable] = {}
             for index, outcome in self._send_calls([(i, calls[i]) for i in pending]):
                 where = f"{calls[index].method} {safe_url(self._url(calls[index].path))}"
-                if isinstance(outcome, Retriable):
-                    error: Retriable | None = outcome
-                elif outcome.status in (401, 403):
-                    raise _status_error(outcome, where)
-                elif outcome.status in RETRY_STATUSES:
-                    error = _status_error(outcome, where)  # type: ignore[assignment]
-                else:
-                    error = None
-                if error is None:
-                    outcomes[index] = outcome  # type: ignore[assignment]
-                    continue
-                outcomes[index] = error
-                retry.append(index)
-                if error.retry_after is not None:
-                    waits.append(error.retry_after)
-            pending = retry
-            if not pending or attempt >= self.retry_attempts:
-                break
-            delay = self.policy.delay(attempt, rng, max(waits) if waits else None)
-            logger.info(
-                "%d request(s) refused for a transient reason; retrying in %.2f s",
-                len(pending),
-                delay,
-            )
-            self._sleep(delay)
-            attempt += 1
+                if isinstance(outcome, Reply) and outcome.status in (401, 403):
+                    raise Fatal(
+                        f"{where}: the integration account was refused "
+                        f"({outcome.status}{reason(outcome.body)})",
+                        status=outcome.status,
+                    )
+                error = outcome if isinstance(outcome, Retriable) else http.classify(outcome, where)
+                outcomes[index] = error or outcome
+                if isinstance(error, Retriable):
+                    failed[index] = error
+            return failed
+
+        http.retry_failed(range(len(calls)), send)
         return outcomes  # type: ignore[return-value]
 
-    def _send_calls(self, calls: list[tuple[int, _Call]]) -> list[tuple[int, _Reply | Retriable]]:
+    def _send_calls(self, calls: list[tuple[int, _Call]]) -> list[tuple[int, Reply | Retriable]]:
         """One pass over ``calls``: through the batch endpoint in chunks, or one by one."""
-        out: list[tuple[int, _Reply | Retriable]] = []
+        out: list[tuple[int, Reply | Retriable]] = []
         if self.batch is None:
             for index, call in calls:
                 try:
@@ -514,7 +424,7 @@ class RestCollection(RetryHooksMixin, EndpointBlock):
 
     def _send_batch(
         self, calls: Sequence[tuple[int, _Call]]
-    ) -> list[tuple[int, _Reply | Retriable]]:
+    ) -> list[tuple[int, Reply | Retriable]]:
         url = self._url(self.batch)  # type: ignore[arg-type]
         where = f"POST {safe_url(url)}"
         requests = []
@@ -531,24 +441,25 @@ class RestCollection(RetryHooksMixin, EndpointBlock):
             reply = self._send("POST", url, {"requests": requests})
         except Retriable as exc:
             return [(index, exc) for index, _ in calls]
-        if reply.status in RETRY_STATUSES:
-            error = _status_error(reply, where)
-            return [(index, error) for index, _ in calls]  # type: ignore[misc]
         if reply.status != 200:
-            raise _status_error(reply, where, fatal=True)
+            raise Fatal(
+                f"{where}: answered {reply.status}{reason(reply.body)}", status=reply.status
+            )
         responses = dig(reply.body, "responses")
         if not isinstance(responses, list):
             raise Fatal(f"{where}: the answer has no 'responses' list")
-        by_id: dict[str, _Reply] = {}
+        by_id: dict[str, Reply] = {}
         for answer in responses:
             if not isinstance(answer, dict) or not isinstance(answer.get("status"), int):
                 raise Fatal(f"{where}: a batch response has no status")
             headers = answer.get("headers") or {}
-            by_id[str(answer.get("id"))] = _Reply(
+            by_id[str(answer.get("id"))] = Reply(
                 answer["status"],
-                {str(k).lower(): str(v) for k, v in headers.items()}
-                if isinstance(headers, dict)
-                else {},
+                httpx.Headers(
+                    {str(k): str(v) for k, v in headers.items()}
+                    if isinstance(headers, dict)
+                    else {}
+                ),
                 answer.get("body"),
             )
         out = []
@@ -592,71 +503,3 @@ def _entity_tag(version: str) -> str:
 
 def _op_key(op: Op) -> str | None:
     return None if isinstance(op, Create) else op.key
-
-
-def _port(url: httpx.URL) -> int | None:
-    return url.port or {"http": 80, "https": 443}.get(url.scheme)
-
-
-def _transport_reason(exc: httpx.TransportError) -> str:
-    """The error's own words, minus anything after the first line (no URLs or headers)."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return text[:200]
-
-
-def _parse_body(response: httpx.Response, where: str) -> Any:
-    """The JSON body of ``response`` (None when empty). An HTML page, malformed or truncated
-    JSON is an error: Retriable when the status says the server is in trouble or the text
-    stops early, Fatal otherwise (the URL is probably not the JSON API)."""
-    content = response.content
-    if not content.strip():
-        return None
-    try:
-        return jsontext.loads(content)
-    except (ValueError, UnicodeDecodeError) as exc:
-        status = response.status_code
-        kind = response.headers.get("content-type", "").split(";")[0].strip() or "no content type"
-        transient = status in RETRY_STATUSES or status >= 500
-        if "html" in kind:
-            message = f"{where}: answered {status} with an HTML page, not JSON"
-        elif isinstance(exc, json.JSONDecodeError) and (
-            exc.pos >= len(content.rstrip()) - 1 or exc.msg.startswith("Unterminated string")
-        ):
-            message = f"{where}: the JSON answer ({status}) stops early (truncated body)"
-            transient = True
-        else:
-            message = f"{where}: answered {status} with malformed JSON ({kind})"
-        if transient:
-            retry_after = retry_after_seconds(response.headers.get("retry-after"))
-            raise Retriable(message, status=status, retry_after=retry_after) from None
-        raise Fatal(message, status=status) from None
-
-
-def _reason(body: Any) -> str:
-    """The API's own error message, shortened, as ': message' (empty when there is none)."""
-    message = dig(body, "error.message") if isinstance(body, dict) else None
-    if message is None and isinstance(body, dict):
-        message = body.get("message") or body.get("error")
-    return f": {str(message)[:200]}" if message else ""
-
-
-def _status_error(reply: _Reply, where: str, fatal: bool = False) -> SyncError:
-    """The error a non-2xx answer means: Retriable for transient statuses, Fatal otherwise."""
-    status = reply.status
-    reason = _reason(reply.body)
-    if status in RETRY_STATUSES and not fatal:
-        return Retriable(
-            f"{where}: refused with {status}{reason}",
-            status=status,
-            retry_after=retry_after_seconds(reply.headers.get("retry-after")),
-        )
-    if status == 401:
-        return Fatal(
-            f"{where}: authentication refused (401); check the integration account's token",
-            status=status,
-        )
-    if status == 403:
-        return Fatal(
-            f"{where}: the integration account may not do this (403){reason}", status=status
-        )
-    return Fatal(f"{where}: answered {status}{reason}", status=status)

@@ -22,8 +22,6 @@ The client secret and access token never appear in a message or log.
 from __future__ import annotations
 
 import logging
-import random
-import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
@@ -33,9 +31,19 @@ from urllib.parse import quote
 import httpx
 from pydantic import Field, PrivateAttr
 
-from blocks.base import SETUP_LOCK, EndpointBlock, OutcomeUnknown, RetryHooksMixin
 from blocks.credentials import IntegrationAccountCredentials
-from twoway import jsontext, sfid
+from blocks.http import (
+    OUTCOME_UNKNOWN,
+    Authenticator,
+    ClientCredentials,
+    HttpEndpointBlock,
+    Reply,
+    cursor_text,
+    error_of,
+    overlap_start,
+    reason,
+)
+from twoway import sfid
 from twoway.contract import (
     ChangeSet,
     Create,
@@ -48,7 +56,6 @@ from twoway.contract import (
 )
 from twoway.definition import SalesforceSystem
 from twoway.errors import Fatal, PreconditionFailed, Retriable, Skippable
-from twoway.retry import retry_after_seconds
 from twoway.values import canonical, parse_timestamp
 
 logger = logging.getLogger("twoway.salesforce")
@@ -57,17 +64,11 @@ COLLECTION_LIMIT = 200  # records per sObject Collections write
 READ_CHUNK = 200  # ids per collection GET (keeps the URL short)
 RETRIEVE_LIMIT = 2000  # ids per collection retrieve sent by POST (ids in the body)
 SOQL_STAMP = "%Y-%m-%dT%H:%M:%S.%fZ"
-CURSOR_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
-#: statuses worth another try: throttling (403 REQUEST_LIMIT_EXCEEDED), server trouble
-RETRY_STATUSES = frozenset({500, 502, 503, 504})
-#: answers after which a request may have been applied (a timeout of a request still
-#: running): a create sent again could make a second record
-OUTCOME_UNKNOWN = frozenset({500, 502, 504})
 #: row errors that say "already gone" (a delete's goal holds)
 GONE_CODES = frozenset({"ENTITY_IS_DELETED", "INVALID_CROSS_REFERENCE_KEY", "NOT_FOUND"})
 
 
-class SalesforceObject(RetryHooksMixin, EndpointBlock):
+class SalesforceObject(HttpEndpointBlock):
     """An sObject (Contact, Account, Invoice__c, ...) of a Salesforce org kept in step by twoway.
 
     Example:
@@ -112,14 +113,16 @@ class SalesforceObject(RetryHooksMixin, EndpointBlock):
     writes_in_flight: int = Field(
         2, ge=1, le=8, description="write() calls sent at once; 1 sends them one after another"
     )
+    retry_deadline_seconds: float = Field(
+        900.0, gt=0, description="Most seconds a run waits between retries on this system"
+    )
 
-    _client: httpx.Client | None = PrivateAttr(None)
-    _token: str | None = PrivateAttr(None)
-    _base: str | None = PrivateAttr(None)
-    _sleep: Callable[[float], Any] = PrivateAttr(time.sleep)
-    _rng: random.Random | None = PrivateAttr(None)
-    _requests: int = PrivateAttr(0)
-    _fresh_when_pickled = {"_client": None, "_token": None, "_base": None, "_sleep": time.sleep}
+    #: a locked row is worth another try; a spent API allocation (REQUEST_LIMIT_EXCEEDED
+    #: with no Retry-After) stops the run at once: each retry would spend more of it
+    _codes = {"UNABLE_TO_LOCK_ROW": Retriable, "REQUEST_LIMIT_EXCEEDED": Fatal}
+
+    _base: str | None = PrivateAttr(None)  # the instance URL the token answer names
+    _fresh_when_pickled = {**HttpEndpointBlock._fresh_when_pickled, "_base": None}
 
     @classmethod
     def _own_settings(cls, system: SalesforceSystem) -> dict[str, Any]:
@@ -140,79 +143,25 @@ class SalesforceObject(RetryHooksMixin, EndpointBlock):
     def max_writes_in_flight(self) -> int:
         return self.writes_in_flight
 
-    def client(self) -> httpx.Client:
-        """The block's HTTP client, created on first use (one for all of a load's threads)."""
-        with SETUP_LOCK:
-            if self._client is None:
-                self._client = httpx.Client(timeout=self.timeout)
-            return self._client
+    def _timeout(self) -> float:
+        return self.timeout
 
-    def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-        self._client = None
-        self._token = None
-        self._base = None
-
-    def _version(self) -> str:
-        version = self.api_version.strip()
-        return version if version.startswith("v") else f"v{version}"
-
-    def _data_path(self, path: str) -> str:
-        return f"/services/data/{self._version()}{path}"
-
-    def _session(self, stale: str | None = None) -> tuple[str, str]:
-        """The access token and the instance URL to call, asked for on first use or when the
-        token is ``stale`` (refused); a token another thread renewed meanwhile is taken."""
-        with SETUP_LOCK:
-            if self._token is None or self._token == stale:
-                self._authenticate()
-            return str(self._token), str(self._base)
-
-    def _authenticate(self) -> None:
-        """Get an access token with the client credentials flow; Fatal when refused."""
+    def _authenticator(self) -> Authenticator:
+        """The connected app's client credentials, at the org's token endpoint."""
         if not self.instance_url and not self.token_url:
             raise Fatal("no instance_url configured for the Salesforce object")
         creds = self.credentials
         if creds is None or not creds.client_id or creds.client_secret is None:
             raise Fatal("the Salesforce object needs credentials with client_id and client_secret")
         url = self.token_url or f"{(self.instance_url or '').rstrip('/')}/services/oauth2/token"
-        form = {
-            "grant_type": "client_credentials",
-            "client_id": creds.client_id,
-            "client_secret": creds.client_secret.get_secret_value(),
-        }
+        return ClientCredentials(url, creds.client_id, creds.client_secret, on_grant=self._granted)
 
-        def attempt() -> httpx.Response:
-            try:
-                reply = self.client().post(url, data=form, headers={"Accept": "application/json"})
-            except httpx.TransportError as exc:
-                raise Retriable(f"POST {url}: {_transport_reason(exc)}") from None
-            if reply.status_code in RETRY_STATUSES:
-                raise Retriable(
-                    f"POST {url}: answered {reply.status_code}",
-                    status=reply.status_code,
-                    retry_after=retry_after_seconds(reply.headers.get("retry-after")),
-                )
-            return reply
-
-        reply = self.policy.call(attempt, sleep=self._sleep, rng=self._rng)
-        body = _json_or_none(reply)
-        if reply.status_code != 200 or not isinstance(body, dict) or not body.get("access_token"):
-            reason = (
-                body.get("error_description") or body.get("error")
-                if isinstance(body, dict)
-                else None
-            )
-            raise Fatal(
-                f"POST {url}: the token request was refused ({reply.status_code})"
-                + (f": {str(reason)[:200]}" if reason else ""),
-                status=reply.status_code,
-            )
-        self._token = str(body["access_token"])
-        self._base = str(body.get("instance_url") or self.instance_url or "").rstrip("/")
-        if not self._base:
-            raise Fatal(f"POST {url}: the token response has no instance_url")
+    def _granted(self, body: dict[str, Any]) -> None:
+        """Take the instance URL to call, and the integration user, from a token answer."""
+        base = str(body.get("instance_url") or self.instance_url or "").rstrip("/")
+        if not base:
+            raise Fatal("the token response has no instance_url")
+        self._base = base
         identity = str(body.get("id") or "")
         if self.integration_account is None and identity:
             user_id = identity.rstrip("/").rsplit("/", 1)[-1]
@@ -221,86 +170,27 @@ class SalesforceObject(RetryHooksMixin, EndpointBlock):
         elif self.integration_account and sfid.is_valid(self.integration_account, strict=False):
             self.integration_account = sfid.to18(self.integration_account)
 
+    def _note(self, reply: Reply) -> str:
+        """The org's API use, from the Sforce-Limit-Info header every answer carries."""
+        usage = reply.headers.get("sforce-limit-info")
+        return f" (the org's API requests: {usage})" if usage else ""
+
+    def _version(self) -> str:
+        version = self.api_version.strip()
+        return version if version.startswith("v") else f"v{version}"
+
+    def _data_path(self, path: str) -> str:
+        return f"/services/data/{self._version()}{path}"
+
     def _request(
-        self,
-        method: str,
-        path: str,
-        *,
-        params: dict[str, str] | None = None,
-        json: Any = None,
-        headers: dict[str, str] | None = None,
-        once: bool = False,
-    ) -> tuple[int, Any, httpx.Headers]:
-        """One API call with retries: transient failures (403 REQUEST_LIMIT_EXCEEDED, 5xx,
-        timeouts) are tried again per the policy, honouring Retry-After; a 401 gets a new
-        token once. Returns status, parsed JSON and headers; other statuses are the caller's.
-        With ``once`` (the call creates records), a failure after which the call may have
-        been applied (a 500, 502 or 504, a timeout once sent) raises Retriable at once."""
-        refreshed = False
-
-        def attempt() -> tuple[int, Any, httpx.Headers]:
-            nonlocal refreshed
-            token, base = self._session()
-            url = f"{base}{path}"
-            where = f"{method} {path}"
-            send_headers = {
-                "Authorization": f"Bearer {token}",
-                "Accept": "application/json",
-                **(headers or {}),
-            }
-            try:
-                reply = self.client().request(
-                    method, url, params=params, json=json, headers=send_headers
-                )
-            except httpx.TransportError as exc:
-                error = Retriable(f"{where}: {_transport_reason(exc)}")
-                sent = not isinstance(
-                    exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout
-                )
-                if once and sent:
-                    raise OutcomeUnknown(error) from None
-                raise error from None
-            self._requests += 1
-            body = _json_or_none(reply)
-            status = reply.status_code
-            if status == 401:
-                if refreshed:
-                    raise Fatal(
-                        f"{where}: the session was refused (401{_reason(body)}) even with a new "
-                        "token; check the connected app and the integration user",
-                        status=401,
-                    )
-                refreshed = True
-                self._session(stale=token)
-                return attempt()
-            code = _error_code(body)
-            if (
-                status in RETRY_STATUSES
-                or code == "REQUEST_LIMIT_EXCEEDED"
-                or code == "UNABLE_TO_LOCK_ROW"
-            ):
-                error = Retriable(
-                    f"{where}: refused with {status}{_reason(body)}",
-                    status=status,
-                    retry_after=retry_after_seconds(reply.headers.get("retry-after")),
-                )
-                if once and status in OUTCOME_UNKNOWN:
-                    raise OutcomeUnknown(error)
-                raise error
-            return status, body, reply.headers
-
-        try:
-            return self.policy.call(attempt, sleep=self._sleep, rng=self._rng)
-        except OutcomeUnknown as exc:
-            raise exc.error from None
-
-    def _expect(
-        self, method: str, path: str, ok: tuple[int, ...] = (200,), **kwargs: Any
-    ) -> tuple[Any, httpx.Headers]:
-        status, body, headers = self._request(method, path, **kwargs)
-        if status not in ok:
-            raise Fatal(f"{method} {path}: answered {status}{_reason(body)}", status=status)
-        return body, headers
+        self, method: str, path: str, *, ok: tuple[int, ...] = (200,), **kwargs: Any
+    ) -> Reply:
+        """One API call on the org's instance, under the endpoint's retries and token
+        renewal (see HttpClient.send); the instance is named by the first token answer."""
+        http = self.http()
+        if self._base is None:
+            http.auth.authorization(http)
+        return http.send(method, f"{self._base}{path}", ok=ok, **kwargs)
 
     # -- reading ------------------------------------------------------------------------
 
@@ -328,26 +218,45 @@ class SalesforceObject(RetryHooksMixin, EndpointBlock):
 
     def read_pages(self, cursor: str | None) -> Iterator[ChangeSet]:
         """Records changed since ``cursor`` minus the overlap (all when None), a query page at
-        a time, then the deletions.
+        a time; the last page carries the deletions, asked for first.
 
-        The new cursor is the server's time when the read began (its Date header): a change
-        committed while the read pages has a later SystemModstamp and is read next time."""
-        since = parse_timestamp(cursor) if cursor else None
-        if cursor and since is None:
-            raise Fatal(f"cursor {cursor!r} is not an ISO 8601 timestamp")
+        The new cursor is the server's time when the read began (its Date header), never past
+        the deletions' ``latestDateCovered``: a change committed while the read pages has a
+        later SystemModstamp and is read next time. When getDeleted no longer reaches back
+        to the cursor (its 15 days, or a purged Recycle Bin), the read is a full one: the
+        run finds the deletions by comparing the keys read with its ID map."""
+        since, start = overlap_start(cursor, self.overlap_seconds)
+        deleted: list[str] = []
+        covered: datetime | None = None
+        if start is not None:
+            window = self._deleted_since(start)
+            if window is None:
+                logger.warning(
+                    "getDeleted of %s no longer reaches back to %s; reading every record "
+                    "instead, deletions found against the ID map",
+                    self.object,
+                    cursor_text(start),
+                )
+                since = start = None
+            else:
+                deleted, covered = window
         soql = f"SELECT {', '.join(self._fields())} FROM {self.object}"
-        if since is not None:
-            start = since - timedelta(seconds=self.overlap_seconds)
+        if start is not None:
             soql += (
                 f" WHERE {self.modified_at} >= {start.astimezone(UTC).strftime(SOQL_STAMP)[:-4]}Z"
             )
         soql += f" ORDER BY {self.modified_at}, {self.key}"
         headers = {"Sforce-Query-Options": f"batchSize={self.page_size}"}
-        self._requests = 0
-        body, reply_headers = self._expect(
-            "GET", self._data_path("/query"), params={"q": soql}, headers=headers
+        http = self.http()
+        counted = http.requests
+        reply = self._request("GET", self._data_path("/query"), params={"q": soql}, headers=headers)
+        body = reply.body
+        signpost = _server_time(reply.headers)
+        logger.info(
+            "reading %s; the org's API requests: %s",
+            self.object,
+            reply.headers.get("sforce-limit-info", "not reported"),
         )
-        signpost = _server_time(reply_headers)
         read: set[str] = set()  # keys read live, when deletions are asked for after the pages
         newest: datetime | None = None
         seen_urls: set[str] = set()
@@ -369,39 +278,53 @@ class SalesforceObject(RetryHooksMixin, EndpointBlock):
             last = body.get("done", True) or not next_url
             page = ChangeSet(records=list(latest.values()), cursor=cursor, full=since is None)
             if not last:
-                page.requests, self._requests = self._requests, 0
+                page.requests, counted = http.requests - counted, http.requests
                 yield page
                 if next_url in seen_urls:
                     raise Fatal(f"GET query on {self.object}: the server repeated page {next_url}")
                 seen_urls.add(next_url)
-                body, _ = self._expect("GET", str(next_url), headers=headers)
+                body = self._request("GET", str(next_url), headers=headers).body
                 continue
-            covered: datetime | None = None
-            if since is not None:
-                deleted, covered = self._deleted_since(
-                    since - timedelta(seconds=self.overlap_seconds), signpost
-                )
-                page.deleted = [k for k in deleted if k not in read]
-            mark = signpost or newest or covered or since
-            page.cursor = mark.astimezone(UTC).strftime(CURSOR_FORMAT) if mark else cursor
-            page.requests, self._requests = self._requests, 0
+            if start is not None:
+                page.deleted = [k for k in dict.fromkeys(deleted) if k not in read]
+            marks = [m for m in (signpost, covered) if m is not None]
+            mark = min(marks) if marks else newest or since
+            page.cursor = cursor_text(mark) if mark else cursor
+            page.requests = http.requests - counted
             yield page
             return
 
-    def _deleted_since(
-        self, start: datetime, server_now: datetime | None
-    ) -> tuple[list[str], datetime | None]:
-        """Ids deleted since ``start``. The window ends a minute past the server's time (or
-        ours when it sent none): the server caps it at its own clock, and a local clock
-        running behind the org's would otherwise end the window before it starts."""
-        end = max(filter(None, [server_now, datetime.now(UTC)])) + timedelta(seconds=60)
+    def _deleted_since(self, start: datetime) -> tuple[list[str], datetime | None] | None:
+        """Ids deleted since ``start`` and the ``latestDateCovered``; None when getDeleted
+        no longer reaches back that far (INVALID_REPLICATION_DATE). The window ends a minute
+        past our clock (and ``start``): the server caps it at its own clock."""
+        end = max(datetime.now(UTC), start) + timedelta(seconds=60)
+        return self._deleted_between(start, end)
+
+    def _deleted_between(
+        self, start: datetime, end: datetime
+    ) -> tuple[list[str], datetime | None] | None:
+        """getDeleted over ``[start, end]``; a window holding more ids than the server
+        answers for (EXCEEDED_ID_LIMIT) is asked for again in halves."""
         params = {
             "start": start.astimezone(UTC).isoformat(timespec="seconds"),
-            "end": end.isoformat(timespec="seconds"),
+            "end": end.astimezone(UTC).isoformat(timespec="seconds"),
         }
-        body, _ = self._expect(
-            "GET", self._data_path(f"/sobjects/{self.object}/deleted/"), params=params
-        )
+        path = self._data_path(f"/sobjects/{self.object}/deleted/")
+        reply = self._request("GET", path, ok=(200, 400), params=params)
+        body = reply.body
+        if reply.status == 400:
+            code, _ = error_of(body)
+            if code == "INVALID_REPLICATION_DATE":
+                return None
+            if code == "EXCEEDED_ID_LIMIT" and end - start > timedelta(minutes=1):
+                middle = start + (end - start) / 2
+                first = self._deleted_between(start, middle)
+                second = self._deleted_between(middle, end)
+                if first is None or second is None:
+                    return None
+                return first[0] + second[0], second[1]
+            raise Fatal(f"GET {path}: answered 400{reason(body)}", status=400)
         if not isinstance(body, dict) or not isinstance(body.get("deletedRecords"), list):
             raise Fatal(f"GET deleted {self.object}: the answer has no deletedRecords list")
         keys = [
@@ -421,10 +344,10 @@ class SalesforceObject(RetryHooksMixin, EndpointBlock):
         path = self._data_path(f"/composite/sobjects/{self.object}")
         for part in chunks(list(keys), RETRIEVE_LIMIT if post else READ_CHUNK):
             if post:
-                body, _ = self._expect("POST", path, json={"ids": part, "fields": fields})
+                body = self._request("POST", path, json={"ids": part, "fields": fields}).body
             else:
                 params = {"ids": ",".join(part), "fields": ",".join(fields)}
-                body, _ = self._expect("GET", path, params=params)
+                body = self._request("GET", path, params=params).body
             if not isinstance(body, list):
                 raise Fatal(f"retrieving records of {self.object}: the answer is not a list")
             for item in body:
@@ -442,7 +365,7 @@ class SalesforceObject(RetryHooksMixin, EndpointBlock):
         return None
 
     def columns(self) -> set[str]:
-        body, _ = self._expect("GET", self._data_path(f"/sobjects/{self.object}/describe"))
+        body = self._request("GET", self._data_path(f"/sobjects/{self.object}/describe")).body
         fields = body.get("fields") if isinstance(body, dict) else None
         if not isinstance(fields, list):
             raise Fatal(f"GET describe {self.object}: the answer has no fields list")
@@ -602,37 +525,34 @@ class SalesforceObject(RetryHooksMixin, EndpointBlock):
         """Send one collection call; items refused with UNABLE_TO_LOCK_ROW are sent again
         (only them) with backoff; those still locked come back as Retriable errors. Each
         call that may have been applied adds to ``sent``."""
-        pending = items
-        rng = self._rng or random.Random()
-        attempt = 1
-        while pending:
-            method, path, params, body = build(pending, keyed)
+        ops = dict(items)
+
+        def send(pending: list[int]) -> dict[int, Retriable]:
+            part = [(i, ops[i]) for i in pending]
+            method, path, params, body = build(part, keyed)
             try:
                 # a create is sent once (an upsert by external ID may be sent again)
-                once = method == "POST"
-                status, answer, _ = self._request(method, path, params=params, json=body, once=once)
+                reply = self._request(
+                    method, path, ok=None, params=params, json=body, once=method == "POST"
+                )
             except (Retriable, Fatal) as exc:
                 if exc.status is None or exc.status in OUTCOME_UNKNOWN:
                     sent.append(True)  # no answer: it may have been applied
                 raise
             sent.append(True)
-            if status != 200 or not isinstance(answer, list) or len(answer) != len(pending):
-                raise Fatal(f"{method} {path}: answered {status}{_reason(answer)}", status=status)
-            locked: list[tuple[int, Op]] = []
-            for (i, op), item in zip(pending, answer, strict=True):
-                result = self._item_result(op, keyed.get(i), item, f"{method} {path}")
-                if isinstance(result.error, Retriable):
-                    locked.append((i, op))
-                results[i] = result
-            pending = locked
-            if not pending or attempt >= self.retry_attempts:
-                break
-            delay = self.policy.delay(attempt, rng)
-            logger.info(
-                "%d %s record(s) locked; retrying them in %.2f s", len(pending), self.object, delay
-            )
-            self._sleep(delay)
-            attempt += 1
+            answer = reply.body
+            if reply.status != 200 or not isinstance(answer, list) or len(answer) != len(part):
+                raise Fatal(
+                    f"{method} {path}: answered {reply.status}{reason(answer)}", status=reply.status
+                )
+            locked: dict[int, Retriable] = {}
+            for (i, op), item in zip(part, answer, strict=True):
+                results[i] = self._item_result(op, keyed.get(i), item, f"{method} {path}")
+                if isinstance(results[i].error, Retriable):
+                    locked[i] = results[i].error  # type: ignore[assignment]
+            return locked
+
+        self.http().retry_failed(list(ops), send)
 
     def _item_result(self, op: Op, key: str | None, item: Any, where: str) -> WriteResult:
         if not isinstance(item, dict):
@@ -646,7 +566,7 @@ class SalesforceObject(RetryHooksMixin, EndpointBlock):
         message = (
             f"{self.object} {key or 'new record'}: {code}: {str(first.get('message') or '')[:300]}"
         )
-        if code == "UNABLE_TO_LOCK_ROW":
+        if self._codes.get(code) is Retriable:
             return WriteResult(op=op, key=key, error=Retriable(message, status=400))
         if isinstance(op, Delete) and code in GONE_CODES:
             return WriteResult(op=op, key=key)
@@ -654,28 +574,6 @@ class SalesforceObject(RetryHooksMixin, EndpointBlock):
 
 
 # -- helpers ------------------------------------------------------------------------------
-
-
-def _json_or_none(reply: httpx.Response) -> Any:
-    try:
-        return jsontext.loads(reply.content) if reply.content.strip() else None
-    except ValueError:
-        return None
-
-
-def _error_code(body: Any) -> str | None:
-    if isinstance(body, list) and body and isinstance(body[0], dict):
-        return body[0].get("errorCode")
-    return None
-
-
-def _reason(body: Any) -> str:
-    """Salesforce's own error code and message, shortened, as ': CODE: message'."""
-    if isinstance(body, list) and body and isinstance(body[0], dict):
-        return f": {body[0].get('errorCode')}: {str(body[0].get('message'))[:200]}"
-    if isinstance(body, dict) and body.get("error"):
-        return f": {body.get('error')}"
-    return ""
 
 
 def _server_time(headers: httpx.Headers) -> datetime | None:
@@ -687,9 +585,3 @@ def _server_time(headers: httpx.Headers) -> datetime | None:
         return parsedate_to_datetime(value).astimezone(UTC)
     except (TypeError, ValueError):
         return None
-
-
-def _transport_reason(exc: httpx.TransportError) -> str:
-    """The error's own words, first line only (no URLs with secrets, no headers)."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return text[:200]

@@ -1,7 +1,8 @@
 """The SharePoint-list endpoint block: a list's items through Microsoft Graph.
 
 Reads follow the list's delta feed: the cursor is the ``@odata.deltaLink``; deletions come
-from the feed itself, and ``410 Gone`` starts a full read over. The delta feed does not
+from the feed itself, and ``410 Gone`` starts a full read over (after
+``resyncChangesUploadDifferences`` one that infers no deletion: the list may lack items). The delta feed does not
 carry ``lastModifiedBy``, so changed items are read again through ``$batch`` (20 a call)
 to learn who changed them; that is what lets the sync tell its own echoes from people's
 edits. Writes go through ``$batch`` too, updates with ``If-Match`` on the eTag read, and
@@ -11,20 +12,29 @@ only the sub-requests that failed transiently are retried, honouring ``Retry-Aft
 from __future__ import annotations
 
 import builtins
-import random
-import time
-from collections.abc import Callable, Iterator, Sequence
-from datetime import date, datetime
+import logging
+from collections.abc import Iterator, Sequence
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import httpx
-from pydantic import Field, PrivateAttr, field_validator
+from pydantic import Field, SecretStr, field_validator
 
-from blocks.base import SETUP_LOCK, EndpointBlock, OutcomeUnknown
 from blocks.credentials import IntegrationAccountCredentials
-from twoway import jsontext
+from blocks.http import (
+    OUTCOME_UNKNOWN,
+    RETRIABLE_STATUSES,
+    Authenticator,
+    ClientCredentials,
+    HttpEndpointBlock,
+    Reply,
+    error_of,
+    reason,
+    record_error,
+    safe_url,
+)
 from twoway.contract import (
     ChangeSet,
     Create,
@@ -36,29 +46,29 @@ from twoway.contract import (
     chunks,
 )
 from twoway.definition import SharePointSystem
-from twoway.errors import Fatal, PreconditionFailed, Retriable, Skippable, SyncError
-from twoway.retry import RetryPolicy, retry_after_seconds
+from twoway.errors import DefinitionError, Fatal, Retriable, Skippable
+from twoway.retry import retry_after_seconds
+from twoway.urls import is_public_https
 from twoway.values import as_utc, canonical, parse_timestamp
 
+logger = logging.getLogger("twoway.sharepoint")
+
 BATCH_LIMIT = 20  # requests per Graph $batch call
-RETRIABLE_STATUSES = frozenset({408, 423, 429, 500, 502, 503, 504, 509})
-#: transient answers after which a request may have been applied (a gateway gave up on a
-#: backend still working): sending a create again could make a second item
-OUTCOME_UNKNOWN = frozenset({500, 502, 504})
-TOKEN_MARGIN = 60.0  # seconds before expiry a cached token is renewed
-
-
-def safe_url(url: str) -> str:
-    """A URL without its query string (delta tokens, skip tokens), for messages."""
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}{parts.path}" if parts.scheme else parts.path
+#: the delta 410 after which the list may lack items the other systems hold
+UPLOAD_DIFFERENCES = "resyncChangesUploadDifferences"
 
 
 class _DeltaGone(Exception):
-    """The delta token is no longer valid (410 Gone): read everything again."""
+    """The delta token is no longer valid (410 Gone): read everything again. ``code`` is
+    Graph's resync code: after ``resyncChangesUploadDifferences`` the list may lack items
+    it should hold, so an item missing from it is not a deletion."""
+
+    def __init__(self, code: str | None):
+        super().__init__(code)
+        self.code = code
 
 
-class SharePointList(EndpointBlock):
+class SharePointList(HttpEndpointBlock):
     """A SharePoint list kept in step by twoway, through Microsoft Graph.
 
     Example:
@@ -110,19 +120,11 @@ class SharePointList(EndpointBlock):
         description="Write batches (of 200 items: ten $batch calls) on their way at once; 1 "
         "sends them one after another",
     )
+    retry_deadline_seconds: float = Field(
+        900.0, gt=0, description="Most seconds a run waits between retries on this system"
+    )
 
-    _client: httpx.Client | None = PrivateAttr(None)
-    _token: str | None = PrivateAttr(None)
-    _token_expires: float = PrivateAttr(0.0)
-    _transport: httpx.BaseTransport | None = PrivateAttr(None)
-    _sleep: Callable[[float], Any] = PrivateAttr(time.sleep)
-    _rng: random.Random = PrivateAttr(default_factory=random.Random)
-    _fresh_when_pickled = {
-        "_client": None,
-        "_token": None,
-        "_token_expires": 0.0,
-        "_transport": None,
-    }
+    _retriable = RETRIABLE_STATUSES | {509}  # Graph's bandwidth limit exceeded
 
     @field_validator("key")
     @classmethod
@@ -144,41 +146,26 @@ class SharePointList(EndpointBlock):
 
     # -- plumbing ---------------------------------------------------------------------
 
-    def use_transport(self, transport: httpx.BaseTransport | None) -> None:
-        """Send requests through ``transport`` (tests, custom proxies); closes the client."""
-        self.close()
-        self._transport = transport
-
-    def use_sleep(self, sleep: Callable[[float], Any], rng: random.Random | None = None) -> None:
-        """Wait between retries with ``sleep`` (tests record the waits instead), drawing the
-        jitter from ``rng`` when given (a seeded source makes the waits replayable)."""
-        self._sleep = sleep
-        if rng is not None:
-            self._rng = rng
-
     def _where(self) -> str:
-        return f"SharePoint list {self.list!r} on {safe_url(self.graph_url)}"
+        return f"SharePoint list {self.list!r} on {safe_url(self.graph_url, query=False)}"
 
-    def _policy(self) -> RetryPolicy:
-        return RetryPolicy(attempts=self.retry_attempts)
+    def _timeout(self) -> float:
+        return self.timeout_seconds
 
-    def client(self) -> httpx.Client:
-        """The block's HTTP client, created on first use (one for all of a load's threads)."""
-        with SETUP_LOCK:
-            if self._client is None:
-                self._client = httpx.Client(
-                    timeout=self.timeout_seconds,
-                    transport=self._transport,
-                    headers={"Accept": "application/json"},
-                )
-            return self._client
+    def _origin(self) -> str | None:
+        return self.graph_url  # never send the token to another host
 
-    def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-        self._client = None
-        self._token = None
-        self._token_expires = 0.0
+    def _authenticator(self) -> Authenticator:
+        """The app registration's client credentials, for Graph's ``.default`` scope."""
+        creds = self.credentials
+        if creds is None or not creds.client_id or creds.client_secret is None:
+            raise Fatal(f"{self._where()}: no client id and client secret in the credentials")
+        return ClientCredentials(
+            self._token_endpoint(),
+            creds.client_id,
+            creds.client_secret,
+            scope=f"{self.graph_url.rstrip('/')}/.default",
+        )
 
     def _api(self, path: str) -> str:
         return f"{self.graph_url.rstrip('/')}/v1.0/{path.lstrip('/')}"
@@ -193,150 +180,9 @@ class SharePointList(EndpointBlock):
             raise Fatal(f"{self._where()}: set 'tenant' or 'token_url' to get an access token")
         return f"https://login.microsoftonline.com/{quote(self.tenant)}/oauth2/v2.0/token"
 
-    # -- authentication ---------------------------------------------------------------
-
-    def _access_token(self, *, stale: str | None = None) -> str:
-        """A cached client-credentials token, renewed near expiry or when it is ``stale``
-        (refused); a token another thread renewed meanwhile is taken as it is."""
-        with SETUP_LOCK:
-            if (
-                self._token
-                and self._token != stale
-                and time.monotonic() < self._token_expires - TOKEN_MARGIN
-            ):
-                return self._token
-            return self._new_token()
-
-    def _new_token(self) -> str:
-        """Ask the token endpoint for a client-credentials token and cache it."""
-        creds = self.credentials
-        if creds is None or not creds.client_id or creds.client_secret is None:
-            raise Fatal(f"{self._where()}: no client id and client secret in the credentials")
-        url = self._token_endpoint()
-        form = {
-            "grant_type": "client_credentials",
-            "client_id": creds.client_id,
-            "client_secret": creds.client_secret.get_secret_value(),
-            "scope": f"{self.graph_url.rstrip('/')}/.default",
-        }
-
-        def request() -> httpx.Response:
-            response = self.client().post(url, data=form)
-            if response.status_code in RETRIABLE_STATUSES:
-                raise Retriable(
-                    f"token endpoint {safe_url(url)} answered {response.status_code}",
-                    status=response.status_code,
-                    retry_after=retry_after_seconds(response.headers.get("Retry-After")),
-                )
-            return response
-
-        response = self._with_retries(request, f"POST {safe_url(url)}")
-        if response.status_code != 200:
-            raise Fatal(
-                f"{self._where()}: the token endpoint {safe_url(url)} refused the client "
-                f"credentials ({response.status_code} {_aad_error(response)})",
-                status=response.status_code,
-            )
-        try:
-            body = response.json()
-            token = str(body["access_token"])
-            lifetime = float(body.get("expires_in", 3599))
-        except (ValueError, KeyError, TypeError):
-            raise Fatal(f"{self._where()}: unreadable answer from {safe_url(url)}") from None
-        self._token = token
-        self._token_expires = time.monotonic() + lifetime
-        return token
-
-    # -- requests ---------------------------------------------------------------------
-
-    def _with_retries(self, fn: Callable[[], httpx.Response], what: str) -> httpx.Response:
-        """Run ``fn`` under the retry policy; network errors end as Retriable or Fatal."""
-        try:
-            return self._policy().call(fn, sleep=self._sleep, rng=self._rng)
-        except httpx.ConnectError as exc:
-            raise Fatal(f"{what}: cannot reach {self._where()} ({type(exc).__name__})") from None
-        except httpx.HTTPError as exc:
-            raise Retriable(f"{what}: {type(exc).__name__} talking to {self._where()}") from None
-
-    def _send_once(self, what: str, send: Callable[[], httpx.Response]) -> httpx.Response:
-        """``send``, with the failures after which it may have been applied made final."""
-        try:
-            return send()
-        except Retriable as exc:
-            if exc.status in OUTCOME_UNKNOWN:
-                raise OutcomeUnknown(exc) from None
-            raise
-        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout):
-            raise  # never sent: safe to send again
-        except httpx.TransportError as exc:
-            raise OutcomeUnknown(
-                Retriable(f"{what}: {type(exc).__name__} talking to {self._where()}")
-            ) from None
-
-    def _send(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
-        """One authenticated request; a 401 renews the token once, transient statuses raise."""
-        client = self.client()
-        headers = dict(kwargs.pop("headers", None) or {})
-        token = self._access_token()
-        headers["Authorization"] = f"Bearer {token}"
-        response = client.request(method, url, headers=headers, **kwargs)
-        if response.status_code == 401:
-            headers["Authorization"] = f"Bearer {self._access_token(stale=token)}"
-            response = client.request(method, url, headers=headers, **kwargs)
-            if response.status_code == 401:
-                raise Fatal(
-                    f"{method} {safe_url(url)}: access refused with a fresh token "
-                    f"({_graph_error(response)})",
-                    status=401,
-                )
-        if response.status_code in RETRIABLE_STATUSES:
-            raise Retriable(
-                f"{method} {safe_url(url)} answered {response.status_code} ({_graph_error(response)})",
-                status=response.status_code,
-                retry_after=retry_after_seconds(response.headers.get("Retry-After")),
-            )
-        return response
-
-    def _call(
-        self,
-        method: str,
-        url: str,
-        *,
-        ok: tuple[int, ...] = (200,),
-        once: bool = False,
-        **kwargs: Any,
-    ) -> httpx.Response:
-        """A request with retries; any status outside ``ok`` is Fatal. With ``once`` (the
-        request creates items), it is not sent again after an answer that leaves open
-        whether it was applied (a gateway timeout, a read timeout): that raises Retriable
-        for the caller to report as an unknown outcome."""
-        self._check_origin(url)
-        what = f"{method} {safe_url(url)}"
-
-        def send() -> httpx.Response:
-            if once:
-                return self._send_once(what, lambda: self._send(method, url, **kwargs))
-            return self._send(method, url, **kwargs)
-
-        try:
-            response = self._with_retries(send, what)
-        except OutcomeUnknown as exc:
-            raise exc.error from None
-        if response.status_code not in ok:
-            raise Fatal(
-                f"{method} {safe_url(url)} answered {response.status_code} "
-                f"({_graph_error(response)}) on {self._where()}",
-                status=response.status_code,
-            )
-        return response
-
-    def _check_origin(self, url: str) -> None:
-        """Never send our token to a host other than the configured Graph URL."""
-        mine, theirs = urlsplit(self.graph_url), urlsplit(url)
-        if (mine.scheme, mine.netloc) != (theirs.scheme, theirs.netloc):
-            raise Fatal(
-                f"refusing to call {safe_url(url)}: it is not on {safe_url(self.graph_url)}"
-            )
+    def _call(self, method: str, url: str, *, ok: tuple[int, ...] = (200,), **kwargs: Any) -> Reply:
+        """A request with retries; any status outside ``ok`` is Fatal (see HttpClient.send)."""
+        return self.http().send(method, url, ok=ok, **kwargs)
 
     def _batch(
         self, requests: dict[str, dict[str, Any]], *, keep_failures: bool = False
@@ -352,55 +198,118 @@ class SharePointList(EndpointBlock):
         """
         if len(requests) > BATCH_LIMIT:
             raise ValueError(f"a $batch holds at most {BATCH_LIMIT} requests")
-        policy = self._policy()
-        pending = dict(requests)
         done: dict[str, dict[str, Any]] = {}
-        attempt = 1
-        while True:
-            envelope = {"requests": [{"id": rid, **req} for rid, req in pending.items()]}
-            creates = any(req["method"] == "POST" for req in pending.values())
-            response = self._call("POST", self._api("$batch"), json=envelope, once=creates)
+        last: dict[str, dict[str, Any]] = {}
+
+        def send(pending: builtins.list[str]) -> dict[str, Retriable]:
+            envelope = {"requests": [{"id": rid, **requests[rid]} for rid in pending]}
+            creates = any(requests[rid]["method"] == "POST" for rid in pending)
+            reply = self._call("POST", self._api("$batch"), json=envelope, once=creates)
             try:
-                answers = {str(r["id"]): r for r in response.json()["responses"]}
-            except (ValueError, KeyError, TypeError):
+                answers = {str(r["id"]): r for r in reply.body["responses"]}
+            except (KeyError, TypeError):
                 raise Fatal(f"unreadable $batch answer from {self._where()}") from None
-            retry: dict[str, dict[str, Any]] = {}
-            waits: builtins.list[float] = []
-            statuses: builtins.list[int] = []
-            for rid, req in pending.items():
-                answer = answers.get(rid)
+            failed: dict[str, Retriable] = {}
+            for rid in pending:
+                req, answer = requests[rid], answers.get(rid)
                 status = int(answer.get("status", 0)) if answer else 0
                 if req["method"] == "POST" and (answer is None or status in OUTCOME_UNKNOWN):
                     done[rid] = answer or {"id": rid, "status": 504, "body": {}}
-                elif answer is None or status in RETRIABLE_STATUSES:
-                    retry[rid] = req
-                    statuses.append(status)
-                    wait = retry_after_seconds(_header(answer or {}, "Retry-After"))
-                    if wait is not None:
-                        waits.append(wait)
+                elif answer is None or status in self._retriable:
+                    last[rid] = answer or {"id": rid, "status": 503, "body": {}}
+                    failed[rid] = Retriable(
+                        f"{req['method']} {req['url']} inside $batch: {status}",
+                        status=status or None,
+                        retry_after=retry_after_seconds(_header(answer or {}, "Retry-After")),
+                    )
                 elif status == 401:
                     raise Fatal(
                         f"{req['method']} {req['url']}: access refused inside $batch", status=401
                     )
                 else:
                     done[rid] = answer
-            if not retry:
-                return done
-            wait = max(waits) if waits else None
-            if attempt >= policy.attempts and keep_failures:
-                for rid in retry:
-                    done[rid] = answers.get(rid) or {"id": rid, "status": 503, "body": {}}
-                return done
-            if attempt >= policy.attempts:
-                raise Retriable(
-                    f"{len(retry)} request(s) in a $batch to {self._where()} still failing after "
-                    f"{attempt} tries (status {', '.join(str(s) for s in sorted(set(statuses)))})",
-                    status=statuses[0] or None,
-                    retry_after=wait,
-                )
-            self._sleep(policy.delay(attempt, self._rng, wait))
-            attempt += 1
-            pending = retry
+            return failed
+
+        failed = self.http().retry_failed(builtins.list(requests), send)
+        if failed and not keep_failures:
+            statuses = sorted({e.status or 0 for e in failed.values()})
+            waits = [e.retry_after for e in failed.values() if e.retry_after is not None]
+            raise Retriable(
+                f"{len(failed)} request(s) in a $batch to {self._where()} still failing after "
+                f"{self.retry_attempts} tries (status {', '.join(str(s) for s in statuses)})",
+                status=statuses[0] or None,
+                retry_after=max(waits) if waits else None,
+            )
+        return done | {rid: last[rid] for rid in failed}
+
+    # -- change notifications ---------------------------------------------------------
+
+    def subscribe(
+        self, notification_url: str, client_state: SecretStr, minutes: int
+    ) -> dict[str, Any]:
+        """Create, or renew, the Graph subscription that sends this list's changes to
+        ``notification_url``, signed with ``client_state``; an existing one (same URL and
+        list) gets a new expiration. Returns a summary without the secret.
+
+        Microsoft Graph calls only public HTTPS URLs back, so against its own hosts a
+        plain-HTTP or loopback ``notification_url`` is refused before any request."""
+        if _graph_host(self.graph_url) and not is_public_https(notification_url):
+            raise DefinitionError(
+                f"notification URL {safe_url(notification_url)}: Microsoft Graph "
+                f"({safe_url(self.graph_url)}) calls only public HTTPS URLs back; give the "
+                "receiver's public https:// address"
+            )
+        site = self._call("GET", self._api(f"sites/{quote(self.site, safe=',')}")).body
+        path = f"sites/{quote(site['id'], safe=',')}/lists/{quote(self.list, safe='')}"
+        lst = self._call("GET", self._api(path)).body
+        resource = f"sites/{site['id']}/lists/{lst['id']}"
+        expires = (datetime.now(UTC) + timedelta(minutes=minutes)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        existing = [
+            s
+            for s in self._subscriptions()
+            if s.get("notificationUrl") == notification_url
+            and s.get("resource", "").strip("/") == resource
+        ]
+        if existing:
+            sub = self._call(
+                "PATCH",
+                self._api(f"subscriptions/{existing[0]['id']}"),
+                json={"expirationDateTime": expires},
+            ).body
+            action = "renewed"
+        else:
+            sub = self._call(
+                "POST",
+                self._api("subscriptions"),
+                ok=(200, 201),
+                json={
+                    "changeType": "updated",
+                    "notificationUrl": notification_url,
+                    "resource": resource,
+                    "expirationDateTime": expires,
+                    "clientState": client_state.get_secret_value(),
+                },
+            ).body
+            action = "created"
+        return {
+            "action": action,
+            "id": sub.get("id"),
+            "resource": resource,
+            "notificationUrl": notification_url,
+            "expirationDateTime": sub.get("expirationDateTime"),
+        }
+
+    def _subscriptions(self) -> Iterator[dict[str, Any]]:
+        """The app's subscriptions, following ``@odata.nextLink`` page after page."""
+        url: str | None = self._api("subscriptions")
+        seen: set[str] = set()
+        while url:
+            if url in seen:
+                raise Fatal(f"{self._where()}: the subscription pages repeat a next link")
+            seen.add(url)
+            page = self._call("GET", url).body or {}
+            yield from page.get("value", [])
+            url = page.get("@odata.nextLink")
 
     # -- reading ----------------------------------------------------------------------
 
@@ -431,8 +340,8 @@ class SharePointList(EndpointBlock):
         """The list's columns, plus the item properties records are read from (``id``,
         ``lastModifiedDateTime``, ``lastModifiedBy``, ...): ``twoway check`` looks for the
         ``key``, ``modified_at`` and ``modified_by`` defaults among these."""
-        response = self._call("GET", self._api(f"{self._list_path()}/columns"))
-        names = {str(c["name"]) for c in response.json().get("value", []) if c.get("name")}
+        body = self._call("GET", self._api(f"{self._list_path()}/columns")).body or {}
+        names = {str(c["name"]) for c in body.get("value", []) if c.get("name")}
         return names | {"id"} | set(_ITEM_PROPERTIES)
 
     def read_pages(self, cursor: str | None) -> Iterator[ChangeSet]:
@@ -440,8 +349,19 @@ class SharePointList(EndpointBlock):
             pages = self._read_delta(cursor)
             try:
                 first = next(pages)
-            except _DeltaGone:
-                pass  # the token expired: read everything and start a new feed
+            except _DeltaGone as gone:
+                # the token expired: read everything and start a new feed
+                if gone.code == UPLOAD_DIFFERENCES:
+                    logger.warning(
+                        "%s: the delta feed answered 410 %s: reading every item again; items "
+                        "missing from the list are not deleted elsewhere",
+                        self._where(),
+                        gone.code,
+                    )
+                    for page in self._read_all():
+                        page.full = False  # absent is not deleted: no deletions inferred
+                        yield page
+                    return
             else:
                 yield first
                 try:
@@ -463,7 +383,7 @@ class SharePointList(EndpointBlock):
             params={"token": "latest", "$expand": self._expand(), "$top": str(self.page_size)},
         )
         requests = 1
-        delta_link = start.json().get("@odata.deltaLink")
+        delta_link = (start.body or {}).get("@odata.deltaLink")
         if not delta_link:
             raise Fatal(f"{self._where()}: the delta feed gave no @odata.deltaLink")
         url: str | None = self._api(f"{self._list_path()}/items")
@@ -473,7 +393,7 @@ class SharePointList(EndpointBlock):
             if url in seen:
                 raise Fatal(f"{self._where()}: the item pages repeat a next link")
             seen.add(url)
-            page = jsontext.loads(self._call("GET", url, params=params).content)
+            page = self._call("GET", url, params=params).body or {}
             requests += 1
             records: dict[str, RawRecord] = {}
             for item in page.get("value", []):
@@ -501,11 +421,11 @@ class SharePointList(EndpointBlock):
             if url in seen:
                 raise Fatal(f"{self._where()}: the delta feed repeats a next link")
             seen.add(url)
-            response = self._call("GET", url, ok=(200, 410), params=params)
+            reply = self._call("GET", url, ok=(200, 410), params=params)
             requests = 1
-            if response.status_code == 410:
-                raise _DeltaGone()
-            page = jsontext.loads(response.content)
+            if reply.status == 410:
+                raise _DeltaGone(error_of(reply.body)[0])
+            page = reply.body or {}
             latest: dict[str, dict[str, Any]] = {}
             deleted: dict[str, None] = {}
             for item in page.get("value", []):
@@ -567,7 +487,7 @@ class SharePointList(EndpointBlock):
                 elif status not in (400, 404):
                     raise Fatal(
                         f"reading item {part[i]} of {self._where()} answered {status} "
-                        f"({_sub_error(answer)})",
+                        f"({reason(answer.get('body')).removeprefix(': ')})",
                         status=status,
                     )
         return out, calls
@@ -650,25 +570,31 @@ class SharePointList(EndpointBlock):
             return WriteResult(
                 op=op, key=key, version=version, values=_rewritten(op.values, fields)
             )
-        error: SyncError
-        what = f"item {key}" if key else "new item"
-        if status == 412:
-            error = PreconditionFailed(
-                f"{what} in {self._where()} changed since it was read (412)", status=412
-            )
-        elif status == 404 and isinstance(op, Delete):
-            return WriteResult(op=op, key=op.key)  # already gone: the delete's goal holds
-        elif status == 404:
-            error = Skippable(f"{what} does not exist in {self._where()}", status=404)
-        elif status in RETRIABLE_STATUSES or status == 0:
-            error = Retriable(
-                f"{what}: {status} {_sub_error(answer)} after retries",
-                status=status or None,
-                retry_after=retry_after_seconds(_header(answer, "Retry-After")),
-            )
-        else:
-            error = Skippable(f"{what}: {status} {_sub_error(answer)}", status=status)
+        what = f"item {key} of {self._where()}" if key else f"new item of {self._where()}"
+        error = record_error(
+            status,
+            what,
+            reason(answer.get("body")),
+            deleting=isinstance(op, Delete),
+            retry_after=retry_after_seconds(_header(answer, "Retry-After")),
+        )
         return WriteResult(op=op, key=key, error=error)
+
+
+#: the hosts of Microsoft Graph's national clouds: real tenants, not a simulator
+GRAPH_HOSTS = frozenset(
+    {
+        "graph.microsoft.com",
+        "graph.microsoft.us",
+        "dod-graph.microsoft.us",
+        "microsoftgraph.chinacloudapi.cn",
+    }
+)
+
+
+def _graph_host(url: str) -> bool:
+    """True when ``url`` is on one of Microsoft Graph's own hosts."""
+    return httpx.URL(url).host.lower() in GRAPH_HOSTS
 
 
 _ITEM_PROPERTIES = (
@@ -717,33 +643,3 @@ def _header(answer: dict[str, Any], name: str) -> str | None:
         if str(key).lower() == name.lower():
             return str(value)
     return None
-
-
-def _graph_error(response: httpx.Response) -> str:
-    """``code: message`` of a Graph error answer (never request data or tokens)."""
-    try:
-        error = response.json().get("error") or {}
-    except ValueError:
-        return response.reason_phrase or str(response.status_code)
-    if isinstance(error, dict):
-        return f"{error.get('code', 'error')}: {str(error.get('message', ''))[:200]}"
-    return str(error)[:200]
-
-
-def _sub_error(answer: dict[str, Any]) -> str:
-    body = answer.get("body")
-    error = body.get("error") if isinstance(body, dict) else None
-    if isinstance(error, dict):
-        return f"{error.get('code', 'error')}: {str(error.get('message', ''))[:200]}"
-    return "no error details"
-
-
-def _aad_error(response: httpx.Response) -> str:
-    """The identity platform's error code and AADSTS number, without trace details."""
-    try:
-        body = response.json()
-    except ValueError:
-        return response.reason_phrase
-    codes = body.get("error_codes") or []
-    number = f" AADSTS{codes[0]}" if codes else ""
-    return f"{body.get('error', 'error')}{number}"

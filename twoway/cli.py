@@ -86,6 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument(
         "--token", action="append", default=[], help="rest: TOKEN=ACCOUNT (repeatable)"
     )
+    sim.add_argument(
+        "--tenant", help="sharepoint: the directory (tenant) id the token endpoint accepts"
+    )
+    sim.add_argument("--org", help="salesforce: the org id (00D...) the org answers as")
     return parser
 
 
@@ -757,6 +761,12 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         raise DefinitionError(f"--faults: {exc}") from None
     if args.data and not Path(args.data).is_file():
         raise DefinitionError(f"--data: {args.data}: no such file")
+    for option, value, kind in (
+        ("--tenant", args.tenant, "sharepoint"),
+        ("--org", args.org, "salesforce"),
+    ):
+        if value is not None and args.kind != kind:
+            raise DefinitionError(f"{option}: only the {kind} simulator takes it")
     if args.kind == "rest":
         from twoway.simulators import rest
 
@@ -769,12 +779,26 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         return EXIT_OK
     if args.kind == "sharepoint":
         from twoway.simulators.graph import serve
+
+        account = {"tenant": args.tenant}
     else:
         from twoway.simulators.salesforce import serve
+
+        account = {"org_id": args.org}
     options = {
         k: v for k, v in (("client_id", args.client_id), ("client_secret", args.client_secret)) if v
     }
-    serve(args.port, faults=args.faults or None, latency_ms=args.latency, data=args.data, **options)
+    try:
+        serve(
+            args.port,
+            faults=args.faults or None,
+            latency_ms=args.latency,
+            data=args.data,
+            **options,
+            **account,
+        )
+    except ValueError as exc:  # an account id of the wrong form
+        raise DefinitionError(str(exc)) from None
     return EXIT_OK
 
 

@@ -109,7 +109,17 @@ class WritesInFlightMixin(BaseModel):
     )
 
 
-class SharePointSystem(WritesInFlightMixin, OAuthClientMixin, SystemBase):
+class RetryDeadlineMixin(BaseModel):
+    """Systems reached over HTTP: how long a run may wait on their Retry-After and backoff.
+    Graph asks for waits of tens of seconds to minutes when it throttles; each is honoured
+    in full, up to this many seconds in all, then the run stops with the error."""
+
+    retry_deadline_seconds: float = Field(
+        900.0, gt=0, description="Most seconds a run waits between retries on this system"
+    )
+
+
+class SharePointSystem(RetryDeadlineMixin, WritesInFlightMixin, OAuthClientMixin, SystemBase):
     """A SharePoint list through Microsoft Graph."""
 
     kind: Literal["sharepoint"]
@@ -123,7 +133,7 @@ class SharePointSystem(WritesInFlightMixin, OAuthClientMixin, SystemBase):
     modified_by: str | None = "lastModifiedBy"
 
 
-class SalesforceSystem(WritesInFlightMixin, OAuthClientMixin, SystemBase):
+class SalesforceSystem(RetryDeadlineMixin, WritesInFlightMixin, OAuthClientMixin, SystemBase):
     """An sObject in a Salesforce org through the REST API."""
 
     kind: Literal["salesforce"]
@@ -137,7 +147,7 @@ class SalesforceSystem(WritesInFlightMixin, OAuthClientMixin, SystemBase):
     modified_by: str | None = "LastModifiedById"
 
 
-class RestSystem(SystemBase):
+class RestSystem(RetryDeadlineMixin, SystemBase):
     """A JSON collection of an in-house REST API."""
 
     kind: Literal["rest"]

@@ -24,13 +24,18 @@ class RetryPolicy:
 
     attempts: int = 5  # total tries, the first included
     base_delay: float = 0.5  # seconds before the second try
-    max_delay: float = 30.0  # a single wait never exceeds this
+    max_delay: float = 30.0  # a backoff wait never exceeds this
+    #: nor a wait a service asked for; an HTTP endpoint's client raises it to its retry
+    #: deadline, since Graph asks for minutes when it throttles
+    max_retry_after: float = 30.0
     jitter: float = 0.5  # +/- share of the delay drawn at random
 
     def delay(self, attempt: int, rng: random.Random, retry_after: float | None = None) -> float:
-        """Seconds to wait after failed try number ``attempt`` (1-based)."""
+        """Seconds to wait after failed try number ``attempt`` (1-based): the service's
+        ``retry_after`` when it gave one (up to ``max_retry_after``), else exponential
+        backoff with jitter."""
         if retry_after is not None and retry_after >= 0:
-            return min(retry_after, self.max_delay)
+            return min(retry_after, self.max_retry_after)
         raw = min(self.base_delay * (2 ** (attempt - 1)), self.max_delay)
         spread = raw * self.jitter
         return max(0.0, raw + rng.uniform(-spread, spread))

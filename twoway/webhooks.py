@@ -55,7 +55,6 @@ from typing import Any, Protocol
 from urllib.parse import quote
 
 import anyio.to_thread
-import httpx
 from pydantic import SecretStr
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -602,8 +601,7 @@ def subscribe(
         endpoint = open_endpoint(definition, system)
         try:
             out.append(
-                _subscribe_list(
-                    endpoint,
+                endpoint.subscribe(
                     f"{public_url.rstrip('/')}/graph/{quote(definition.name)}/{quote(system)}",
                     secret,
                     minutes,
@@ -613,58 +611,6 @@ def subscribe(
         finally:
             endpoint.close()
     return out
-
-
-def _subscribe_list(endpoint: Any, url: str, secret: SecretStr, minutes: int) -> dict[str, Any]:
-    """Create or renew one list subscription through the endpoint's Graph client."""
-    base = endpoint.graph_url.rstrip("/") + "/v1.0"
-    client: httpx.Client = endpoint.client()
-    headers = {"Authorization": f"Bearer {endpoint._access_token()}"}
-
-    def call(method: str, path: str, **kwargs: Any) -> dict[str, Any]:
-        response = client.request(method, f"{base}/{path}", headers=headers, **kwargs)
-        if response.status_code >= 400:
-            try:
-                message = response.json()["error"]["message"]
-            except (ValueError, KeyError, TypeError):
-                message = response.text[:200]
-            raise Fatal(f"Graph {method} /{path.split('?')[0]}: {response.status_code} {message}")
-        return response.json() if response.content else {}
-
-    site = call("GET", f"sites/{quote(endpoint.site, safe=',')}")
-    lst = call("GET", f"sites/{quote(site['id'], safe=',')}/lists/{quote(endpoint.list, safe='')}")
-    resource = f"sites/{site['id']}/lists/{lst['id']}"
-    expires = (datetime.now(UTC) + timedelta(minutes=minutes)).strftime("%Y-%m-%dT%H:%M:%SZ")
-    existing = [
-        s
-        for s in call("GET", "subscriptions").get("value", [])
-        if s.get("notificationUrl") == url and s.get("resource", "").strip("/") == resource
-    ]
-    if existing:
-        sub = call(
-            "PATCH", f"subscriptions/{existing[0]['id']}", json={"expirationDateTime": expires}
-        )
-        action = "renewed"
-    else:
-        sub = call(
-            "POST",
-            "subscriptions",
-            json={
-                "changeType": "updated",
-                "notificationUrl": url,
-                "resource": resource,
-                "expirationDateTime": expires,
-                "clientState": secret.get_secret_value(),
-            },
-        )
-        action = "created"
-    return {
-        "action": action,
-        "id": sub.get("id"),
-        "resource": resource,
-        "notificationUrl": url,
-        "expirationDateTime": sub.get("expirationDateTime"),
-    }
 
 
 # -- serving ----------------------------------------------------------------------------

@@ -34,9 +34,7 @@ def _block(handler) -> tuple[RestCollection, list[httpx.Request]]:
         credentials=IntegrationAccountCredentials(token=SecretStr(TOKEN)),
         retry_attempts=2,
     )
-    endpoint._client = httpx.Client(
-        transport=httpx.MockTransport(record), headers={"Authorization": f"Bearer {TOKEN}"}
-    )
+    endpoint.use_transport(httpx.MockTransport(record))
     endpoint.use_retry_hooks(lambda seconds: None, random.Random(0))
     return endpoint, seen
 

@@ -180,7 +180,7 @@ class GraphSide(SimulatorSide):
                 client_id=CLIENT_ID, client_secret=SecretStr(CLIENT_SECRET)
             ),
         )
-        block.use_sleep(self.world.clock.advance, self.world.rng)
+        block.use_retry_hooks(self.world.clock.advance, self.world.rng)
         self.paging.hook = between_pages
         return block
 

@@ -72,7 +72,7 @@ def test_twenty_percent_transient_faults_converge_within_three_runs(tmp_path, mo
 
         def run() -> RunReport:
             endpoints = {s: open_endpoint(definition, s) for s in definition.systems}
-            endpoints["sharepoint"].use_sleep(waits.append)
+            endpoints["sharepoint"].use_retry_hooks(waits.append)
             endpoints["salesforce"].use_retry_hooks(waits.append, random.Random(seed))
             try:
                 report = run_sync(

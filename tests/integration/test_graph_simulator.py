@@ -205,8 +205,14 @@ def test_delta_initial_pages_changes_deletes_and_gone(graph):
     state.expire_delta_tokens()
     gone = http.get(quiet["@odata.deltaLink"], headers=headers)
     assert gone.status_code == 410
-    assert gone.json()["error"]["code"] == "resyncRequired"
+    assert gone.json()["error"]["code"] == "resyncChangesApplyDifferences"
     assert gone.headers["Location"].endswith("/items/delta")
+    fresh = http.get(gone.headers["Location"], headers=headers)  # a new enumeration
+    assert fresh.status_code == 200 and "value" in fresh.json()
+    state.expire_delta_tokens("resyncChangesUploadDifferences")
+    upload = http.get(quiet["@odata.deltaLink"], headers=headers)
+    assert upload.status_code == 410
+    assert upload.json()["error"]["code"] == "resyncChangesUploadDifferences"
     assert http.get(f"{ITEMS}/delta?token=madeup", headers=headers).status_code == 410
 
 
@@ -353,19 +359,24 @@ class Receiver:
         return Response(status_code=202)
 
 
+def subscription(url: str, **extra: str) -> dict[str, str]:
+    """A list subscription's body, expiring in two days."""
+    expires = (datetime.now(UTC) + timedelta(days=2)).isoformat().replace("+00:00", "Z")
+    return {
+        "changeType": "updated",
+        "notificationUrl": url,
+        "resource": "sites/root/lists/Contacts",
+        "expirationDateTime": expires,
+        **extra,
+    }
+
+
 def test_subscription_handshake_notifications_renew_delete(graph):
     state, http, _ = graph
     headers = auth(http, state)
     receiver = Receiver()
-    expires = (datetime.now(UTC) + timedelta(days=2)).isoformat().replace("+00:00", "Z")
     with BackgroundServer(receiver.app) as hook:
-        body = {
-            "changeType": "updated",
-            "notificationUrl": f"{hook.url}/hook",
-            "resource": "sites/root/lists/Contacts",
-            "expirationDateTime": expires,
-            "clientState": "secretClientState",
-        }
+        body = subscription(f"{hook.url}/hook", clientState="secretClientState")
         created = http.post("/v1.0/subscriptions", headers=headers, json=body)
         assert created.status_code == 201, created.text
         sub = created.json()
@@ -478,6 +489,7 @@ def test_microsoft_graph_sdk_basic_calls(graph):
     from msgraph import GraphRequestAdapter, GraphServiceClient
     from msgraph.generated.models.field_value_set import FieldValueSet
     from msgraph.generated.models.list_item import ListItem
+    from msgraph.generated.models.o_data_errors.o_data_error import ODataError
 
     state, http, base = graph
     access_token = token(http, state)
@@ -506,5 +518,60 @@ def test_microsoft_graph_sdk_basic_calls(graph):
         assert [i.id for i in page.value] == [created.id]
         delta = await items.delta.get()
         assert delta.odata_delta_link and [i.id for i in delta.value] == [created.id]
+        state.expire_delta_tokens("resyncChangesUploadDifferences")
+        with pytest.raises(ODataError) as gone:
+            await items.delta.with_url(delta.odata_delta_link).get()
+        assert gone.value.response_status_code == 410
+        assert gone.value.error.code == "resyncChangesUploadDifferences"
 
     asyncio.run(calls())
+
+
+def test_subscription_listing_pages_and_public_urls_only_when_set(graph):
+    state, http, _ = graph
+    headers = auth(http, state)
+    receiver = Receiver()
+    state.subscriptions_page_size = 2
+    with BackgroundServer(receiver.app) as hook:
+        body = subscription(f"{hook.url}/hook")
+        for _ in range(3):
+            assert http.post("/v1.0/subscriptions", headers=headers, json=body).status_code == 201
+        first = http.get("/v1.0/subscriptions", headers=headers).json()
+        assert len(first["value"]) == 2
+        second = http.get(first["@odata.nextLink"], headers=headers).json()
+        assert len(second["value"]) == 1 and "@odata.nextLink" not in second
+        state.public_notifications_only = True
+        refused = http.post("/v1.0/subscriptions", headers=headers, json=body)
+        assert refused.status_code == 400
+        assert "public HTTPS" in refused.json()["error"]["message"]
+
+
+def test_resource_units_per_minute_throttle_with_retry_after_and_ratelimit_headers():
+    now = [datetime(2026, 1, 5, 9, 0, 5, tzinfo=UTC)]
+    state = GraphState(client_id=CLIENT_ID, client_secret=SECRET, clock=lambda: now[0])
+    state.resource_units_per_minute = 5
+    with BackgroundServer(create_app(state)) as server, httpx.Client(base_url=server.url) as http:
+        headers = auth(http, state)
+        answers = [http.get(ITEMS, headers=headers) for _ in range(6)]
+        assert [a.status_code for a in answers] == [200] * 5 + [429]
+        assert "RateLimit-Limit" not in answers[2].headers
+        assert answers[4].headers["RateLimit-Remaining"] == "0"
+        assert answers[5].headers["Retry-After"] == "55"  # the rest of the minute
+        assert answers[5].json()["error"]["code"] == "TooManyRequests"
+        now[0] += timedelta(seconds=55)
+        assert http.get(ITEMS, headers=headers).status_code == 200
+    state.close()
+
+
+def test_delta_pages_may_repeat_an_item(graph):
+    state, http, _ = graph
+    headers = auth(http, state)
+    state.repeat_delta_items = True
+    keys = [state.user_create("Contacts", {"Title": f"R{i}"}) for i in range(5)]
+    url, params, seen = f"{ITEMS}/delta", {"$top": "2"}, []
+    while url:
+        page = http.get(url, params=params, headers=headers).json()
+        seen += [i["id"] for i in page["value"]]
+        url, params = page.get("@odata.nextLink"), None
+    assert sorted(set(seen)) == sorted(keys) and len(seen) > len(keys)
+    state.repeat_delta_items = False

@@ -426,7 +426,7 @@ def test_sync_with_faults_on_every_simulator_loses_and_duplicates_nothing(tmp_pa
 
         def run() -> RunReport:
             endpoints = {s: open_endpoint(definition, s) for s in definition.systems}
-            endpoints["sharepoint"].use_sleep(waits.append)
+            endpoints["sharepoint"].use_retry_hooks(waits.append)
             endpoints["salesforce"].use_retry_hooks(waits.append, random.Random(1))
             endpoints["rest"].use_retry_hooks(waits.append, random.Random(2))
             try:

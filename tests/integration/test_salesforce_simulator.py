@@ -85,7 +85,7 @@ def test_simple_salesforce_crud_and_query_paging(org):
     sf.headers["Sforce-Query-Options"] = "batchSize=2"
     first = sf.query("SELECT Id, LastName FROM Contact ORDER BY LastName")
     assert first["totalSize"] == 5 and not first["done"] and len(first["records"]) == 2
-    assert first["nextRecordsUrl"].startswith(f"{V}/query/01g")
+    assert first["nextRecordsUrl"].startswith(f"{V}/query/0r8")
     everything = sf.query_all(
         "SELECT Id, LastName FROM Contact WHERE LastName LIKE 'Page%' ORDER BY LastName"
     )
@@ -325,6 +325,73 @@ def test_updated_and_deleted(api):
     assert backwards.status_code == 400
 
 
+def test_get_deleted_reaches_back_15_days_and_not_past_a_purge(api):
+    state, client, _ = api
+    now = datetime.now(UTC)
+    end = (now + timedelta(minutes=1)).isoformat(timespec="seconds")
+    days16 = (now - timedelta(days=16)).isoformat(timespec="seconds")
+    path = f"{V}/sobjects/Contact/%s/"
+    assert client.get(path % "updated", params={"start": days16, "end": end}).status_code == 200
+    too_old = client.get(path % "deleted", params={"start": days16, "end": end})
+    assert too_old.status_code == 400
+    assert too_old.json()[0]["errorCode"] == "INVALID_REPLICATION_DATE"
+
+    start = (now - timedelta(minutes=1)).isoformat(timespec="seconds")
+    first = state.user_create("Contact", {"LastName": "First"})
+    state.user_delete("Contact", first)
+    assert state.purge_deleted("Contact") == 1  # the Recycle Bin is emptied
+    purged = client.get(path % "deleted", params={"start": start, "end": end})
+    assert purged.status_code == 400
+    assert purged.json()[0]["errorCode"] == "INVALID_REPLICATION_DATE"
+    later = client.get(path % "deleted", params={"start": end, "end": end}).json()
+    assert later["deletedRecords"] == []
+    assert later["earliestDateAvailable"].startswith(now.strftime("%Y-%m-%dT"))
+
+
+def test_replication_windows_past_the_id_limit_are_refused(api):
+    state, client, _ = api
+    state.id_limit = 2
+    start = (datetime.now(UTC) - timedelta(minutes=1)).isoformat(timespec="seconds")
+    keys = [state.user_create("Contact", {"LastName": f"L{i}"}) for i in range(3)]
+    for key in keys:
+        state.user_delete("Contact", key)
+    state.user_create("Contact", {"LastName": "Keep"})
+    end = (datetime.now(UTC) + timedelta(minutes=1)).isoformat(timespec="seconds")
+    for kind in ("deleted", "updated"):
+        state.user_create("Contact", {"LastName": "More"})
+        reply = client.get(f"{V}/sobjects/Contact/{kind}/", params={"start": start, "end": end})
+        assert reply.status_code == 400, kind
+        assert reply.json()[0]["errorCode"] == "EXCEEDED_ID_LIMIT"
+
+
+def test_query_locators_last_two_days_and_are_not_capped():
+    now = [datetime.now(UTC)]
+    state = SalesforceState(clock=lambda: now[0])
+    state.add_client("sync", "sync-secret", "Integration User")
+    for i in range(201):
+        state.user_create("Contact", {"LastName": f"Q{i}"})
+    with BackgroundServer(create_app(state)) as server:
+
+        def client() -> httpx.Client:
+            token = _token(server.url)["access_token"]
+            headers = {"Authorization": f"Bearer {token}", "Sforce-Query-Options": "batchSize=200"}
+            return httpx.Client(base_url=server.url, headers=headers)
+
+        with client() as http:
+            soql = {"q": "SELECT Id FROM Contact"}
+            links = [
+                http.get(f"{V}/query", params=soql).json()["nextRecordsUrl"] for _ in range(600)
+            ]
+            locator = links[0].rsplit("/", 1)[1].split("-")[0]
+            assert len(locator) == 18 and locator.startswith("0r8")
+            assert http.get(links[0]).status_code == 200  # the first of 600 is still open
+        now[0] += timedelta(days=2, seconds=1)
+        with client() as http:
+            lapsed = http.get(links[1])
+        assert lapsed.status_code == 400
+        assert lapsed.json()[0]["errorCode"] == "INVALID_QUERY_LOCATOR"
+
+
 def test_second_client_is_another_user(org):
     state, url = org
     alice = _token(url, "alice", "alice-secret")
@@ -436,3 +503,46 @@ def test_data_document_and_two_orgs_at_once(tmp_path):
             headers={"Authorization": f"Bearer {t1['access_token']}"},
         ).json()
         assert projects["records"][0]["Code__c"] == "A1"
+
+
+def test_a_long_transaction_holds_latest_date_covered_back(api):
+    state, client, _ = api
+    key = state.user_create("Contact", {"LastName": "Long"})
+    start = (datetime.now(UTC) - timedelta(minutes=1)).isoformat(timespec="seconds")
+    state.user_update("Contact", key, {"Title": "Later"}, commit_lag=1.5)
+    stamped = state.now()
+    end = (datetime.now(UTC) + timedelta(minutes=1)).isoformat(timespec="seconds")
+    window = {"start": start, "end": end}
+    open_txn = client.get(f"{V}/sobjects/Contact/updated/", params=window).json()
+    assert datetime.fromisoformat(open_txn["latestDateCovered"]) < stamped
+    hidden = client.get(f"{V}/sobjects/Contact/{key}", params={"fields": "Title"}).json()
+    assert hidden["Title"] is None  # not visible while the transaction is open
+    time.sleep(1.6)
+    seen = client.get(f"{V}/sobjects/Contact/{key}", params={"fields": "Title,SystemModstamp"})
+    assert seen.json()["Title"] == "Later"
+    assert datetime.fromisoformat(seen.json()["SystemModstamp"].replace("+0000", "+00:00")) < (
+        stamped + timedelta(seconds=1)
+    )  # stamped at DML time, not when it became visible
+    done = client.get(f"{V}/sobjects/Contact/updated/", params=window).json()
+    assert key in done["ids"]
+    assert datetime.fromisoformat(done["latestDateCovered"]) > stamped
+
+
+def test_simple_salesforce_meets_the_replication_limits(org):
+    state, url = org
+    sf = _simple(url, _token(url)["access_token"])
+    now = datetime.now(UTC)
+    key = state.user_create("Contact", {"LastName": "Gone"})
+    state.user_delete("Contact", key)
+    window = (now - timedelta(minutes=1), now + timedelta(minutes=1))
+    assert [d["id"] for d in sf.Contact.deleted(*window)["deletedRecords"]] == [key]
+    assert "latestDateCovered" in sf.Contact.updated(*window)
+    with pytest.raises(SalesforceMalformedRequest, match="INVALID_REPLICATION_DATE"):
+        sf.Contact.deleted(now - timedelta(days=16), now)
+    state.purge_deleted("Contact")
+    with pytest.raises(SalesforceMalformedRequest, match="INVALID_REPLICATION_DATE"):
+        sf.Contact.deleted(*window)
+    state.user_create("Contact", {"LastName": "Live"})
+    state.id_limit = 0
+    with pytest.raises(SalesforceMalformedRequest, match="EXCEEDED_ID_LIMIT"):
+        sf.Contact.updated(now - timedelta(days=16), now + timedelta(minutes=1))

@@ -119,3 +119,57 @@ def test_bad_fault_spec_exits_2():
         and "unknown fault 'meteor'" in result.stderr
         and "Traceback" not in result.stderr
     )
+
+
+TENANT = "5f1e0a52-8c1b-4d8e-9a57-0c6b1c2d3e4f"
+
+
+def test_sharepoint_simulator_for_a_fixed_tenant_gives_that_tenant_tokens_only(stop):
+    proc, port = serve("sharepoint", "--tenant", TENANT)
+    stop(proc)
+    base = f"http://127.0.0.1:{port}"
+    form = {
+        "grant_type": "client_credentials",
+        "client_id": "twoway",
+        "client_secret": "twoway-secret",
+        "scope": "https://graph.microsoft.com/.default",
+    }
+    # a client configured for the tenant, as a Graph SDK credential is
+    mine = httpx.post(f"{base}/{TENANT}/oauth2/v2.0/token", data=form)
+    assert mine.status_code == 200, mine.text
+    other = httpx.post(f"{base}/{TENANT[:-1]}0/oauth2/v2.0/token", data=form)
+    assert other.status_code == 400 and 90002 in other.json()["error_codes"]
+
+
+def test_salesforce_simulator_for_a_fixed_org_names_it_in_the_identity(stop):
+    proc, port = serve("salesforce", "--org", "00D5e000000AbCdEAK")
+    stop(proc)
+    token = httpx.post(
+        f"http://127.0.0.1:{port}/services/oauth2/token",
+        data={
+            "grant_type": "client_credentials",
+            "client_id": "twoway",
+            "client_secret": "twoway-secret",
+        },
+    )
+    assert token.status_code == 200, token.text
+    assert "/id/00D5e000000AbCdEAK/" in token.json()["id"]
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["sharepoint", "--tenant", "not a tenant!"], "--tenant"),
+        (["salesforce", "--org", "001000000000001"], "--org"),
+        (["rest", "--tenant", TENANT], "only the sharepoint simulator"),
+    ],
+)
+def test_a_bad_account_id_exits_2_with_one_line(args, words):
+    done = subprocess.run(
+        [sys.executable, "-m", "twoway.cli", "simulate", *args, "--port", str(free_port())],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    assert words in done.stderr and "Traceback" not in done.stderr

@@ -48,10 +48,7 @@ def mocked(
     endpoint: RestCollection, handler: Callable[[httpx.Request], httpx.Response]
 ) -> list[float]:
     """Route the block's requests to ``handler``; returns the list its retry waits land in."""
-    endpoint._client = httpx.Client(
-        transport=httpx.MockTransport(handler),
-        headers={"Authorization": f"Bearer {TOKEN}"},
-    )
+    endpoint.use_transport(httpx.MockTransport(handler))
     waits: list[float] = []
     endpoint.use_retry_hooks(waits.append, random.Random(0))
     return waits
@@ -390,7 +387,7 @@ def test_pickling_drops_the_client(served):
     endpoint = block(base_url=url)
     endpoint.read_changes(None)
     copy = pickle.loads(pickle.dumps(endpoint))
-    assert copy._client is None
+    assert copy._http is None
     assert copy.read_changes(None).records == []
     endpoint.close()
     copy.close()

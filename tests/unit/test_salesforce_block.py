@@ -6,6 +6,7 @@ from __future__ import annotations
 import pickle
 import random
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -260,7 +261,7 @@ def test_block_pickles_without_its_client(org):
     block = _block(url)
     block.columns()
     copy = pickle.loads(pickle.dumps(block))
-    assert copy._client is None and copy._token is None
+    assert copy._http is None
     assert "LastName" in copy.columns()
     block.close()
 
@@ -354,3 +355,77 @@ def test_a_write_keeps_what_it_sent_when_another_write_starts_meanwhile(org):
     # whole batch again, the create with it)
     assert results[0].ok and results[0].key
     assert isinstance(results[1].error, Retriable)
+
+
+def test_a_spent_daily_allocation_stops_the_run_at_once_with_the_usage(org):
+    state, url = org
+    block = _block(url)
+    waits: list[float] = []
+    block.use_retry_hooks(waits.append)
+    block.columns()
+    state.api_limit = state.api_usage  # the org's 24-hour allocation is spent
+    with pytest.raises(Fatal) as caught:
+        block.read_changes(None)
+    message = str(caught.value)
+    assert "REQUEST_LIMIT_EXCEEDED" in message
+    assert f"api-usage={state.api_usage}/{state.api_limit}" in message
+    assert waits == []  # no retries that would spend more calls
+
+
+def test_a_cursor_past_the_deleted_history_falls_back_to_a_full_read(org, caplog):
+    state, url = org
+    block = _block(url, overlap_seconds=0)
+    keys = [state.user_create("Contact", {"LastName": f"P{i}"}) for i in range(3)]
+    cursor = block.read_changes(None).cursor
+    state.user_delete("Contact", keys[0])
+    state.purge_deleted("Contact")  # the Recycle Bin is emptied before the next run
+    with caplog.at_level("WARNING", logger="twoway.salesforce"):
+        again = block.read_changes(cursor)
+    assert again.full and {r.key for r in again.records} == set(keys[1:])
+    assert again.cursor and again.cursor >= cursor  # the cursor moves on
+    assert "reading every record" in caplog.text
+
+
+@pytest.fixture
+def clocked():
+    """An org on a clock the test moves, an hour behind ours: (state, block, set_time)."""
+    start = datetime.now(UTC) - timedelta(hours=1)
+    now = [start]
+    state = SalesforceState(clock=lambda: now[0])
+    state.add_client("sync", SECRET, "Integration User")
+
+    def at(seconds: float) -> None:
+        now[0] = start + timedelta(seconds=seconds)
+
+    with BackgroundServer(create_app(state)) as server:
+        block = _block(server.url, overlap_seconds=0)
+        yield state, block, at
+        block.close()
+
+
+def test_a_deleted_window_past_the_id_limit_is_read_in_halves(clocked):
+    state, block, at = clocked
+    keys = [state.user_create("Contact", {"LastName": f"W{i}"}) for i in range(3)]
+    cursor = block.read_changes(None).cursor
+    for minutes, key in zip((1, 10, 20), keys, strict=True):
+        at(minutes * 60)
+        state.user_delete("Contact", key)
+    at(25 * 60)
+    state.id_limit = 2
+    changes = block.read_changes(cursor)
+    assert sorted(changes.deleted) == sorted(keys) and not changes.full
+
+
+def test_a_change_in_a_long_transaction_is_read_once_it_commits(clocked):
+    state, block, at = clocked
+    key = state.user_create("Contact", {"LastName": "Long"})
+    cursor = block.read_changes(None).cursor
+    at(10)
+    state.user_update("Contact", key, {"LastName": "Committed late"}, commit_lag=600)
+    at(20)
+    during = block.read_changes(cursor)
+    seen = {r.key: r.values["LastName"] for r in during.records}
+    assert seen.get(key, "Long") == "Long"  # the change is not visible yet
+    at(700)  # the transaction has ended
+    after = block.read_changes(during.cursor)
+    assert {r.key: r.values["LastName"] for r in after.records}.get(key) == "Committed late"

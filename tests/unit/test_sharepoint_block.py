@@ -7,11 +7,16 @@ import pickle
 import random
 import threading
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
 from pydantic import SecretStr
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
 
 from blocks.credentials import IntegrationAccountCredentials
 from blocks.sharepoint import SharePointList
@@ -19,7 +24,7 @@ from tasks.common import PlannedOp
 from tasks.load import load_changes
 from twoway.contract import Create, Delete, Update
 from twoway.definition import load_definition
-from twoway.errors import Fatal, PreconditionFailed, Retriable, Skippable
+from twoway.errors import DefinitionError, Fatal, PreconditionFailed, Retriable, Skippable
 from twoway.retry import RetryPolicy
 from twoway.simulators.graph import GraphState, create_app
 from twoway.simulators.server import BackgroundServer
@@ -83,7 +88,7 @@ def env(served):
         credentials=IntegrationAccountCredentials(client_id="app", client_secret=SecretStr(SECRET)),
     )
     block.use_transport(recorder)
-    block.use_sleep(sleeps.append)
+    block.use_retry_hooks(sleeps.append)
     yield state, block, recorder, sleeps
     block.close()
     state.faults.set()
@@ -166,7 +171,7 @@ def test_retry_after_is_honoured_and_only_failed_items_are_retried():
         credentials=IntegrationAccountCredentials(client_id="a", client_secret=SecretStr("b")),
     )
     block.use_transport(httpx.MockTransport(handler))
-    block.use_sleep(sleeps.append)
+    block.use_retry_hooks(sleeps.append)
     results = block.write([Create(ref=str(i), values={"Title": "x"}) for i in range(3)])
     assert sleeps == [7.0, 3.0]
     assert envelopes[1] == ["0", "1", "2"] and envelopes[2] == ["1"]
@@ -255,6 +260,22 @@ def test_expired_delta_token_reads_everything_again(env):
     assert again.cursor and again.cursor != later.cursor
 
 
+def test_after_upload_differences_missing_items_are_not_taken_as_deleted(env, caplog):
+    state, block, _, _ = env
+    keep = state.user_create("Contacts", {"Title": "Kept"})
+    first = block.read_changes(None)
+    state.expire_delta_tokens("resyncChangesUploadDifferences")
+    with caplog.at_level("WARNING", logger="twoway.sharepoint"):
+        again = block.read_changes(first.cursor)
+    # every item is read again, but one missing from the list is not a deletion: SharePoint
+    # says it may lack items it should have
+    assert keep in {r.key for r in again.records}
+    assert not again.full and again.deleted == [] and again.cursor != first.cursor
+    assert "resyncChangesUploadDifferences" in caplog.text
+    state.expire_delta_tokens("resyncChangesApplyDifferences")
+    assert block.read_changes(again.cursor).full  # its state stands, deletions included
+
+
 def test_delta_only_mode_reads_without_modifiers(env):
     state, block, _, _ = env
     block.read_modifiers = False
@@ -280,7 +301,7 @@ def test_pickling_drops_the_client_and_token(env):
     _, block, _, _ = env
     block.columns()
     copy = pickle.loads(pickle.dumps(block))
-    assert copy._client is None and copy._token is None
+    assert copy._http is None
     assert copy.credentials.client_secret.get_secret_value() == SECRET
 
 
@@ -349,3 +370,122 @@ def test_one_write_in_flight_sends_batches_one_after_another(env):
     finally:
         state.latency_ms = 0
     assert all(r.ok for r in results) and recorder.most_waiting == 1
+
+
+def test_subscribing_goes_through_the_blocks_client_retries_and_token_renewal(env):
+    state, block, recorder, sleeps = env
+
+    async def hook(request: Request) -> Response:
+        return PlainTextResponse(request.query_params.get("validationToken", ""))
+
+    app = Starlette(routes=[Route("/hook", hook, methods=["POST"])])
+    with BackgroundServer(app) as receiver:
+        url = f"{receiver.url}/hook"
+        created = block.subscribe(url, SecretStr("client-state-secret"), 60)
+        state.expire_tokens()
+        state.faults.set(throttle=1.0)
+
+        def released(seconds: float) -> None:
+            sleeps.append(seconds)
+            state.faults.set()
+
+        block.use_retry_hooks(released)
+        renewed = block.subscribe(url, SecretStr("client-state-secret"), 120)
+    assert created["action"] == "created" and renewed["action"] == "renewed"
+    assert renewed["id"] == created["id"] and len(state.subscriptions) == 1
+    assert len(recorder.paths("/token")) == 2  # the expired token was renewed once
+    assert sleeps == [1.0]  # the throttled call waited as Graph asked, then went through
+    assert "client-state-secret" not in json.dumps([created, renewed])
+
+
+def test_subscribing_follows_the_subscription_pages(env):
+    state, block, _, _ = env
+
+    async def hook(request: Request) -> Response:
+        return PlainTextResponse(request.query_params.get("validationToken", ""))
+
+    before = len(state.subscriptions)
+    with BackgroundServer(Starlette(routes=[Route("/hook", hook, methods=["POST"])])) as other:
+        for n in range(3):  # other subscriptions fill the first pages
+            block.subscribe(f"{other.url}/hook?n={n}", SecretStr("s"), 60)
+        mine = block.subscribe(f"{other.url}/hook", SecretStr("s"), 60)
+        state.subscriptions_page_size = 2
+        try:
+            again = block.subscribe(f"{other.url}/hook", SecretStr("s"), 90)
+        finally:
+            state.subscriptions_page_size = 100
+    assert again["action"] == "renewed" and again["id"] == mine["id"]
+    assert len(state.subscriptions) == before + 4
+
+
+@pytest.mark.parametrize("url", ["http://hooks.example/graph/s/x", "https://127.0.0.1/graph/s/x"])
+def test_real_graph_refuses_a_notification_url_it_cannot_call_before_any_request(url):
+    sent: list[httpx.Request] = []
+    block = SharePointList(
+        tenant="contoso",
+        credentials=IntegrationAccountCredentials(client_id="a", client_secret=SecretStr("b")),
+    )
+    block.use_transport(httpx.MockTransport(lambda r: sent.append(r) or httpx.Response(500)))
+    with pytest.raises(DefinitionError, match="public HTTPS"):
+        block.subscribe(url, SecretStr("s"), 60)
+    assert sent == []
+
+
+def test_graph_retry_after_of_minutes_is_honoured_without_a_cap(env):
+    state, block, _, sleeps = env
+    key = state.user_create("Contacts", {"Title": "Wait"})
+    block.read([key])  # the token first
+    state.faults.retry_after = 90
+    state.faults.set(throttle=1.0)
+
+    def released(seconds: float) -> None:
+        sleeps.append(seconds)
+        state.faults.set()
+
+    block.use_retry_hooks(released)
+    try:
+        assert [r.key for r in block.read([key])] == [key]
+    finally:
+        state.faults.retry_after = 1
+    assert sleeps == [90]
+
+
+def test_a_spent_resource_unit_budget_is_waited_out_as_graph_asks():
+    now = [datetime(2026, 1, 5, 9, 0, 5, tzinfo=UTC)]
+    state = GraphState(client_id="app", client_secret=SECRET, clock=lambda: now[0])
+    state.resource_units_per_minute = 3
+    waits: list[float] = []
+
+    def wait(seconds: float) -> None:
+        waits.append(seconds)
+        now[0] += timedelta(seconds=seconds)
+
+    with BackgroundServer(create_app(state)) as server:
+        block = SharePointList(
+            graph_url=server.url,
+            token_url=f"{server.url}/{state.tenant_id}/oauth2/v2.0/token",
+            columns_to_sync=["Title"],
+            credentials=IntegrationAccountCredentials(
+                client_id="app", client_secret=SecretStr(SECRET)
+            ),
+        )
+        block.use_retry_hooks(wait)
+        key = state.user_create("Contacts", {"Title": "Budget"})
+        for _ in range(4):
+            assert [r.key for r in block.read([key])] == [key]
+        block.close()
+    state.close()
+    assert waits == [55.0]  # the rest of the minute, not a 30 s guess
+
+
+def test_items_repeated_across_delta_pages_come_once(env):
+    state, block, _, _ = env
+    block.read_modifiers = False
+    state.repeat_delta_items = True
+    try:
+        first = block.read_changes(None)
+        keys = [state.user_create("Contacts", {"Title": f"Rep{i}"}) for i in range(9)]
+        later = block.read_changes(first.cursor)
+    finally:
+        state.repeat_delta_items = False
+    assert sorted(r.key for r in later.records) == sorted(keys)

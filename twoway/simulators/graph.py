@@ -38,13 +38,26 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from twoway.simulators.faults import FaultPlan
+from twoway.urls import is_public_https
 
 HOSTNAME = "contoso.sharepoint.com"
 DEFAULT_PAGE = 200  # items per page when the client gives no $top
 MAX_PAGE = 5000
 MAX_BATCH = 20  # requests per $batch, as Graph documents
 LIST_SUBSCRIPTION_MINUTES = 42300  # longest subscription lifetime for SharePoint lists
+#: a directory (tenant) id as the token endpoint's path takes it: a GUID or a domain name
+TENANT_ID = re.compile(r"[0-9A-Za-z](?:[0-9A-Za-z.-]{0,253}[0-9A-Za-z])?")
 VALIDATION_TIMEOUT = 10.0  # seconds the subscriber has to echo the validation token
+#: the codes of a delta's ``410 Gone``, with Graph's advice for each
+RESYNC_CODES = {
+    "resyncChangesApplyDifferences": "Resync required. Replace any local items with the "
+    "server's version (including deletes) if you're sure that the service was up to date "
+    "with your local changes when you last sync'd. Upload any local changes that the "
+    "server doesn't know about.",
+    "resyncChangesUploadDifferences": "Resync required. Upload any local items that the "
+    "service did not return, and upload any items that differ from the server's version "
+    "(keeping both copies if you're not sure which one is more up-to-date).",
+}
 DELTA_TOKENS_KEPT = 20000  # older delta and page tokens expire (410 Gone)
 SYSTEM_FIELDS = (
     "id",
@@ -278,6 +291,10 @@ class GraphState:
         latency_ms: float = 0.0,
         clock: Callable[[], datetime] | None = None,
     ):
+        if tenant_id is not None and not TENANT_ID.fullmatch(tenant_id):
+            raise ValueError(
+                f"--tenant: {tenant_id!r} is not a directory (tenant) id: a GUID or a domain"
+            )
         self.tenant_id = tenant_id or str(uuid.uuid4())
         self.tenant_domain = "contoso.onmicrosoft.com"
         self.site_id = f"{HOSTNAME},{uuid.uuid4()},{uuid.uuid4()}"
@@ -294,6 +311,18 @@ class GraphState:
         self._delta_tokens: OrderedDict[str, DeltaPosition] = OrderedDict()
         self._lookup_ids: dict[str, int] = {}
         self.subscriptions: dict[str, Subscription] = {}
+        self.resync_code = "resyncChangesApplyDifferences"  # what an expired delta token says
+        #: repeat each delta page's last item on the next page, as Graph may: a client must
+        #: take an item's last occurrence, not count it twice
+        self.repeat_delta_items = False
+        self.subscriptions_page_size = 100  # subscriptions per GET /subscriptions page
+        #: the app's resource units per minute (None: no budget); a request costs one, a
+        #: $batch one per sub-request; past the budget Graph answers 429 until the minute ends
+        self.resource_units_per_minute: int | None = None
+        self._units = (0, 0)  # (minute, units spent in it)
+        #: refuse notification URLs real Graph cannot reach (plain HTTP, loopback); the
+        #: simulator itself delivers only to loopback, so this refuses every subscription
+        self.public_notifications_only = False
         self.deliveries: list[dict[str, Any]] = []  # notification attempts, for tests
         self._outbox: queue.Queue[tuple[str, str, dict[str, Any]] | None] = queue.Queue()
         self._sender: threading.Thread | None = None
@@ -492,10 +521,16 @@ class GraphState:
         with self._lock:
             self._tokens = {t: (ident, 0.0) for t, (ident, _) in self._tokens.items()}
 
-    def expire_delta_tokens(self) -> None:
-        """Forget every delta and paging token: their next use answers ``410 Gone``."""
+    def expire_delta_tokens(self, code: str = "resyncChangesApplyDifferences") -> None:
+        """Forget every delta and paging token: their next use answers ``410 Gone`` with
+        ``code``, one of the two Graph documents: ``resyncChangesApplyDifferences`` (the
+        service's state stands, deletions included) or ``resyncChangesUploadDifferences``
+        (the service may lack items the client holds: upload what it did not return)."""
+        if code not in RESYNC_CODES:
+            raise ValueError(f"unknown resync code {code!r}; one of {', '.join(RESYNC_CODES)}")
         with self._lock:
             self._delta_tokens.clear()
+            self.resync_code = code
 
     # -- data ---------------------------------------------------------------------------
 
@@ -775,7 +810,10 @@ class GraphState:
                 )
                 for i in chosen
             ]
-            return value, (chosen[-1] if chosen else pos.after), len(ids) > pos.top
+            more = len(ids) > pos.top
+            if more and self.repeat_delta_items and len(chosen) > 1:
+                return value, chosen[-2], more  # the next page starts with this one's last
+            return value, (chosen[-1] if chosen else pos.after), more
         entries: list[tuple[int, int, bool]] = [
             (item.seq, item.id, True)
             for item in lst.items.values()
@@ -803,7 +841,10 @@ class GraphState:
             else:
                 value.append({"id": str(item_id), "deleted": {"state": "deleted"}})
         last = chosen_entries[-1][0] if chosen_entries else pos.after
-        return value, last, len(entries) > pos.top
+        more = len(entries) > pos.top
+        if more and self.repeat_delta_items and len(chosen_entries) > 1:
+            last = chosen_entries[-2][0]  # the next page starts with this one's last
+        return value, last, more
 
     def _keep(self, pos: DeltaPosition) -> str:
         token = base64.urlsafe_b64encode(secrets.token_bytes(24)).decode().rstrip("=")
@@ -813,16 +854,61 @@ class GraphState:
         return token
 
     def _gone(self, base: str, path: str) -> GraphError:
+        """410 with the resync code in force; ``Location`` starts a fresh enumeration."""
         return GraphError(
             410,
-            "resyncRequired",
-            "Resync required. Replace any local items with the server's version (including "
-            "deletes) if you're sure that the service was up to date with your local changes "
-            "when you last sync'd. Upload any local changes that the server doesn't know about.",
+            self.resync_code,
+            RESYNC_CODES[self.resync_code],
             {"Location": f"{base}/v1.0/{path}"},
         )
 
     # -- subscriptions and notifications --------------------------------------------------
+
+    def charge(self, units: int) -> tuple[Answer | None, dict[str, str]]:
+        """Spend ``units`` of the app's budget for this minute: a 429 answer when it is
+        spent (Retry-After: the seconds left of the minute), and the RateLimit headers
+        Graph adds once 80% of it is used."""
+        budget = self.resource_units_per_minute
+        if budget is None:
+            return None, {}
+        now = self.clock().timestamp()
+        minute = int(now // 60)
+        with self._lock:
+            spent = self._units[1] if self._units[0] == minute else 0
+            over = spent + units > budget
+            if not over:
+                spent += units
+            self._units = (minute, spent)
+        reset = max(1, int((minute + 1) * 60 - now + 0.999))
+        headers = {}
+        if over or spent >= 0.8 * budget:
+            headers = {
+                "RateLimit-Limit": str(budget),
+                "RateLimit-Remaining": str(max(0, budget - spent)),
+                "RateLimit-Reset": str(reset),
+            }
+        if not over:
+            return None, headers
+        error = GraphError(
+            429,
+            "TooManyRequests",
+            "The application's resource units for this minute are spent; retry after a while",
+            {**headers, "Retry-After": str(reset)},
+        )
+        return Answer.error(error), headers
+
+    def subscriptions_page(self, query: dict[str, str], base: str) -> dict[str, Any]:
+        """One page of ``GET /subscriptions``; the next one behind ``@odata.nextLink``."""
+        start = _decode_skiptoken(query["$skiptoken"]) if "$skiptoken" in query else 0
+        with self._lock:
+            subs = [s.as_json() for s in self.subscriptions.values()]
+        end = start + self.subscriptions_page_size
+        page: dict[str, Any] = {"value": subs[start:end]}
+        if end < len(subs):
+            page["@odata.nextLink"] = _link(
+                base, "subscriptions", {"$skiptoken": _encode_skiptoken(end)}
+            )
+        return page
 
     def _notify(self, lst: GraphList) -> None:
         now = datetime.now(UTC)
@@ -1162,9 +1248,7 @@ class Dispatcher:
                     )
             if name == "subscriptions":
                 if method == "GET":
-                    with state._lock:
-                        subs = [s.as_json() for s in state.subscriptions.values()]
-                    return Answer(200, {"value": subs})
+                    return Answer(200, state.subscriptions_page(query, base))
                 return await self._subscribe(body, identity)
             if name == "subscription":
                 return self._subscription(method, params["sub"], body)
@@ -1227,6 +1311,13 @@ class Dispatcher:
         expiration = _expiration(body["expirationDateTime"])
         url = str(body["notificationUrl"])
         host = urlsplit(url).hostname
+        if state.public_notifications_only and not is_public_https(url):
+            raise GraphError(
+                400,
+                "InvalidRequest",
+                "Subscription validation request failed. The notification URL must be a "
+                "public HTTPS URL.",
+            )
         if urlsplit(url).scheme not in ("http", "https") or host not in ("127.0.0.1", "localhost"):
             raise GraphError(
                 400,
@@ -1365,6 +1456,10 @@ def create_app(state: GraphState | None = None) -> Starlette:
                 )
         query = {k: v for k, v in request.query_params.items()}
         method = request.method.upper()
+        subs = body.get("requests") if path == "$batch" and isinstance(body, dict) else None
+        throttled, limits = graph.charge(len(subs) if isinstance(subs, list) else 1)
+        if throttled is not None:
+            return _json_response(throttled)
         if path == "$batch":
             kind = graph.faults.draw()
             await asyncio.sleep(fault_delay(graph, kind))
@@ -1377,7 +1472,9 @@ def create_app(state: GraphState | None = None) -> Starlette:
                     Answer.error(GraphError(405, "BadRequest", "Use POST for $batch"))
                 )
             answer = await _batch(graph, dispatcher, body, identity, base)
-            return _json_response(lost_answer(kind, answer))
+            answer = lost_answer(kind, answer)
+            answer.headers.update(limits)
+            return _json_response(answer)
         with graph._lock:
             graph.requests += 1
         kind = graph.faults.draw()
@@ -1386,8 +1483,11 @@ def create_app(state: GraphState | None = None) -> Starlette:
         if faulted is not None:
             return _json_response(faulted)
         headers = {k.lower(): v for k, v in request.headers.items()}
-        answer = await dispatcher.handle(method, path, query, headers, body, identity, base)
-        return _json_response(lost_answer(kind, answer))
+        answer = lost_answer(
+            kind, await dispatcher.handle(method, path, query, headers, body, identity, base)
+        )
+        answer.headers.update(limits)
+        return _json_response(answer)
 
     app = Starlette(
         routes=[

@@ -56,6 +56,13 @@ COLLECTION_LIMIT = 200
 COLLECTION_GET_LIMIT = 2000
 DEFAULT_BATCH_SIZE = 2000
 SESSION_SECONDS = 2 * 3600
+#: how long a query locator stays open (Salesforce keeps them two days, uncapped in number)
+LOCATOR_LIFE = timedelta(days=2)
+#: how far back getUpdated and getDeleted reach ("sObject Get Updated/Deleted"), in days
+UPDATED_DAYS = 30
+DELETED_DAYS = 15
+#: most ids one getUpdated or getDeleted answer may hold (EXCEEDED_ID_LIMIT past it)
+ID_LIMIT = 600_000
 STAMP_FORMAT = "%Y-%m-%dT%H:%M:%S.%f"
 STRING_TYPES = frozenset(
     {"string", "textarea", "email", "phone", "url", "picklist", "id", "reference"}
@@ -197,6 +204,7 @@ class SObjectType:
         self.fields: dict[str, FieldDef] = {}
         self.records: dict[str, dict[str, Any]] = {}  # id -> field name -> typed value
         self.deleted: dict[str, dict[str, Any]] = {}  # recycle bin: id -> record with IsDeleted
+        self.purged_through: datetime | None = None  # deletion time of the last record purged
         for f in _system_fields():
             self.add_field(f)
 
@@ -296,11 +304,12 @@ class _Session:
 
 @dataclass
 class _Cursor:
-    """An open query locator: the materialised result and the batch size."""
+    """An open query locator: the materialised result, the batch size, when it lapses."""
 
     records: list[dict[str, Any]]
     batch: int
     version: str
+    expires: datetime
 
 
 class SalesforceState:
@@ -317,14 +326,19 @@ class SalesforceState:
         latency_ms: float = 0.0,
         api_limit: int = API_LIMIT,
         seed: int | None = None,
+        org_id: str | None = None,
     ):
+        if org_id is not None and not (
+            sfid.is_valid(org_id, strict=False) and org_id.startswith("00D")
+        ):
+            raise ValueError(f"--org: {org_id!r} is not an org id (15 or 18 characters, 00D...)")
         with _ORG_SERIAL_LOCK:
             serial = next(_ORG_SERIAL)
         self._clock = clock or (lambda: datetime.now(UTC))
         self._lock = threading.RLock()
         self._rng = random.Random(seed)
         self.pod = sfid.base62(serial % (62 * 62), 2)
-        self.org_id = sfid.make_id("00D", self.pod, serial)
+        self.org_id = sfid.to18(org_id) if org_id else sfid.make_id("00D", self.pod, serial)
         self.faults = faults or FaultPlan()
         self.latency_ms = latency_ms
         self.api_limit = api_limit
@@ -338,9 +352,12 @@ class SalesforceState:
         self._cursors: OrderedDict[str, _Cursor] = OrderedDict()
         self._journal: list[Callable[[], None]] | None = None
         self._custom_count = 0
+        #: changes of transactions still open: (visible from, sObject, id, record as committed)
+        self._uncommitted: list[tuple[datetime, str, str, dict[str, Any]]] = []
         self._writing: str | None = None  # id of the record being updated (unique checks skip it)
         self.system_user: str | None = None
         self.session_seconds = SESSION_SECONDS
+        self.id_limit = ID_LIMIT  # most ids one getUpdated or getDeleted answer may hold
         for name, prefix, fields in _standard_objects():
             obj = SObjectType(name, prefix)
             for f in fields:
@@ -914,10 +931,11 @@ class SalesforceState:
         answer: dict[str, Any] = {"totalSize": len(rendered), "done": done}
         if not done:
             if locator is None:
-                locator = sfid.make_id("01g", self.pod, self._rng.randrange(62**8))[:15]
-                self._cursors[locator] = _Cursor(rendered, batch, version)
-                while len(self._cursors) > 500:
-                    self._cursors.popitem(last=False)
+                now = self.now()
+                while self._cursors and next(iter(self._cursors.values())).expires <= now:
+                    self._cursors.popitem(last=False)  # opened first, so lapsed first
+                locator = sfid.make_id("0r8", self.pod, self._rng.randrange(62**8))
+                self._cursors[locator] = _Cursor(rendered, batch, version, now + LOCATOR_LIFE)
             answer["nextRecordsUrl"] = f"/services/data/v{version}/query/{locator}-{offset + batch}"
         elif locator is not None:
             self._cursors.pop(locator, None)
@@ -925,10 +943,13 @@ class SalesforceState:
         return answer
 
     def query_more(self, locator_text: str) -> dict[str, Any]:
-        """The next batch of an open query: ``locator_text`` is ``01g...-offset``."""
+        """The next batch of an open query: ``locator_text`` is ``0r8...-offset``."""
         locator, _, offset_text = locator_text.partition("-")
         with self._lock:
             cursor = self._cursors.get(locator)
+            if cursor is not None and cursor.expires <= self.now():
+                del self._cursors[locator]
+                cursor = None
             if cursor is None or not offset_text.isdigit():
                 raise SfError(400, "INVALID_QUERY_LOCATOR", "invalid query locator")
             return self._page(
@@ -937,7 +958,24 @@ class SalesforceState:
 
     # -- replication ------------------------------------------------------------------
 
-    def _window(self, start: str | None, end: str | None) -> tuple[datetime, datetime]:
+    def purge_deleted(self, sobject: str, before: datetime | None = None) -> int:
+        """Empty the recycle bin of ``sobject`` of records deleted before ``before`` (all
+        when None), as the Recycle Bin's emptying or the delete log's purge does: getDeleted
+        then refuses a start earlier than the last one purged. Returns how many went."""
+        with self._lock:
+            obj = self.sobject(sobject)
+            gone = [
+                rid
+                for rid, r in obj.deleted.items()
+                if before is None or r["SystemModstamp"] < before
+            ]
+            for rid in gone:
+                stamp = obj.deleted.pop(rid)["SystemModstamp"]
+                if obj.purged_through is None or stamp > obj.purged_through:
+                    obj.purged_through = stamp
+            return len(gone)
+
+    def _window(self, start: str | None, end: str | None, days: int) -> tuple[datetime, datetime]:
         if not start or not end:
             raise SfError(400, "MISSING_ARGUMENT", "start and end are required")
         begin, finish = parse_stamp(start), parse_stamp(end)
@@ -947,39 +985,59 @@ class SalesforceState:
             )
         if finish < begin:
             raise SfError(400, "INVALID_REPLICATION_DATE", "end date is before start date")
-        if begin < self.now() - timedelta(days=30):
+        if begin < self.now() - timedelta(days=days):
             raise SfError(
-                400, "INVALID_REPLICATION_DATE", "startDate cannot be more than 30 days ago"
+                400, "INVALID_REPLICATION_DATE", f"startDate cannot be more than {days} days ago"
             )
         return begin, min(finish, self.now())
+
+    def _within_id_limit(self, count: int) -> None:
+        if count > self.id_limit:
+            raise SfError(
+                400,
+                "EXCEEDED_ID_LIMIT",
+                f"The replication window holds more than {self.id_limit} ids; ask for a "
+                "shorter one",
+            )
 
     def updated(self, sobject: str, start: str | None, end: str | None) -> dict[str, Any]:
         """getUpdated: ids of live records changed in [start, end]."""
         with self._lock:
             obj = self.sobject(sobject)
-            begin, finish = self._window(start, end)
+            begin, finish = self._window(start, end, UPDATED_DAYS)
             ids = sorted(
                 rid for rid, r in obj.records.items() if begin <= r["SystemModstamp"] <= finish
             )
-            return {"ids": ids, "latestDateCovered": format_stamp(finish)}
+            self._within_id_limit(len(ids))
+            return {"ids": ids, "latestDateCovered": format_stamp(self._covered(finish))}
 
     def deleted(self, sobject: str, start: str | None, end: str | None) -> dict[str, Any]:
         """getDeleted: records deleted in [start, end] with their deletion dates."""
         with self._lock:
             obj = self.sobject(sobject)
-            begin, finish = self._window(start, end)
+            begin, finish = self._window(start, end, DELETED_DAYS)
+            if obj.purged_through is not None and begin < obj.purged_through:
+                raise SfError(
+                    400,
+                    "INVALID_REPLICATION_DATE",
+                    "startDate is before the earliest date available "
+                    f"({format_stamp(obj.purged_through)}): deleted records were purged",
+                )
             found = sorted(
                 (r["SystemModstamp"], rid)
                 for rid, r in obj.deleted.items()
                 if begin <= r["SystemModstamp"] <= finish
             )
-            earliest = min((r["SystemModstamp"] for r in obj.deleted.values()), default=begin)
+            self._within_id_limit(len(found))
+            earliest = obj.purged_through or min(
+                (r["SystemModstamp"] for r in obj.deleted.values()), default=begin
+            )
             return {
                 "deletedRecords": [
                     {"id": rid, "deletedDate": format_stamp(when)} for when, rid in found
                 ],
                 "earliestDateAvailable": format_stamp(earliest),
-                "latestDateCovered": format_stamp(finish),
+                "latestDateCovered": format_stamp(self._covered(finish)),
             }
 
     # -- collections ------------------------------------------------------------------
@@ -1046,10 +1104,43 @@ class SalesforceState:
         return self.create(sobject, values, self.user_id(user))
 
     def user_update(
-        self, sobject: str, record_id: str, values: Mapping[str, Any], user: str = "Alice"
+        self,
+        sobject: str,
+        record_id: str,
+        values: Mapping[str, Any],
+        user: str = "Alice",
+        commit_lag: float = 0.0,
     ) -> None:
-        """Change some fields of a record as the User called ``user``."""
-        self.update(sobject, record_id, values, self.user_id(user))
+        """Change some fields of a record as the User called ``user``. With ``commit_lag``
+        the change sits in a long transaction: stamped now, seen only ``commit_lag``
+        seconds later, and getUpdated/getDeleted hold ``latestDateCovered`` below it
+        meanwhile, as an org does while a transaction is open."""
+        with self._lock:
+            obj = self.sobject(sobject)
+            before = dict(self._find(obj, record_id))
+            self.update(sobject, record_id, values, self.user_id(user))
+            if commit_lag > 0:
+                record = obj.records[before["Id"]]
+                committed = dict(record)
+                record.clear()
+                record.update(before)
+                due = self.now() + timedelta(seconds=commit_lag)
+                self._uncommitted.append((due, obj.name, before["Id"], committed))
+
+    def commit_due(self) -> None:
+        """Make the changes of transactions that have ended visible, with their own stamps."""
+        with self._lock:
+            now = self.now()
+            for _, sobject, rid, committed in [u for u in self._uncommitted if u[0] <= now]:
+                record = self.sobject(sobject).records.get(rid)
+                if record is not None:
+                    record.update(committed)
+            self._uncommitted = [u for u in self._uncommitted if u[0] > now]
+
+    def _covered(self, finish: datetime) -> datetime:
+        """``latestDateCovered``: ``finish``, held below the oldest open transaction."""
+        pending = [c["SystemModstamp"] for _, _, _, c in self._uncommitted]
+        return min([finish, *(p - timedelta(milliseconds=1) for p in pending)])
 
     def user_delete(self, sobject: str, record_id: str, user: str = "Alice") -> None:
         """Delete a record as the User called ``user``."""
@@ -1191,6 +1282,7 @@ class SalesforceApp:
     async def handle(self, request: Request) -> Response:
         """Answer one request; every answer carries the Sforce-Limit-Info header, and a
         Date header from the org's clock (clients take it as the server's time)."""
+        self.state.commit_due()
         response = await self._handle(request)
         if "sforce-limit-info" not in response.headers:
             response.headers.update(self._limit_header())
@@ -1797,13 +1889,15 @@ def serve(
     latency_ms: float = 0.0,
     data: str | Path | None = None,
     host: str = "127.0.0.1",
+    org_id: str | None = None,
 ) -> None:
     """Serve one org until interrupted (blocking; ``twoway simulate salesforce``). The client
-    acts as "Integration User"; client id ``alice`` (secret ``alice``) acts as "Alice"."""
+    acts as "Integration User"; client id ``alice`` (secret ``alice``) acts as "Alice".
+    ``org_id`` fixes the org's id (the token answer's ``id`` URL names it)."""
     import uvicorn
 
     plan = faults if isinstance(faults, FaultPlan) else FaultPlan.parse(faults)
-    state = SalesforceState(faults=plan, latency_ms=latency_ms)
+    state = SalesforceState(faults=plan, latency_ms=latency_ms, org_id=org_id)
     state.add_client(client_id, client_secret, "Integration User")
     if client_id != "alice":
         state.add_client("alice", "alice", "Alice")
