@@ -5,7 +5,8 @@ conflict, keep one system's value or enter one's own, the form showing both valu
 each changed and the record's match value; per dead letter, retry or drop. Resuming the
 run (its **Resume** button, or ``resume_flow_run(id, run_input=...)``) records the
 decisions exactly as ``twoway conflicts resolve`` and ``twoway deadletters retry`` do; the
-next sync run writes them. A pause that times out decides nothing.
+next sync run writes them. A pause that times out decides nothing (and Prefect ends the
+run Failed: "The flow was not reviewed and never resumed.").
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from prefect import flow, get_run_logger
 from prefect.exceptions import FlowPauseTimeout
 from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
-from prefect.states import Completed
+from prefect.states import Completed, Failed
 from pydantic import Field, create_model
 
 from flows.twoway_flows import SyncRef, refresh_overview
@@ -185,9 +186,11 @@ def review(definition: SyncRef, timeout_minutes: Annotated[int, Field(ge=1)] = 6
     try:
         answer = pause_flow_run(wait_for_input=form, timeout=timeout_minutes * 60)
     except FlowPauseTimeout:
+        # Prefect fails every run whose pause timed out, whatever state it proposes; the
+        # server's message reads "The flow was not reviewed and never resumed."
         message = f"not resumed within {timeout_minutes} minutes: nothing was decided"
         log.warning("%s: %s", parsed.name, message)
-        return Completed(name="Completed, not reviewed", message=message)
+        return Failed(name="Not reviewed", message=message)
     decisions, lines = read_answer(waiting, answer)
     by = answer.decided_by.strip() or DEFAULT_DECIDER
     store = open_store(parsed)

@@ -177,8 +177,13 @@ def _run_row(run: dict[str, Any]) -> str:
 
 
 def publish_overview(definition: Definition, now: datetime | None = None) -> UUID:
-    """Create the sync's overview artifact anew (the key keeps its history); returns its id."""
-    from prefect.artifacts import create_markdown_artifact
+    """Create the sync's overview artifact anew (the key keeps its history); returns its id.
+
+    It belongs to no flow run: it is the sync's page (Artifacts, under its key), not one
+    more card in every run's Artifacts tab.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import ArtifactCreate
 
     store = StateStore(definition.state or "")
     try:
@@ -186,6 +191,11 @@ def publish_overview(definition: Definition, now: datetime | None = None) -> UUI
         markdown, summary = overview_markdown(definition, store, now)
     finally:
         store.close()
-    return create_markdown_artifact(
-        key=artifact_key(definition.name, "overview"), markdown=markdown, description=summary
+    artifact = ArtifactCreate(
+        key=artifact_key(definition.name, "overview"),
+        type="markdown",
+        data=markdown,
+        description=summary,
     )
+    with get_client(sync_client=True) as client:
+        return client.create_artifact(artifact).id
