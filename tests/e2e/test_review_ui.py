@@ -24,13 +24,13 @@ from tests.e2e.test_deployed import (
     BIN,
     POOL,
     REPO,
-    WORKER_PREFETCH_SECONDS,
     Stack,
     _demo_databases,
     _deployment_run,
     _runs,
     _stop,
-    _wait_http,
+    start_server,
+    start_worker,
 )
 
 
@@ -48,33 +48,14 @@ def stack(tmp_path_factory):
     shutil.copy(REPO / "syncs" / "sharepoint-contacts.sync.yaml", syncs)
     s.env["TWOWAY_SYNCS_DIR"] = str(syncs)
     _demo_databases(s.demo)
-    server = s.start(
-        "server",
-        str(BIN / "prefect"),
-        "server",
-        "start",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(s.port),
-    )
     try:
-        _wait_http(f"{s.api}/health", 90, server)
+        start_server(s)
         with temporary_settings(updates={PREFECT_API_URL: s.api}):
             pool = s.run(str(BIN / "prefect"), "work-pool", "create", POOL, "--type", "process")
             assert pool.returncode == 0, pool.stdout + pool.stderr
             deploy = s.run(str(BIN / "prefect"), "--no-prompt", "deploy", "--all")
             assert deploy.returncode == 0, deploy.stdout[-3000:] + deploy.stderr[-3000:]
-            s.start(
-                "worker",
-                str(BIN / "prefect"),
-                "worker",
-                "start",
-                "--pool",
-                POOL,
-                "--prefetch-seconds",
-                WORKER_PREFETCH_SECONDS,
-            )
+            start_worker(s)
             yield s
     finally:
         for proc in reversed(s.procs):

@@ -5,12 +5,19 @@ migration that adds the columns."""
 
 from __future__ import annotations
 
+import pytest
 import sqlalchemy as sa
 
 from tests.syncrig import sync_rig
 from twoway.engine import open_store
 from twoway.overview import overview_markdown
-from twoway.review import Decisions, apply_decisions, pending, resolve_conflict
+from twoway.review import (
+    Decisions,
+    apply_decisions,
+    decision_line,
+    pending,
+    resolve_conflict,
+)
 from twoway.state import SCHEMA_VERSION, StateStore
 
 
@@ -40,14 +47,21 @@ def _held_and_parked(rig) -> None:
     assert rig.run().systems["s1"]["failed"] == 1
 
 
-def test_the_review_lists_both_values_when_each_changed_and_the_match_value(tmp_path):
+@pytest.fixture
+def held(tmp_path):
+    """A rig with one conflict held and one record parked, and its state store open."""
     with sync_rig(tmp_path, conflicts="manual") as rig:
         _held_and_parked(rig)
         store = open_store(rig.definition)
         try:
-            waiting = pending(rig.definition, store)
+            yield rig, store
         finally:
             store.close()
+
+
+def test_the_review_lists_both_values_when_each_changed_and_the_match_value(held):
+    rig, store = held
+    waiting = pending(rig.definition, store)
     (conflict,) = waiting.conflicts
     assert conflict.field == "first_name" and conflict.match == "h@example.com"
     assert conflict.candidates == {"s0": "Right", "s1": "Left"}
@@ -58,36 +72,29 @@ def test_the_review_lists_both_values_when_each_changed_and_the_match_value(tmp_
     assert "refused by a trigger" in letter.error and letter.attempts == 1
 
 
-def test_decisions_are_recorded_with_who_and_when_and_the_next_run_names_them(tmp_path):
-    with sync_rig(tmp_path, conflicts="manual") as rig:
-        _held_and_parked(rig)
-        store = open_store(rig.definition)
-        try:
-            waiting = pending(rig.definition, store)
-            conflict, letter = waiting.conflicts[0], waiting.letters[0]
-            _allow_updates(rig, "s1")
-            made, lines = apply_decisions(
-                rig.definition,
-                store,
-                Decisions(keep={conflict.id: "s1"}, letters={letter.id: "retry"}),
-                by="ui",
-            )
-            assert made == 2
-            assert lines == [
-                f"conflict #{conflict.id} decided: keep s1 for first_name",
-                f"dead letter #{letter.id} retried on the next run",
-            ]
-            (decided,) = store.decided_conflicts(rig.doc["name"])
-            assert decided["decided_by"] == "ui" and decided["decided_at"] is not None
-            report = rig.run()
-            assert rig.row("s0", "h@example.com")["first_name"] == "Left"
-            assert rig.row("s1", "p@example.com")["last_name"] == "Parked"
-            assert store.decided_conflicts(rig.doc["name"]) == []
-            assert store.open_dead_letters(rig.doc["name"]) == []
-        finally:
-            store.close()
-    from twoway.review import decision_line
-
+def test_decisions_are_recorded_with_who_and_when_and_the_next_run_names_them(held):
+    rig, store = held
+    waiting = pending(rig.definition, store)
+    conflict, letter = waiting.conflicts[0], waiting.letters[0]
+    _allow_updates(rig, "s1")
+    made, lines = apply_decisions(
+        rig.definition,
+        store,
+        Decisions(keep={conflict.id: "s1"}, letters={letter.id: "retry"}),
+        by="ui",
+    )
+    assert made == 2
+    assert lines == [
+        f"conflict #{conflict.id} decided: keep s1 for first_name",
+        f"dead letter #{letter.id} retried on the next run",
+    ]
+    (decided,) = store.decided_conflicts(rig.doc["name"])
+    assert decided["decided_by"] == "ui" and decided["decided_at"] is not None
+    report = rig.run()
+    assert rig.row("s0", "h@example.com")["first_name"] == "Left"
+    assert rig.row("s1", "p@example.com")["last_name"] == "Parked"
+    assert store.decided_conflicts(rig.doc["name"]) == []
+    assert store.open_dead_letters(rig.doc["name"]) == []
     written = [decision_line(d) for d in report.decisions]
     assert written[0].startswith(
         f"conflict #{conflict.id} decided: kept s1 for first_name (by ui, "
@@ -96,61 +103,46 @@ def test_decisions_are_recorded_with_who_and_when_and_the_next_run_names_them(tm
     assert written[1].endswith(": written")
 
 
-def test_a_conflict_decided_elsewhere_meanwhile_is_not_decided_twice(tmp_path):
-    with sync_rig(tmp_path, conflicts="manual") as rig:
-        _held_and_parked(rig)
-        store = open_store(rig.definition)
-        try:
-            (conflict,) = pending(rig.definition, store).conflicts
-            resolve_conflict(rig.definition, store, conflict.id, keep="s0", by="alice")
-            made, lines = apply_decisions(
-                rig.definition, store, Decisions(values={conflict.id: "Mine"}), by="ui"
-            )
-            (decided,) = store.decided_conflicts(rig.doc["name"])
-        finally:
-            store.close()
-        assert made == 0
-        assert lines == [
-            f"conflict #{conflict.id}: left as it is "
-            f"(conflict #{conflict.id} is not open (it is decided))"
-        ]
-        assert (decided["chosen"], decided["decided_by"]) == ("Right", "alice")
-        _allow_updates(rig, "s1")
-        rig.run()
-        assert rig.row("s1", "h@example.com")["first_name"] == "Right"
+def test_a_conflict_decided_elsewhere_meanwhile_is_not_decided_twice(held):
+    rig, store = held
+    (conflict,) = pending(rig.definition, store).conflicts
+    resolve_conflict(rig.definition, store, conflict.id, keep="s0", by="alice")
+    made, lines = apply_decisions(
+        rig.definition, store, Decisions(values={conflict.id: "Mine"}), by="ui"
+    )
+    (decided,) = store.decided_conflicts(rig.doc["name"])
+    assert made == 0
+    assert lines == [
+        f"conflict #{conflict.id}: left as it is "
+        f"(conflict #{conflict.id} is not open (it is decided))"
+    ]
+    assert (decided["chosen"], decided["decided_by"]) == ("Right", "alice")
+    _allow_updates(rig, "s1")
+    rig.run()
+    assert rig.row("s1", "h@example.com")["first_name"] == "Right"
 
 
-def test_a_dropped_dead_letter_is_not_tried_again(tmp_path):
-    with sync_rig(tmp_path, conflicts="manual") as rig:
-        _held_and_parked(rig)
-        _allow_updates(rig, "s1")
-        store = open_store(rig.definition)
-        try:
-            (letter,) = pending(rig.definition, store).letters
-            assert apply_decisions(
-                rig.definition, store, Decisions(letters={letter.id: "drop"}), by="ui"
-            ) == (1, [f"dead letter #{letter.id} dropped"])
-            assert apply_decisions(
-                rig.definition, store, Decisions(letters={letter.id: "retry"}), by="ui"
-            ) == (0, [f"dead letter #{letter.id}: left as it is (it is no longer open)"])
-            with store.engine.connect() as conn:
-                row = conn.execute(sa.text("select decision, decided_by from dead_letters")).one()
-            assert tuple(row) == ("drop", "ui")
-        finally:
-            store.close()
-        report = rig.run()
-        assert report.decisions == [] and report.systems["s1"]["updated"] == 0
-        assert rig.row("s1", "p@example.com")["last_name"] == "Q"
+def test_a_dropped_dead_letter_is_not_tried_again(held):
+    rig, store = held
+    _allow_updates(rig, "s1")
+    (letter,) = pending(rig.definition, store).letters
+    assert apply_decisions(
+        rig.definition, store, Decisions(letters={letter.id: "drop"}), by="ui"
+    ) == (1, [f"dead letter #{letter.id} dropped"])
+    assert apply_decisions(
+        rig.definition, store, Decisions(letters={letter.id: "retry"}), by="ui"
+    ) == (0, [f"dead letter #{letter.id}: left as it is (it is no longer open)"])
+    with store.engine.connect() as conn:
+        row = conn.execute(sa.text("select decision, decided_by from dead_letters")).one()
+    assert tuple(row) == ("drop", "ui")
+    report = rig.run()
+    assert report.decisions == [] and report.systems["s1"]["updated"] == 0
+    assert rig.row("s1", "p@example.com")["last_name"] == "Q"
 
 
-def test_the_overview_counts_per_system_and_marks_new_dead_letters(tmp_path):
-    with sync_rig(tmp_path, conflicts="manual") as rig:
-        _held_and_parked(rig)
-        store = open_store(rig.definition)
-        try:
-            markdown, summary = overview_markdown(rig.definition, store)
-        finally:
-            store.close()
+def test_the_overview_counts_per_system_and_marks_new_dead_letters(held):
+    rig, store = held
+    markdown, summary = overview_markdown(rig.definition, store)
     assert (
         summary == f"{rig.doc['name']}: 4 linked records, 1 open conflicts, 1 dead letters (1 new)"
     )
