@@ -12,6 +12,7 @@ run Failed: "The flow was not reviewed and never resumed.").
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -39,9 +40,19 @@ def _shown(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 4] + '..."'
 
 
+def _cell(text: str) -> str:
+    """Text for a markdown table cell: one line, pipes escaped."""
+    return " ".join(text.split()).replace("|", "\\|")
+
+
 def _changed(conflict: HeldConflict, system: str) -> str:
     when = conflict.changed_at.get(system)
-    return f"changed {when.replace('T', ' ')[:19]} UTC" if when else "change time unknown"
+    if not when:
+        return "change time unknown"
+    stamp = datetime.fromisoformat(when)  # a time with no zone is UTC
+    if stamp.tzinfo is not None:
+        stamp = stamp.astimezone(UTC)
+    return f"changed {stamp:%Y-%m-%d %H:%M:%S} UTC"
 
 
 def keep_choices(conflict: HeldConflict) -> dict[str, str]:
@@ -105,9 +116,10 @@ def review_markdown(waiting: Pending) -> str:
         ]
         for c in waiting.conflicts:
             values = "<br>".join(
-                f"{s}: `{_shown(v)}` ({_changed(c, s)})" for s, v in sorted(c.candidates.items())
+                f"{s}: `{_cell(_shown(v))}` ({_changed(c, s)})"
+                for s, v in sorted(c.candidates.items())
             )
-            lines.append(f"| {c.id} | {c.match} | {c.field} | {values} |")
+            lines.append(f"| {c.id} | {_cell(c.match)} | {c.field} | {values} |")
     if waiting.letters:
         lines += [
             "",
@@ -117,10 +129,9 @@ def review_markdown(waiting: Pending) -> str:
             "|---|---|---|---|---:|---|---|",
         ]
         for d in waiting.letters:
-            error = " ".join(d.error.split())[:160].replace("|", "\\|")
             lines.append(
-                f"| {d.id} | {d.system} | {d.record} | {d.operation} | {d.attempts} "
-                f"| {d.first_seen:%Y-%m-%d %H:%M:%S} | {error} |"
+                f"| {d.id} | {d.system} | {_cell(d.record)} | {d.operation} | {d.attempts} "
+                f"| {d.first_seen:%Y-%m-%d %H:%M:%S} | {_cell(d.error[:160])} |"
             )
     return "\n".join(lines)
 
