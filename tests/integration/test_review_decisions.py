@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 import sqlalchemy as sa
 
+from tests.sqlrig import server_url
 from tests.syncrig import sync_rig
 from twoway.engine import open_store
 from twoway.overview import overview_markdown
@@ -155,8 +156,9 @@ def test_the_overview_counts_per_system_and_marks_new_dead_letters(held):
     assert f"`twoway-review/{rig.doc['name']}-review`" in markdown
 
 
-def test_an_older_store_gets_the_decision_columns(tmp_path):
-    url = f"sqlite:///{tmp_path / 'old.db'}"
+@pytest.mark.parametrize("backend", ["sqlite", "postgres", "mariadb"])
+def test_an_older_store_gets_the_decision_columns(tmp_path, backend):
+    url = server_url(backend, tmp_path)
     store = StateStore(url)
     store.migrate()
     with store.engine.begin() as conn:
