@@ -33,6 +33,8 @@ LEAVE_OPEN = "leave open"
 OWN_VALUE = "enter my own value below"
 LETTER_CHOICES = ("leave", "retry", "drop")
 DEFAULT_DECIDER = "ui"
+#: conflicts and dead letters one form holds (the oldest first); the next review has the rest
+REVIEW_CAP = 50
 
 
 def _shown(value: Any, limit: int = 60) -> str:
@@ -106,6 +108,16 @@ def review_form(waiting: Pending) -> type[RunInput]:
 def review_markdown(waiting: Pending) -> str:
     """What the form's page shows above it: every held value with its change time."""
     lines = [f"## Review of sync `{waiting.sync}`", ""]
+    more = [
+        f"{total - len(shown)} more {what} wait for the next review."
+        for what, shown, total in (
+            ("conflicts", waiting.conflicts, waiting.conflicts_open),
+            ("dead letters", waiting.letters, waiting.letters_open),
+        )
+        if total > len(shown)
+    ]
+    if more:
+        lines += [f"This form holds the oldest {REVIEW_CAP} of each: " + " ".join(more), ""]
     if waiting.conflicts:
         lines += [
             f"**{len(waiting.conflicts)} held conflicts**: keep one system's value, or enter "
@@ -181,7 +193,7 @@ def review(definition: SyncRef, timeout_minutes: Annotated[int, Field(ge=1)] = 6
     parsed = load_definition(catalog.resolve(definition))
     store = open_store(parsed)
     try:
-        waiting = pending(parsed, store)
+        waiting = pending(parsed, store, REVIEW_CAP)
     finally:
         store.close()  # not held open while the run waits for a person
     if not waiting:
@@ -190,8 +202,8 @@ def review(definition: SyncRef, timeout_minutes: Annotated[int, Field(ge=1)] = 6
     log.info(
         "%s: %d conflicts and %d dead letters wait; resume this run with your decisions",
         parsed.name,
-        len(waiting.conflicts),
-        len(waiting.letters),
+        waiting.conflicts_open,
+        waiting.letters_open,
     )
     form = review_form(waiting).with_initial_data(description=review_markdown(waiting))
     try:

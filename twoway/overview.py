@@ -58,7 +58,8 @@ def overview_markdown(
     sync = definition.name
     now = now or _naive_now()
     counts = store.counts(sync)
-    waiting = pending(definition, store)
+    waiting = pending(definition, store, LISTED)
+    held_all = store.open_conflicts(sync)
     decided = store.decided_conflicts(sync)
     runs = store.last_runs(sync, LAST_RUNS)
     finished = [r for r in runs if r["finished_at"] and not r["dry_run"]]
@@ -76,10 +77,10 @@ def overview_markdown(
         "|---|---:|---:|---:|---:|---|",
     ]
     for system in definition.systems:
-        held = [c for c in waiting.conflicts if system in c.candidates]
+        held = [c for c in held_all if system in c["candidates"]]
         undone = [c for c in decided if system in _systems_of(c)]
         parked = [d for d in letters if d["system"] == system]
-        oldest = [c.detected_at for c in held if c.detected_at]
+        oldest = [c["detected_at"] for c in held if c["detected_at"]]
         oldest += [c["detected_at"] for c in undone if c["detected_at"]]
         oldest += [d["first_seen"] for d in parked]
         lag = _age(now - min(oldest)) if oldest else "none"
@@ -93,19 +94,19 @@ def overview_markdown(
     if waiting.letters:
         lines += [
             "",
-            f"## Dead letters ({len(waiting.letters)})",
+            f"## Dead letters ({waiting.letters_open})",
             "",
             "| # | system | record | operation | attempts | first seen (UTC) | error |",
             "|---|---|---|---|---:|---|---|",
         ]
-        for d in waiting.letters[:LISTED]:
+        for d in waiting.letters:
             mark = " **new**" if d.id in new_ids else ""
             lines.append(
                 f"| {d.id}{mark} | {d.system} | {_cell(d.record)} | {d.operation} | {d.attempts} "
                 f"| {_when(d.first_seen)} | {_cell(d.error, 120)} |"
             )
-        if len(waiting.letters) > LISTED:
-            lines.append(f"\n(first {LISTED} of {len(waiting.letters)} shown)")
+        if waiting.letters_open > LISTED:
+            lines.append(f"\n(the first {LISTED} of {waiting.letters_open} shown)")
 
     lines += ["", "## Last runs", ""]
     if runs:
@@ -121,7 +122,7 @@ def overview_markdown(
     lines += ["", "## Review", ""]
     if waiting:
         lines.append(
-            f"{len(waiting.conflicts)} conflicts and {len(waiting.letters)} dead letters wait "
+            f"{waiting.conflicts_open} conflicts and {waiting.letters_open} dead letters wait "
             "for a person."
         )
     else:
@@ -139,7 +140,7 @@ def overview_markdown(
     ]
     summary = (
         f"{sync}: {sum(counts['linked'].values())} linked records, "
-        f"{len(waiting.conflicts)} open conflicts, {len(waiting.letters)} dead letters"
+        f"{waiting.conflicts_open} open conflicts, {waiting.letters_open} dead letters"
         f" ({len(new_ids)} new)"
     )
     return "\n".join(lines), summary

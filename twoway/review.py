@@ -60,8 +60,10 @@ class Pending:
     """What waits for a person in one sync."""
 
     sync: str
-    conflicts: list[HeldConflict]
+    conflicts: list[HeldConflict]  # the oldest first, up to the limit asked for
     letters: list[ParkedRecord]
+    conflicts_open: int = 0  # all of them
+    letters_open: int = 0
 
     def __bool__(self) -> bool:
         return bool(self.conflicts or self.letters)
@@ -92,11 +94,13 @@ def record_names(
     return out
 
 
-def pending(definition: Definition, store: StateStore) -> Pending:
-    """The sync's open conflicts and open dead letters, with the records named."""
+def pending(definition: Definition, store: StateStore, limit: int | None = None) -> Pending:
+    """The sync's open conflicts and open dead letters (the oldest ``limit`` of each), with
+    the records named."""
     sync = definition.name
-    held = store.open_conflicts(sync)
-    letters = store.open_dead_letters(sync)
+    all_held = store.open_conflicts(sync)
+    all_letters = store.open_dead_letters(sync)
+    held, letters = all_held[:limit], all_letters[:limit]
     links = {c["link_id"] for c in held} | {d["link_id"] for d in letters if d["link_id"]}
     names = record_names(definition, store, links)
     conflicts = [
@@ -127,7 +131,7 @@ def pending(definition: Definition, store: StateStore) -> Pending:
         )
         for d in letters
     ]
-    return Pending(sync, conflicts, parked)
+    return Pending(sync, conflicts, parked, len(all_held), len(all_letters))
 
 
 def resolve_conflict(

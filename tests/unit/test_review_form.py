@@ -77,3 +77,15 @@ def test_answers_become_decisions_and_defaults_decide_nothing():
     assert not empty and problems == ["conflict #3: left open (no value of your own entered)"]
     with pytest.raises(ValidationError):
         form(conflict_3="keep erp: 1")
+
+
+def test_a_capped_form_says_how_many_more_wait():
+    from dataclasses import replace
+
+    from flows.review import REVIEW_CAP
+
+    crowded = replace(WAITING, conflicts_open=120, letters_open=1)
+    assert f"This form holds the oldest {REVIEW_CAP} of each: 119 more conflicts wait" in (
+        review_markdown(crowded)
+    )
+    assert "more dead letters" not in review_markdown(crowded)
