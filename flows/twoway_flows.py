@@ -10,7 +10,6 @@ bar that moves while the run works. Its final state message is a one-line summar
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,7 +28,9 @@ from pydantic import AfterValidator, Field
 from twoway import catalog
 from twoway.definition import Definition, load_definition
 from twoway.engine import RunReport, Runtime, Steps, run_sync
+from twoway.overview import artifact_key, publish_overview
 from twoway.report import COUNT_COLUMNS, TABLE_CAP, count_plan_rows, plan_rows
+from twoway.review import decisions_markdown
 
 #: sync names known when this module was imported; the deployment's parameter schema lists
 #: them, so the server refuses a run of an unknown sync when the run is created
@@ -76,8 +77,7 @@ Direction = Annotated[
 ]
 
 
-def _artifact_key(name: str, suffix: str) -> str:
-    return re.sub(r"[^a-z0-9-]+", "-", f"twoway-{name}-{suffix}".lower()).strip("-")
+_artifact_key = artifact_key
 
 
 def _short(value: Any, limit: int = 40) -> str:
@@ -231,6 +231,7 @@ def report_markdown(
     if report.error:
         lines += ["", f"**Error:** {report.error}"]
 
+    lines += decisions_markdown(report.decisions)
     lines += ["", f"## Conflicts ({len(report.conflict_list)})"]
     if report.conflict_list:
         lines += [
@@ -336,6 +337,15 @@ def _publish(definition: Definition, report: RunReport) -> None:
             description=f"field-level changes of {report.sync}{note}",
         )
     _log_outcome(report, details)
+    refresh_overview(definition)
+
+
+def refresh_overview(definition: Definition) -> None:
+    """Refresh the sync's overview artifact; a failure to is logged, never fails the run."""
+    try:
+        publish_overview(definition)
+    except Exception as exc:
+        get_run_logger().warning("%s: the overview was not refreshed: %s", definition.name, exc)
 
 
 def _log_outcome(report: RunReport, details: dict[str, Any]) -> None:

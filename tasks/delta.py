@@ -231,6 +231,7 @@ def compute_deltas(
                     "field": fname,
                     "policy": definition.conflicts,
                     "candidates": proposals,
+                    "changed_at": _changed_at(proposals, observed),
                     "winner": winner,
                     "chosen": proposals[winner] if winner else None,
                     "status": "resolved" if winner else "open",
@@ -279,6 +280,15 @@ def _changed_fields(
         f: v
         for f, v in values.items()
         if f in definition.field_maps and f in base and not _same(base[f], v)
+    }
+
+
+def _changed_at(proposals: dict[str, Any], observed: dict[str, Observed]) -> dict[str, str]:
+    """When each proposing system's record last changed (ISO 8601), where it says."""
+    return {
+        system: record.modified_at.isoformat()
+        for system in proposals
+        if (record := observed.get(system)) is not None and record.modified_at is not None
     }
 
 

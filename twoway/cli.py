@@ -415,6 +415,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         letters = store.open_dead_letters(definition.name)
     finally:
         store.close()
+    _refresh_overview(definition)
     if args.json:
         print(
             json.dumps(
@@ -456,12 +457,28 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _refresh_overview(definition) -> None:
+    """With a Prefect server configured, refresh the sync's overview artifact there."""
+    from prefect.settings import get_current_settings
+
+    if not get_current_settings().api.url:
+        return  # no server to show it on (a temporary one would vanish with this process)
+    from twoway.overview import publish_overview
+
+    try:
+        publish_overview(definition)
+    except Exception as exc:  # the status itself is still right
+        print(f"note: the overview was not refreshed: {redact(str(exc))}", file=sys.stderr)
+
+
 def cmd_deadletters(args: argparse.Namespace) -> int:
     definition = _load(args.path)
     store = _open_store(definition)
     try:
         if args.action == "retry":
-            count = store.retry_dead_letters(definition.name, args.ids)
+            from twoway.review import command_line_user
+
+            count = store.retry_dead_letters(definition.name, args.ids, by=command_line_user())
             print(f"{count} dead letters will be retried on the next run")
             return EXIT_OK
         letters = store.open_dead_letters(definition.name)
@@ -718,32 +735,12 @@ def cmd_conflicts(args: argparse.Namespace) -> int:
 
 
 def _resolve_conflict(definition, store, args: argparse.Namespace) -> int:
-    system = value = None
-    if args.value is not None:
-        value = args.value
-    else:
-        conflict = next(
-            (c for c in store.open_conflicts(definition.name) if c["id"] == args.id), None
-        )
-        if conflict is None:
-            raise TwowayError(
-                f"sync {definition.name!r} has no open conflict #{args.id} "
-                f"(twoway conflicts list {definition.name})"
-            )
-        if args.keep in conflict["candidates"]:
-            system = args.keep
-        elif args.keep in definition.systems:
-            raise TwowayError(
-                f"conflict #{args.id} has no value from {args.keep!r}; "
-                "use --value to keep that text as the value"
-            )
-        else:
-            value = args.keep
-    if system is not None:
-        decided = store.decide_conflict(definition.name, args.id, system=system)
-    else:
-        decided = store.decide_conflict(definition.name, args.id, value=value)
-    source = f" (the value of {system})" if system else ""
+    from twoway.review import command_line_user, resolve_conflict
+
+    decided = resolve_conflict(
+        definition, store, args.id, keep=args.keep, value=args.value, by=command_line_user()
+    )
+    source = f" (the value of {decided['system']})" if decided["system"] else ""
     print(
         f"conflict #{decided['id']} decided: {decided['field']} = {decided['chosen']!r}{source}; "
         "the next run applies it"

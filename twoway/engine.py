@@ -31,6 +31,7 @@ from twoway.contract import Create, Delete, Endpoint, Update
 from twoway.definition import Definition
 from twoway.errors import AlreadyRunning, MassChangeRefused, TwowayError
 from twoway.retry import RetryPolicy
+from twoway.review import applied_decisions, decision_line
 from twoway.state import Intent, Member, StateChanges, StateStore
 from twoway.uuid7 import TimeOrderedIds
 from twoway.values import values_hash
@@ -99,6 +100,7 @@ class RunReport:
     plan: Plan | None = None
     conflict_list: list[dict[str, Any]] = field(default_factory=list)
     failures: list[dict[str, Any]] = field(default_factory=list)
+    decisions: list[dict[str, Any]] = field(default_factory=list)  # people's, this run wrote
     seconds: float = 0.0  # the run itself: state, reads, writes, commit (not start-up)
 
     def as_json(self) -> dict[str, Any]:
@@ -440,6 +442,9 @@ def _run(
         {k: v for k, v in letter.items() if k != "payload"} for letter in changes.dead_letters
     ]
     steps(commit_state, commit_state_task, "commit state", store, sync, changes, report.run_id)
+    report.decisions = applied_decisions(decided, due, changes)
+    for decision in report.decisions:
+        log.info("%s: %s", sync, decision_line(decision))
     log.info(
         "%s: %s; %d conflicts",
         sync,

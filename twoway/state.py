@@ -97,6 +97,10 @@ conflicts = sa.Table(
     sa.Column("detected_at", sa.DateTime, nullable=False),
     sa.Column("resolved_at", sa.DateTime, nullable=True),
     sa.Index("ix_conflicts_open", "sync", "status", "link_id"),
+    # version 6: when each system's value changed, and who decided the conflict, when
+    sa.Column("changed_at", sa.Text, nullable=True),  # {system: ISO time}
+    sa.Column("decided_by", S, nullable=True),
+    sa.Column("decided_at", sa.DateTime, nullable=True),
 )
 dead_letters = sa.Table(
     "dead_letters",
@@ -116,6 +120,10 @@ dead_letters = sa.Table(
     sa.Column("next_attempt_at", sa.DateTime, nullable=False),
     sa.Column("resolved_at", sa.DateTime, nullable=True),
     sa.Index("ix_dead_letters_open", "sync", "resolved_at"),
+    # version 6: a person's retry or drop, by whom and when
+    sa.Column("decision", sa.String(16), nullable=True),  # retry | drop
+    sa.Column("decided_by", S, nullable=True),
+    sa.Column("decided_at", sa.DateTime, nullable=True),
 )
 runs = sa.Table(
     "runs",
@@ -188,6 +196,21 @@ def _seen_refers_to_base(conn: sa.Connection) -> None:
     are no longer stored twice). Nothing to convert; an older twoway must not read the store."""
 
 
+def _decisions(conn: sa.Connection) -> None:
+    """Version 6: who decided a conflict or a dead letter and when, and when each value of a
+    conflict changed (the review shows them)."""
+    for table, names in (
+        (conflicts, ("changed_at", "decided_by", "decided_at")),
+        (dead_letters, ("decision", "decided_by", "decided_at")),
+    ):
+        have = {c["name"] for c in sa.inspect(conn).get_columns(table.name)}
+        for name in names:
+            if name not in have:  # new stores have them from their first version
+                column = table.c[name]
+                kind = column.type.compile(dialect=conn.dialect)
+                conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {name} {kind}")
+
+
 #: ordered schema migrations; number N brings a store from version N-1 to N
 MIGRATIONS: list[Callable[[sa.Connection], None]] = [
     _initial,
@@ -195,6 +218,7 @@ MIGRATIONS: list[Callable[[sa.Connection], None]] = [
     _live_index,
     _no_base_hash,
     _seen_refers_to_base,
+    _decisions,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -492,6 +516,7 @@ class StateStore:
         for row in rows:
             row["candidates"] = json.loads(row["candidates"])
             row["chosen"] = json.loads(row["chosen"]) if row["chosen"] is not None else None
+            row["changed_at"] = json.loads(row["changed_at"]) if row["changed_at"] else {}
         return rows
 
     def decided_conflicts(self, sync: str) -> list[dict[str, Any]]:
@@ -506,9 +531,16 @@ class StateStore:
         return rows
 
     def decide_conflict(
-        self, sync: str, conflict_id: int, *, system: str | None = None, value: Any = None
+        self,
+        sync: str,
+        conflict_id: int,
+        *,
+        system: str | None = None,
+        value: Any = None,
+        by: str | None = None,
     ) -> dict[str, Any]:
-        """Settle an open conflict: keep ``system``'s value, or ``value``; the next run applies it."""
+        """Settle an open conflict: keep ``system``'s value, or ``value``; the next run applies
+        it. ``by`` names who decided (kept with the time)."""
         with self.engine.begin() as conn:
             row = conn.execute(
                 sa.select(conflicts).where(conflicts.c.sync == sync, conflicts.c.id == conflict_id)
@@ -525,11 +557,20 @@ class StateStore:
                         f"choose one of {', '.join(sorted(candidates))} or give a value"
                     )
                 value = candidates[system]
-            conn.execute(
+            # decided elsewhere since the read above (the CLI and the review at once): refuse
+            updated = conn.execute(
                 conflicts.update()
-                .where(conflicts.c.id == conflict_id)
-                .values(status="decided", winner=system or "(person)", chosen=_dumps(value))
+                .where(conflicts.c.id == conflict_id, conflicts.c.status == "open")
+                .values(
+                    status="decided",
+                    winner=system or "(person)",
+                    chosen=_dumps(value),
+                    decided_by=by,
+                    decided_at=self.now(),
+                )
             )
+            if updated.rowcount != 1:
+                raise Fatal(f"conflict #{conflict_id} is not open (it was decided meanwhile)")
         return {"id": conflict_id, "link_id": row.link_id, "field": row.field, "chosen": value}
 
     def conflicts_of_run(self, run_id: str) -> list[dict[str, Any]]:
@@ -715,6 +756,9 @@ class StateStore:
                         policy=conflict["policy"],
                         winner=conflict.get("winner"),
                         candidates=_dumps(conflict["candidates"]),
+                        changed_at=_dumps(conflict["changed_at"])
+                        if conflict.get("changed_at")
+                        else None,
                         chosen=_dumps(conflict["chosen"]) if conflict.get("winner") else None,
                         run_id=run_id,
                         detected_at=now,
@@ -779,6 +823,7 @@ class StateStore:
             "attempts": attempts,
             "last_seen": now,
             "next_attempt_at": now + wait,
+            "decision": None,  # a retry a person asked for has been made
         }
         if existing:
             conn.execute(
@@ -797,15 +842,36 @@ class StateStore:
                 )
             )
 
-    def retry_dead_letters(self, sync: str, ids: Sequence[int] | None = None) -> int:
-        """Make dead letters due now (``twoway deadletters retry``); returns how many."""
+    def retry_dead_letters(
+        self, sync: str, ids: Sequence[int] | None = None, by: str | None = None
+    ) -> int:
+        """Make dead letters due now (``twoway deadletters retry``; no ids: all of them);
+        returns how many."""
+        now = self.now()
+        return self._decide_letters(
+            sync,
+            list(ids) if ids else None,
+            next_attempt_at=now,
+            decision="retry",
+            decided_by=by,
+            decided_at=now,
+        )
+
+    def drop_dead_letters(self, sync: str, ids: Sequence[int], by: str | None = None) -> int:
+        """Give up on dead letters: no run tries them again; returns how many."""
+        now = self.now()
+        return self._decide_letters(
+            sync, ids, resolved_at=now, decision="drop", decided_by=by, decided_at=now
+        )
+
+    def _decide_letters(self, sync: str, ids: Sequence[int] | None, **values: Any) -> int:
         query = dead_letters.update().where(
             dead_letters.c.sync == sync, dead_letters.c.resolved_at.is_(None)
         )
-        if ids:
+        if ids is not None:
             query = query.where(dead_letters.c.id.in_(list(ids)))
         with self.engine.begin() as conn:
-            return conn.execute(query.values(next_attempt_at=self.now())).rowcount
+            return conn.execute(query.values(**values)).rowcount
 
     # -- the intent log: creates announced before they are sent ---------------------------
 

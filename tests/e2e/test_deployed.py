@@ -144,6 +144,35 @@ def _emails(db: Path, table: str, column: str) -> set[str]:
         return {r[0] for r in conn.execute(f"SELECT {column} FROM {table}")}
 
 
+def start_server(s: Stack) -> None:
+    """A Prefect server on the stack's port, once it answers."""
+    server = s.start(
+        "server",
+        str(BIN / "prefect"),
+        "server",
+        "start",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(s.port),
+    )
+    _wait_http(f"{s.api}/health", 90, server)
+
+
+def start_worker(s: Stack) -> None:
+    """A process worker on the stack's pool."""
+    s.start(
+        "worker",
+        str(BIN / "prefect"),
+        "worker",
+        "start",
+        "--pool",
+        POOL,
+        "--prefetch-seconds",
+        WORKER_PREFETCH_SECONDS,
+    )
+
+
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -165,18 +194,8 @@ def stack(tmp_path_factory):
     s.graph, s.sim = graph, sim
     s.env["TWOWAY_GRAPH_URL"] = sim.url
     s.env["TWOWAY_GRAPH_TOKEN_URL"] = f"{sim.url}/{TENANT}/oauth2/v2.0/token"
-    server = s.start(
-        "server",
-        str(BIN / "prefect"),
-        "server",
-        "start",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(s.port),
-    )
     try:
-        _wait_http(f"{s.api}/health", 90, server)
+        start_server(s)
         with temporary_settings(updates={PREFECT_API_URL: s.api}):
             IntegrationAccountCredentials(
                 client_id="twoway", client_secret="twoway-secret", webhook_secret=WEBHOOK_SECRET
@@ -186,16 +205,7 @@ def stack(tmp_path_factory):
             started = time.monotonic()
             s.deploy = s.run(str(BIN / "prefect"), "--no-prompt", "deploy", "--all")
             s.deploy_seconds = time.monotonic() - started
-            s.start(
-                "worker",
-                str(BIN / "prefect"),
-                "worker",
-                "start",
-                "--pool",
-                POOL,
-                "--prefetch-seconds",
-                WORKER_PREFETCH_SECONDS,
-            )
+            start_worker(s)
             s.receiver_port = _free_port()
             receiver = s.start(
                 "receiver",

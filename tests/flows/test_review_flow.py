@@ -1,0 +1,178 @@
+"""The review flow against a real Prefect API: a sync run holds conflicts and parks a
+record, the review pauses with its form, the test resumes it through the API with
+decisions (one conflict meanwhile decided from the command line), and the next sync run
+writes the chosen values everywhere, retries the letter and names the decisions in its
+report; a review that times out decides nothing; the overview artifact keeps its key."""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import threading
+import time
+
+import pytest
+
+import flows.review as review_module
+from flows.review import review
+from flows.twoway_flows import two_way_sync
+from tests.flows.test_operations import _artifacts, _in_catalog
+from tests.syncrig import sync_rig
+from twoway import cli
+from twoway.engine import open_store
+
+
+def _start(**params) -> tuple[threading.Thread, list]:
+    """Run the review flow on a thread (it blocks while paused); its final state lands in
+    the returned list."""
+    out: list = []
+    context = contextvars.copy_context()  # the test's Prefect settings
+    thread = threading.Thread(
+        target=lambda: out.append(context.run(review, return_state=True, **params)), daemon=True
+    )
+    thread.start()
+    return thread, out
+
+
+def _paused_review(name: str, timeout: float = 60):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            runs = client.read_flow_runs(
+                flow_filter=FlowFilter(name=FlowFilterName(any_=["twoway-review"]))
+            )
+            for run in runs:
+                if run.name == f"{name}: review" and run.state and run.state.is_paused():
+                    return run
+            time.sleep(0.5)
+    raise AssertionError(f"no paused review of {name} within {timeout} s")
+
+
+def _hold_and_park(rig, name: str) -> None:
+    for email in ("h1@example.com", "h2@example.com", "p@example.com"):
+        rig.add("s0", email, "A", "B")
+    assert two_way_sync(definition=name)["status"] == "completed"
+    for email in ("h1@example.com", "h2@example.com"):
+        rig.edit("s1", email, first_name="Left")
+        rig.edit("s0", email, first_name="Right")
+    assert two_way_sync(definition=name)["conflicts"] == 2
+    with rig.engines["s1"].begin() as conn:
+        conn.exec_driver_sql(
+            f"CREATE TRIGGER refuse BEFORE UPDATE ON {rig.tables['s1'].name} "
+            "BEGIN SELECT RAISE(ABORT, 'refused by a trigger'); END"
+        )
+    rig.edit("s0", "p@example.com", last_name="Parked")
+    assert two_way_sync(definition=name)["systems"]["s1"]["failed"] == 1
+
+
+def _waiting(rig):
+    from twoway.review import pending
+
+    store = open_store(rig.definition)
+    try:
+        return pending(rig.definition, store)
+    finally:
+        store.close()
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_a_review_resumed_through_the_api_is_written_by_the_next_run(tmp_path, monkeypatch):
+    from prefect.client.orchestration import get_client
+    from prefect.flow_runs import resume_flow_run
+
+    with sync_rig(tmp_path, conflicts="manual") as rig:
+        name = _in_catalog(rig, tmp_path, monkeypatch)
+        _hold_and_park(rig, name)
+        waiting = _waiting(rig)
+        first, second = waiting.conflicts
+        (letter,) = waiting.letters
+        thread, outcome = _start(definition=name)
+        paused = _paused_review(name)
+
+        keyset = paused.state.state_details.run_input_keyset
+        with get_client(sync_client=True) as client:
+            schema = client.read_flow_run_input(paused.id, keyset["schema"])
+            description = client.read_flow_run_input(paused.id, keyset["description"])
+        props = json.loads(schema)["properties"]
+        form = props[f"conflict_{first.id}"]
+        assert form["title"] == f"Conflict #{first.id}: first_name of h1@example.com"
+        assert 'keep s0: "Right"' in form["enum"] and 'keep s1: "Left"' in form["enum"]
+        assert 's0: "Right" (changed ' in form["description"]
+        assert 's1: "Left" (changed ' in form["description"]
+        assert props[f"dead_letter_{letter.id}"]["enum"] == ["leave", "retry", "drop"]
+        assert "h1@example.com" in description and "refused by a trigger" in description
+
+        # meanwhile someone decides the second conflict from a shell
+        assert cli.main(["conflicts", "resolve", name, str(second.id), "--keep", "s0"]) == 0
+        with rig.engines["s1"].begin() as conn:
+            conn.exec_driver_sql("DROP TRIGGER refuse")
+        resume_flow_run(
+            paused.id,
+            run_input={
+                f"conflict_{first.id}": 'keep s1: "Left"',
+                f"conflict_{second.id}": 'keep s1: "Left"',
+                f"dead_letter_{letter.id}": "retry",
+                "decided_by": "Olga",
+            },
+        )
+        thread.join(90)
+        (state,) = outcome
+        assert state.is_completed() and state.name == "Completed, 2 decided", state
+        assert f"conflict #{first.id} decided: keep s1 for first_name" in state.message
+        assert f"conflict #{second.id}: left as it is" in state.message
+        assert f"dead letter #{letter.id} retried on the next run" in state.message
+
+        after = two_way_sync(definition=name, return_state=True)
+        report = _artifacts(after.state_details.flow_run_id)["markdown"].data
+        assert rig.row("s0", "h1@example.com")["first_name"] == "Left"  # the review's choice
+        assert rig.row("s1", "h2@example.com")["first_name"] == "Right"  # the shell's choice
+        assert rig.row("s1", "p@example.com")["last_name"] == "Parked"  # the letter retried
+    assert "## Decided by a person (3)" in report
+    assert f"conflict #{first.id} decided: kept s1 for first_name (by Olga, " in report
+    assert f"conflict #{second.id} decided: kept s0 for first_name (by " in report
+    assert f"dead letter #{letter.id} retried (by Olga, " in report and ": written" in report
+
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        (overview,) = client.read_latest_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[f"twoway-{name}-overview"]))
+        )
+    assert (
+        overview.description
+        == f"{name}: 6 linked records, 0 open conflicts, 0 dead letters (0 new)"
+    )
+    assert "Nothing waits for a person." in overview.data
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_a_review_that_times_out_decides_nothing(tmp_path, monkeypatch):
+    real_pause = review_module.pause_flow_run
+
+    def quick(wait_for_input, timeout):  # the real pause, two seconds long
+        return real_pause(wait_for_input=wait_for_input, timeout=2, poll_interval=1)
+
+    monkeypatch.setattr(review_module, "pause_flow_run", quick)
+    with sync_rig(tmp_path, conflicts="manual") as rig:
+        name = _in_catalog(rig, tmp_path, monkeypatch)
+        _hold_and_park(rig, name)
+        before = _waiting(rig)
+        state = review(definition=name, return_state=True)
+        after = _waiting(rig)
+    # Prefect fails a run whose pause timed out; the review proposed "Not reviewed"
+    assert state.is_failed() and state.message == "The flow was not reviewed and never resumed."
+    assert [c.id for c in after.conflicts] == [c.id for c in before.conflicts]
+    assert [d.id for d in after.letters] == [d.id for d in before.letters]
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_a_review_with_nothing_waiting_does_not_pause(tmp_path, monkeypatch):
+    with sync_rig(tmp_path) as rig:
+        name = _in_catalog(rig, tmp_path, monkeypatch)
+        rig.add("s0", "a@example.com")
+        two_way_sync(definition=name)
+        state = review(definition=name, return_state=True)
+    assert state.is_completed() and state.name == "Completed, nothing to review"
