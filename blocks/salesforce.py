@@ -196,6 +196,8 @@ class SalesforceObject(HttpEndpointBlock):
 
     def _fields(self) -> list[str]:
         names = [self.key, *self.columns_to_sync, self.modified_at, self.modified_by]
+        if self.external_id_field:  # the link marker of the records twoway created
+            names.append(self.external_id_field)
         return list(dict.fromkeys(names))
 
     def _record(self, item: dict[str, Any]) -> RawRecord:
@@ -214,6 +216,7 @@ class SalesforceObject(HttpEndpointBlock):
             if isinstance(by, str) and sfid.is_valid(by, strict=False)
             else by,
             version=str(stamp) if stamp is not None else None,
+            link=item.get(self.external_id_field) if self.external_id_field else None,
         )
 
     def read_pages(self, cursor: str | None) -> Iterator[ChangeSet]:

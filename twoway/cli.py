@@ -343,12 +343,16 @@ def cmd_check(args: argparse.Namespace) -> int:
 def link_marker_notes(definition) -> list[str]:
     """The systems where twoway cannot mark its creates, and what that leaves possible."""
     return [
-        f"systems.{name} has no link marker (link_column): a create whose answer is lost "
-        "and whose copy a person edits before the next run can give a duplicate "
-        "(docs/operations.md, 'Link markers')"
+        f"systems.{name} has no link marker ({_MARKER_KEY.get(system.kind, 'link_column')}): "
+        "a create whose answer is lost and whose copy a person edits before the next run "
+        "can give a duplicate (docs/operations.md, 'Link markers')"
         for name, system in definition.systems.items()
-        if not getattr(system, "link_column", None)
+        if not getattr(system, _MARKER_KEY.get(system.kind, "link_column"), None)
     ]
+
+
+#: the key that names a kind's link marker (where it has one)
+_MARKER_KEY = {"sql": "link_column", "salesforce": "external_id_field"}
 
 
 def cmd_init(args: argparse.Namespace) -> int:

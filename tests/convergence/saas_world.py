@@ -211,13 +211,16 @@ class SalesforceSide(SimulatorSide):
     COLLECTION = "Record__c"
     REFUSED = SfError
     COLUMNS = {"email": "Email__c", "first_name": "First_Name__c", "last_name": "Last_Name__c"}
+    MARKER = "Twoway_Link__c"
 
     def __init__(self, world: World, name: str):
         super().__init__(world, name)
         self.state = SalesforceState(clock=world.clock, faults=self.plan, seed=world.seed)
+        self.marked = True  # an External ID field holds the link id of every create
         self.state.define(
             self.COLLECTION,
-            {col: {"type": "string", "length": 80} for col in self.COLUMNS.values()},
+            {col: {"type": "string", "length": 80} for col in self.COLUMNS.values()}
+            | {self.MARKER: {"type": "string", "length": 40, "externalId": True}},
         )
         self.account = self.state.add_client(CLIENT_ID, CLIENT_SECRET, "Integration User")
         self.serve(salesforce_app(self.state), _salesforce_next_page)
@@ -229,6 +232,7 @@ class SalesforceSide(SimulatorSide):
             "client_id": CLIENT_ID,
             "client_secret": CLIENT_SECRET,
             "object": self.COLLECTION,
+            "external_id_field": self.MARKER,
             "integration_account": self.account,
             "overlap_seconds": self.world.overlap,
         }
@@ -237,6 +241,7 @@ class SalesforceSide(SimulatorSide):
         block = SalesforceObject(
             instance_url=self.server.url,
             object=self.COLLECTION,
+            external_id_field=self.MARKER,
             integration_account=self.account,
             columns_to_sync=list(self.COLUMNS.values()),
             page_size=PAGE_SIZE,

@@ -421,6 +421,23 @@ ONE_WAY_RUN_CREATES_AGAIN_WHAT_A_DEAD_RUN_CREATED = (
 )
 
 
+# the same with a Salesforce object: its External ID field carries the link id
+SALESFORCE_LOST_CREATE_FOUND_BY_ITS_EXTERNAL_ID = (
+    SalesforceAndSql,
+    """
+    start(records=6, seed=5)
+    crash_run(step='load s0', after=True)
+    person_edits(field='email', pick=0, side=0)
+    person_edits(field='email', pick=1, side=0)
+    person_edits(field='email', pick=2, side=0)
+    person_edits(field='email', pick=3, side=0)
+    person_edits(field='email', pick=4, side=0)
+    person_edits(field='email', pick=5, side=0)
+    run()
+    """,
+)
+
+
 @pytest.mark.parametrize(
     "case",
     [
@@ -441,6 +458,7 @@ ONE_WAY_RUN_CREATES_AGAIN_WHAT_A_DEAD_RUN_CREATED = (
         LOST_CREATE_FOUND_BY_ITS_MARKER,
         ONE_WAY_RUN_WRITES_A_RECORD_IT_KNOWS_BY_KEY_ONLY,
         ONE_WAY_RUN_CREATES_AGAIN_WHAT_A_DEAD_RUN_CREATED,
+        SALESFORCE_LOST_CREATE_FOUND_BY_ITS_EXTERNAL_ID,
     ],
     ids=[
         "key-reused-after-delete",
@@ -460,6 +478,7 @@ ONE_WAY_RUN_CREATES_AGAIN_WHAT_A_DEAD_RUN_CREATED = (
         "lost-create-found-by-its-marker",
         "one-way-run-writes-a-record-it-knows-by-key-only",
         "one-way-run-creates-again-what-a-dead-run-created",
+        "salesforce-lost-create-found-by-its-external-id",
     ],
 )
 def test_replay(case, caplog):
