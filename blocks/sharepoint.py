@@ -102,6 +102,9 @@ class SharePointList(HttpEndpointBlock):
     columns_to_sync: builtins.list[str] = Field(
         default_factory=builtins.list, description="Fields (column internal names) to read"
     )
+    link_column: str | None = Field(
+        None, description="Column stamped with the link id of each item twoway creates"
+    )
     page_size: int = Field(200, ge=1, le=5000, description="Items per read page ($top)")
     retry_attempts: int = Field(5, ge=1, le=50, description="Tries per request or batch")
     read_modifiers: bool = Field(
@@ -142,6 +145,7 @@ class SharePointList(HttpEndpointBlock):
             "tenant": system.tenant,
             "site": system.site,
             "list": system.list,
+            "link_column": system.link_column,
         }
 
     # -- plumbing ---------------------------------------------------------------------
@@ -315,7 +319,7 @@ class SharePointList(HttpEndpointBlock):
 
     def _expand(self) -> str:
         wanted = builtins.list(dict.fromkeys(self.columns_to_sync))
-        for extra in (self.modified_at, self.modified_by):
+        for extra in (self.modified_at, self.modified_by, self.link_column):
             if extra and extra not in _ITEM_PROPERTIES and extra not in wanted:
                 wanted.append(extra)
         return f"fields($select={','.join(wanted)})" if wanted else "fields"
@@ -334,6 +338,7 @@ class SharePointList(HttpEndpointBlock):
             modified_at=parse_timestamp(stamp),
             modified_by=by,
             version=item.get("eTag") or fields.get("@odata.etag"),
+            link=fields.get(self.link_column) if self.link_column else None,
         )
 
     def columns(self) -> set[str]:
@@ -532,11 +537,14 @@ class SharePointList(HttpEndpointBlock):
     def _op_request(self, op: Op) -> dict[str, Any]:
         items = f"/{self._list_path()}/items"
         if isinstance(op, Create):
+            fields = {k: _wire(v) for k, v in op.values.items()}
+            if self.link_column:  # the link marker: found again if the answer is lost
+                fields[self.link_column] = op.ref
             return {
                 "method": "POST",
                 "url": items,
                 "headers": {"Content-Type": "application/json"},
-                "body": {"fields": {k: _wire(v) for k, v in op.values.items()}},
+                "body": {"fields": fields},
             }
         headers = {"If-Match": op.version} if op.version else {}
         if isinstance(op, Update):

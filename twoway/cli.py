@@ -352,7 +352,7 @@ def link_marker_notes(definition) -> list[str]:
 
 
 #: the key that names a kind's link marker (where it has one)
-_MARKER_KEY = {"sql": "link_column", "salesforce": "external_id_field"}
+_MARKER_KEY = {"sql": "link_column", "sharepoint": "link_column", "salesforce": "external_id_field"}
 
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -366,8 +366,13 @@ def cmd_init(args: argparse.Namespace) -> int:
         if not getattr(system, "link_column", None):
             continue
         with open_endpoint(definition, name) as endpoint:
-            added = endpoint.add_link_column()
-        state = "added" if added else "present"
+            add = getattr(endpoint, "add_link_column", None)
+            if add is not None:
+                state = "added" if add() else "present"
+            elif system.link_column in endpoint.columns():
+                state = "present"
+            else:  # a SharePoint list: its owner adds columns
+                state = "missing: add it to the list as a single line of text"
         print(f"systems.{name}: link column {system.link_column!r} {state}")
     store = StateStore(definition.state)
     try:

@@ -52,21 +52,26 @@ class SystemBase(BaseModel):
     retry_attempts: int = Field(5, ge=1, le=50, description="Tries per request or batch")
 
 
-class SqlSystem(SystemBase):
+class LinkColumnMixin(BaseModel):
+    """A column where twoway stamps the link id of every record it creates (a link marker)."""
+
+    link_column: str | None = Field(
+        None,
+        description=(
+            "Column where twoway stamps the link id of every record it creates and reads it "
+            "back from, so a create whose answer was lost is found even after a person "
+            "edited the record (`twoway init` adds it to a SQL table)"
+        ),
+    )
+
+
+class SqlSystem(LinkColumnMixin, SystemBase):
     """A table in SQLite, PostgreSQL or MariaDB, reached through SQLAlchemy."""
 
     kind: Literal["sql"]
     url: str | None = Field(None, description="SQLAlchemy URL; relative SQLite paths are resolved")
     table: str | None = Field(None, description="Table name")
     db_schema: str | None = Field(None, alias="schema", description="Database schema of the table")
-    link_column: str | None = Field(
-        None,
-        description=(
-            "Column where twoway stamps the link id of every row it creates and reads it back "
-            "from, so a create whose answer was lost is found even after a person edited the "
-            "row (`twoway init` adds the column)"
-        ),
-    )
 
 
 class OAuthClientMixin(BaseModel):
@@ -119,7 +124,9 @@ class RetryDeadlineMixin(BaseModel):
     )
 
 
-class SharePointSystem(RetryDeadlineMixin, WritesInFlightMixin, OAuthClientMixin, SystemBase):
+class SharePointSystem(
+    LinkColumnMixin, RetryDeadlineMixin, WritesInFlightMixin, OAuthClientMixin, SystemBase
+):
     """A SharePoint list through Microsoft Graph."""
 
     kind: Literal["sharepoint"]

@@ -221,7 +221,9 @@ MUTANTS: dict[str, Mutant] = {
         (UNREAD, LOST, APART),
         examples=100,
     ),
-    "no intent log": Mutant(_no_intent_log, (DUPLICATE, APART)),
+    # creates that a crashed run applied are made again: duplicates, or a copy that stays
+    # after a person deleted its twin
+    "no intent log": Mutant(_no_intent_log, (DUPLICATE, RESURRECTED, APART)),
     # an edit made with the integration account's credentials is skipped: it never reaches
     # the other systems (and our own unconfirmed creates are skipped, then made again)
     "echo by the account alone": Mutant(
@@ -232,18 +234,17 @@ MUTANTS: dict[str, Mutant] = {
         lambda: mock.patch.object(
             engine, "compute_deltas", _before_deltas(_recreate_what_is_missing)
         ),
-        (RESURRECTED,),
+        (RESURRECTED, DUPLICATE),  # re-created run after run: copies of it, too
     ),
     "conflict loser dropped": Mutant(
         lambda: mock.patch.object(engine, "compute_deltas", _after_deltas(_drop_conflict_log)),
         (LOST,),
     ),
     # the base moves past values a third system never got: its old values count as new
-    # edits and overwrite the change (lost), or so many that the mass-change guard stops
-    # the quiet runs
+    # edits and overwrite the change
     "one-way run settles all systems": Mutant(
         lambda: mock.patch.object(engine, "compute_deltas", _after_deltas(_forget_left_behind)),
-        (LOST, APART, "the run would overwrite values"),
+        (LOST, APART),
         OneWayRuns,
     ),
 }

@@ -141,6 +141,7 @@ class GraphSide(SimulatorSide):
     COLLECTION = "Records"
     REFUSED = GraphError
     COLUMNS = {"email": "Email", "first_name": "FirstName", "last_name": "LastName"}
+    MARKER = "TwowayLink"
 
     def __init__(self, world: World, name: str):
         super().__init__(world, name)
@@ -151,7 +152,9 @@ class GraphSide(SimulatorSide):
             faults=self.plan,
             clock=world.clock,
         )
-        self.state.add_list(self.COLLECTION, dict.fromkeys(self.COLUMNS.values(), "text"))
+        self.marked = True  # a list column holds the link id of every create
+        columns = dict.fromkeys([*self.COLUMNS.values(), self.MARKER], "text")
+        self.state.add_list(self.COLLECTION, columns)
         self.serve(graph_app(self.state), _graph_next_page)
 
     def system(self) -> dict[str, Any]:
@@ -163,6 +166,7 @@ class GraphSide(SimulatorSide):
             "client_id": CLIENT_ID,
             "client_secret": CLIENT_SECRET,
             "list": self.COLLECTION,
+            "link_column": self.MARKER,
             "integration_account": "twoway-sync",
         }
 
@@ -172,6 +176,7 @@ class GraphSide(SimulatorSide):
             graph_url=spec["graph_url"],
             token_url=spec["token_url"],
             list=self.COLLECTION,
+            link_column=self.MARKER,
             integration_account="twoway-sync",
             columns_to_sync=list(self.COLUMNS.values()),
             page_size=PAGE_SIZE,

@@ -438,6 +438,13 @@ SALESFORCE_LOST_CREATE_FOUND_BY_ITS_EXTERNAL_ID = (
 )
 
 
+# the same with a SharePoint list: a list column carries the link id
+SHAREPOINT_LOST_CREATE_FOUND_BY_ITS_LINK_COLUMN = (
+    SharePointAndSql,
+    SALESFORCE_LOST_CREATE_FOUND_BY_ITS_EXTERNAL_ID[1],
+)
+
+
 @pytest.mark.parametrize(
     "case",
     [
@@ -459,6 +466,7 @@ SALESFORCE_LOST_CREATE_FOUND_BY_ITS_EXTERNAL_ID = (
         ONE_WAY_RUN_WRITES_A_RECORD_IT_KNOWS_BY_KEY_ONLY,
         ONE_WAY_RUN_CREATES_AGAIN_WHAT_A_DEAD_RUN_CREATED,
         SALESFORCE_LOST_CREATE_FOUND_BY_ITS_EXTERNAL_ID,
+        SHAREPOINT_LOST_CREATE_FOUND_BY_ITS_LINK_COLUMN,
     ],
     ids=[
         "key-reused-after-delete",
@@ -479,6 +487,7 @@ SALESFORCE_LOST_CREATE_FOUND_BY_ITS_EXTERNAL_ID = (
         "one-way-run-writes-a-record-it-knows-by-key-only",
         "one-way-run-creates-again-what-a-dead-run-created",
         "salesforce-lost-create-found-by-its-external-id",
+        "sharepoint-lost-create-found-by-its-link-column",
     ],
 )
 def test_replay(case, caplog):
