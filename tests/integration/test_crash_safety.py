@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from tests.syncrig import sync_rig
-from twoway.state import StateStore
 from twoway.contract import WriteResult
 from twoway.engine import Runtime, Steps
 from twoway.errors import Retriable
+from twoway.state import StateStore
 
 STEPS = [
     "extract s0",
