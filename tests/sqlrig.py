@@ -103,9 +103,9 @@ class SqlPerson:
             name,
         )
 
-    def _stamp(self) -> dict:
+    def _stamp(self, at: datetime | None = None) -> dict:
         col = self.table.c[self.modified]
-        now = datetime.now(UTC)
+        now = at or datetime.now(UTC)
         value = (
             now.replace(tzinfo=None) if isinstance(col.type, sa.DateTime) else format_timestamp(now)
         )
@@ -116,12 +116,13 @@ class SqlPerson:
             result = conn.execute(self.table.insert().values({**values, **self._stamp()}))
             return str(result.inserted_primary_key[0])
 
-    def update(self, key: str, values: dict) -> None:
+    def update(self, key: str, values: dict, at: datetime | None = None) -> None:
+        """Change some fields, stamped ``at`` (a timezone-aware time; default: now)."""
         with self.engine.begin() as conn:
             conn.execute(
                 self.table.update()
                 .where(self.table.c[self.key] == int(key))
-                .values({**values, **self._stamp()})
+                .values({**values, **self._stamp(at)})
             )
 
     def delete(self, key: str) -> None:

@@ -26,7 +26,14 @@ def test_full_read_returns_every_record_across_pages(rig):
     assert set(people) <= keys
     assert len(keys) == len(changes.records), "a record came back twice"
     assert changes.full
-    assert changes.cursor is not None
+    # the cursor reads on from there: an incremental read, with edits on any page in it
+    first, last = people[0], people[-1]
+    rig.person.update(first, {rig.columns["last"]: "First page"})
+    rig.person.update(last, {rig.columns["last"]: "Last page"})
+    later = rig.endpoint.read_changes(changes.cursor)
+    assert not later.full
+    seen = {r.key: r.values[rig.columns["last"]] for r in later.records}
+    assert (seen[first], seen[last]) == ("First page", "Last page")
 
 
 def test_create_stamps_integration_account_and_returns_keys(rig):
@@ -44,8 +51,20 @@ def test_create_stamps_integration_account_and_returns_keys(rig):
         record = got[result.key]
         assert record.values[rig.columns["email"]] == op.values[rig.columns["email"]]
         assert record.modified_by == rig.endpoint.integration_account
-        assert record.version is not None
         assert result.version == record.version
+    # the version a create returns is the record's current one, and a real check: a write
+    # carrying it is accepted, and refused once a person has edited the record since
+    current, edited = results[0], results[1]
+    rig.person.update(edited.key, {rig.columns["last"]: "Edited"})
+    first = rig.columns["first"]
+    checked = rig.endpoint.write(
+        [
+            Update(key=current.key, values={first: "Current"}, version=current.version),
+            Update(key=edited.key, values={first: "Stale"}, version=edited.version),
+        ]
+    )
+    assert checked[0].ok, checked[0].error
+    assert isinstance(checked[1].error, PreconditionFailed)
 
 
 def test_incremental_read_sees_a_persons_edit_and_not_before(rig):

@@ -25,7 +25,7 @@ import httpx
 import pytest
 
 from tests.e2e.cdp import Browser, chromium_path
-from twoway.webhooks import SIGNATURE_HEADER, sign
+from twoway.webhooks import SIGNATURE_HEADER, sign, signed_headers
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -419,7 +419,7 @@ def test_a_graph_notification_starts_a_run_that_carries_the_change(api):
         for i in api.graph.get_list("Contacts").items.values()
         if i.fields.get("Email") == "p2@example.com"
     )
-    t0 = time.monotonic()
+    t0, edited_at = time.monotonic(), datetime.now(UTC)
     api.graph.user_update("Contacts", item.id, {"FirstName": "Changed in SharePoint"}, user="Sam")
     deadline = t0 + 90
     while (_sharepoint_value(api, "p2@example.com") or {}).get("first_name") != (
@@ -432,6 +432,7 @@ def test_a_graph_notification_starts_a_run_that_carries_the_change(api):
     runs = _wait_runs_settled(api, "twoway-sync/sharepoint-contacts")
     new = [r for r in runs if r.id not in known]
     assert new and all(r.state.is_completed() for r in new)
+    assert all(r.created > edited_at for r in new)  # started by the change, after it
     assert all(r.created_by is not None and r.created_by.type == "AUTOMATION" for r in new)
     assert len(new) <= 2  # one for the change; at most one more for our own write's echo
     (api.tmp / "latency.json").write_text(
@@ -448,12 +449,12 @@ def test_a_graph_notification_starts_a_run_that_carries_the_change(api):
         f"(PREFECT_WORKER_QUERY_SECONDS={WORKER_QUERY_SECONDS}, "
         f"--prefetch-seconds {WORKER_PREFETCH_SECONDS})"
     )
-    assert latency < 45
 
 
 def test_forged_notifications_are_refused_and_start_nothing(api):
     receiver = f"http://127.0.0.1:{api.receiver_port}"
     before = {r.id for r in _wait_runs_settled(api, "twoway-sync/sharepoint-contacts")}
+    counted = httpx.get(f"{receiver}/healthz", trust_env=False).json()
     forged_graph = httpx.post(
         f"{receiver}/graph/sharepoint-contacts/sharepoint",
         json={"value": [{"subscriptionId": "x", "clientState": "guess", "changeType": "updated"}]},
@@ -477,10 +478,24 @@ def test_forged_notifications_are_refused_and_start_nothing(api):
         401,
         401,
     )
-    time.sleep(6)  # an event takes about 1.5 s to become a run; give it four times that
-    assert {r.id for r in _runs(api, "twoway-sync/sharepoint-contacts")} == before
+    # a genuine notification sent after them: once its run has come and gone, the forged
+    # ones (queued first) have been handled, and any of them let through counted
+    genuine = httpx.post(
+        f"{receiver}/notify/sharepoint-contacts/sharepoint",
+        content=body,
+        headers=signed_headers(body, WEBHOOK_SECRET),
+        trust_env=False,
+    )
+    assert genuine.status_code == 202
+    deadline = time.monotonic() + 90
+    while not {r.id for r in _runs(api, "twoway-sync/sharepoint-contacts")} - before:
+        assert time.monotonic() < deadline, api.log("receiver")[-3000:]
+        time.sleep(0.2)
+    new = {r.id for r in _wait_runs_settled(api, "twoway-sync/sharepoint-contacts")} - before
     health = httpx.get(f"{receiver}/healthz", trust_env=False).json()
-    assert health["refused"] >= 3
+    assert len(new) == 1  # the genuine notification's run, which finds nothing to write
+    delta = {k: health[k] - counted[k] for k in ("refused", "emitted", "coalesced", "errors")}
+    assert delta == {"refused": 3, "emitted": 1, "coalesced": 0, "errors": 0}, delta
 
 
 def test_the_ui_shows_the_run_and_its_report(api):

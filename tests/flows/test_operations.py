@@ -156,7 +156,10 @@ def test_direction_parameter_carries_changes_one_way(tmp_path):
         rig.add("s1", "from1@example.com")
         state = two_way_sync(definition=str(rig.path), direction="s0 -> s1", return_state=True)
         assert state.is_completed()
-        assert rig.row("s1", "from0@example.com") is not None
+        assert rig.data("s1") == [
+            ("from0@example.com", "Ann", "Lee", None),
+            ("from1@example.com", "Ann", "Lee", None),
+        ]
         assert rig.row("s0", "from1@example.com") is None
         bad = two_way_sync(definition=str(rig.path), direction="s0 -> crm", return_state=True)
         assert bad.is_failed()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import sqlalchemy as sa
@@ -77,7 +78,10 @@ def test_one_way_flow_writes_only_the_target(tmp_path):
         rig.add("s1", "from1@example.com")
         state = one_way_sync(definition=str(rig.path), source="s0", target="s1", return_state=True)
         assert state.is_completed()
-        assert rig.row("s1", "from0@example.com") is not None
+        assert rig.data("s1") == [
+            ("from0@example.com", "Ann", "Lee", None),
+            ("from1@example.com", "Ann", "Lee", None),
+        ]
         assert rig.row("s0", "from1@example.com") is None
         # the two-way run afterwards carries the rest, and nothing twice
         report = two_way_sync(definition=str(rig.path))
@@ -87,7 +91,9 @@ def test_one_way_flow_writes_only_the_target(tmp_path):
 def test_cli_run_json_prints_exactly_one_object(tmp_path, capsys):
     with sync_rig(tmp_path) as rig:
         rig.add("s0", "j@example.com")
+        started = time.monotonic()
         code = cli.main(["run", str(rig.path), "--json"])
+        took = time.monotonic() - started
         out = capsys.readouterr().out
         assert code == 0
         report = json.loads(out)
@@ -103,7 +109,7 @@ def test_cli_run_json_prints_exactly_one_object(tmp_path, capsys):
         }
         assert report["systems"]["s1"]["created"] == 1
         # the run's own time, without start-up: positive, and less than the whole call took
-        assert 0 < report["seconds"] < 60
+        assert 0 < report["seconds"] < took
 
 
 def test_cli_run_reports_a_failed_run_with_exit_1(tmp_path, capsys):

@@ -105,7 +105,7 @@ def test_a_refused_record_is_parked_and_retried(tmp_path, capsys):
         rig.add("s0", "bad@example.com", "Bad")
         report = rig.run()
         assert report.systems["s1"]["created"] == 1 and report.systems["s1"]["failed"] == 1
-        assert rig.row("s1", "good@example.com") is not None
+        assert rig.data("s1") == [("good@example.com", "Good", "Lee", None)]
         assert cli.main(["deadletters", "list", str(rig.path)]) == 0
         out = capsys.readouterr().out
         assert "fname Bad refused" in out

@@ -8,6 +8,7 @@ from tests.syncrig import sync_rig
 from twoway.contract import WriteResult
 from twoway.engine import Runtime, Steps
 from twoway.errors import Retriable
+from twoway.state import StateStore
 
 STEPS = [
     "extract s0",
@@ -54,6 +55,20 @@ def test_crash_at_any_step_then_rerun_converges_without_duplicates(tmp_path, ste
         rig.edit("s1", "old@example.com", last_name="Both")
         with pytest.raises(Crash):
             rig.run(runtime=Runtime(steps=CrashingSteps(step, after)))
+        # the crash landed mid-run: its run row is left unfinished, and from the writes'
+        # intents until the state commit, the intents stay open
+        store = StateStore(rig.doc["state"])
+        try:
+            unfinished = [
+                r["status"] for r in store.last_runs(rig.doc["name"]) if not r["finished_at"]
+            ]
+            intents = len(store.open_intents(rig.doc["name"]))
+        finally:
+            store.close()
+        assert unfinished == ["running"]
+        point = 2 * STEPS.index(step) + after  # crash points in the order a run passes them
+        writing = 2 * STEPS.index("load s0") <= point < 2 * STEPS.index("commit state") + 1
+        assert intents == (2 if writing else 0), intents  # the two creates
         rig.run()
         rig.run()
         assert rig.data("s0") == rig.data("s1")

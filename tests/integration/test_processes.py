@@ -19,7 +19,7 @@ from twoway.state import runs
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
-KILLS = int(os.environ.get("TWOWAY_KILLS", "50"))
+KILLS = int(os.environ.get("TWOWAY_KILLS", "20"))  # each one lands mid-run
 
 
 def _env() -> dict[str, str]:
@@ -41,25 +41,83 @@ def _start(path) -> subprocess.Popen:
     )
 
 
+def _run_rows(state: str) -> dict[str, tuple[datetime, datetime | None]]:
+    """Every run row of the state store: its id, when it started and when it finished
+    (None: unfinished)."""
+    engine = sa.create_engine(state, connect_args={"timeout": 1})
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(sa.select(runs.c.id, runs.c.started_at, runs.c.finished_at))
+            return {run_id: (started, finished) for run_id, started, finished in rows}
+    finally:
+        engine.dispose()
+
+
+def _new_run(proc: subprocess.Popen, state: str, known: set[str]) -> str:
+    """The id of the run row ``proc`` starts, once the state store holds it."""
+    while True:
+        new = set(_run_rows(state)) - known
+        if new:
+            (run_id,) = new
+            return run_id
+        assert proc.poll() is None, f"the run ended before its run row: {proc.stderr.read()}"
+        time.sleep(0.01)
+
+
+def _stopped(proc: subprocess.Popen, state: str) -> dict[str, tuple[datetime, datetime | None]]:
+    """Stop ``proc`` (SIGSTOP) and read the run rows while it is stopped. A process stopped
+    inside a state store transaction may hold SQLite's lock: it goes on a moment, and is
+    stopped again."""
+    for _ in range(50):
+        proc.send_signal(signal.SIGSTOP)
+        try:
+            return _run_rows(state)
+        except sa.exc.OperationalError as exc:
+            if "locked" not in str(exc):
+                raise
+        proc.send_signal(signal.SIGCONT)
+        time.sleep(0.02)
+    raise AssertionError("the state store stayed locked whenever the run was stopped")
+
+
 def test_runs_killed_at_random_moments_lose_nothing_and_duplicate_nothing(tmp_path):
+    """Each run is stopped at a random moment after it started its run row; when the row
+    is still unfinished it is killed there (mid-run, which the row left behind shows),
+    otherwise it goes on to its end. The moments are drawn from about a run's length:
+    longer after each kill, the length of the last run that was not killed otherwise."""
     rng = random.Random(20261126)
     with sync_rig(tmp_path, match_on=[], batch_size=7) as rig:
+        state = rig.doc["state"]
         calibrate = _start(rig.path)
-        started = time.monotonic()
         calibrate.communicate(timeout=120)
-        full = max(1.0, time.monotonic() - started)
+        span = 1.0  # seconds from a run's row to its end, as far as seen
         expected: set[str] = set()
-        for i in range(KILLS):
+        killed = i = 0
+        while killed < KILLS:
+            assert i < 3 * KILLS, f"only {killed} of {i} runs were stopped before their end"
             for j in range(6):  # new people on both sides, and edits of earlier ones
                 email = f"k{i}-{j}@example.com"
                 rig.add("s0" if j % 2 else "s1", email, f"F{i}", f"L{j}")
                 expected.add(email)
             if i:
                 rig.edit("s0", f"k{i - 1}-1@example.com", first_name=f"edited{i}")
+            known = set(_run_rows(state))
             proc = _start(rig.path)
-            time.sleep(rng.uniform(0.3, full))
-            proc.send_signal(signal.SIGKILL)
-            proc.communicate(timeout=60)
+            run_id = _new_run(proc, state, known)
+            time.sleep(rng.uniform(0, span))
+            started, finished = _stopped(proc, state)[run_id]
+            if finished is None:  # stopped mid-run: killed there
+                proc.send_signal(signal.SIGKILL)
+                proc.communicate(timeout=60)
+                killed += 1
+                span *= 1.2
+            else:
+                proc.send_signal(signal.SIGCONT)
+                _, err = proc.communicate(timeout=120)
+                assert proc.returncode == 0, err[-2000:]
+                span = (finished - started).total_seconds()
+            i += 1
+        print(f"\n{killed} runs killed mid-run, {i - killed} ran to their end")
         for _ in range(2):
             again = _start(rig.path)
             out, err = again.communicate(timeout=120)
@@ -69,7 +127,7 @@ def test_runs_killed_at_random_moments_lose_nothing_and_duplicate_nothing(tmp_pa
             assert len(emails) == len(set(emails)), f"duplicates in {system}"
             assert set(emails) == expected, f"lost in {system}: {expected - set(emails)}"
         assert rig.data("s0") == rig.data("s1")
-        assert rig.row("s1", f"k{KILLS - 2}-1@example.com")["first_name"] == f"edited{KILLS - 1}"
+        assert rig.row("s1", f"k{i - 2}-1@example.com")["first_name"] == f"edited{i - 1}"
 
 
 def test_two_runs_started_together_never_overlap(tmp_path):

@@ -9,10 +9,10 @@ are checked by running them.
 from __future__ import annotations
 
 import random
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -114,8 +114,10 @@ class SqlSide:
     def add(self, **values: Any) -> str:
         return self.person.create({SQL_COLUMNS[f]: v for f, v in values.items()})
 
-    def edit(self, email: str, **values: Any) -> None:
-        self.person.update(key_of(self, email), {SQL_COLUMNS[f]: v for f, v in values.items()})
+    def edit(self, email: str, at: datetime | None = None, **values: Any) -> None:
+        self.person.update(
+            key_of(self, email), {SQL_COLUMNS[f]: v for f, v in values.items()}, at=at
+        )
 
     def delete(self, email: str) -> None:
         self.person.delete(key_of(self, email))
@@ -258,8 +260,7 @@ def test_sharepoint_list_and_postgres_table_converge_after_concurrent_edits(tmp_
         sp.edit("ann@example.com", first="Annie")
         db.edit("ann@example.com", phone="+1 555 0199")
         sp.edit("bob@example.com", last="Spstone")
-        time.sleep(0.01)
-        db.edit("bob@example.com", last="Dbstone")
+        db.edit("bob@example.com", last="Dbstone", at=datetime.now(UTC) + timedelta(seconds=1))
         sp.add(email="eve@example.com", first="Eve", last="Evans")
         db.add(email="fay@example.com", first="Fay", last="Fox", phone="+1 555 0102")
         sp.delete("cy@example.com")
@@ -526,8 +527,7 @@ def test_rest_collection_and_sqlite_table_converge(tmp_path):
         api.edit("a1@example.com", first="Alpha")
         db.edit("a1@example.com", phone="+1 777")
         api.edit("d2@example.com", last="Api-side")
-        time.sleep(0.01)
-        db.edit("d2@example.com", last="Db-side")
+        db.edit("d2@example.com", last="Db-side", at=datetime.now(UTC) + timedelta(seconds=1))
         api.delete("a3@example.com")
         db.delete("d4@example.com")
         api.add(email="a9@example.com", first="A9", last="Api")

@@ -3,7 +3,6 @@ the basic calls, raw HTTP for collections, upsert, replication, errors, limits a
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -17,6 +16,7 @@ from twoway import sfid
 from twoway.simulators.faults import FaultPlan
 from twoway.simulators.salesforce import SalesforceState, create_app
 from twoway.simulators.server import BackgroundServer
+from twoway.values import parse_timestamp
 
 V = "/services/data/v60.0"
 
@@ -167,8 +167,9 @@ def test_errors_have_salesforce_shapes_and_limits_header(api):
 def test_query_filters_by_datetime_and_id(api):
     state, client, _ = api
     a = state.user_create("Contact", {"LastName": "Old"})
-    mark = datetime.now(UTC) + timedelta(milliseconds=5)
-    time.sleep(0.01)
+    # stamps strictly increase by at least 1 ms: b's is at or after a's + 1 ms
+    (a_stamp,) = [r["SystemModstamp"] for r in state.records("Contact") if r["Id"] == a]
+    mark = parse_timestamp(a_stamp) + timedelta(milliseconds=1)
     b = state.user_create("Contact", {"LastName": "New"})
     stamp = mark.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
     q = f"SELECT Id, SystemModstamp, LastModifiedById FROM Contact WHERE SystemModstamp >= {stamp}"

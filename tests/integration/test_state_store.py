@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -175,6 +176,12 @@ def test_lease_of_a_dead_process_on_this_host_is_taken_at_once(store):
     with store.engine.begin() as conn:
         conn.execute(sa.text("update leases set pid = 999999999 where sync = :s"), {"s": sync})
     store.acquire_lease(sync, "me", ttl=60)
+    with store.engine.connect() as conn:
+        held = conn.execute(
+            sa.text("select holder, pid from leases where sync = :s"), {"s": sync}
+        ).all()
+    assert held == [("me", os.getpid())]
+    assert not store.renew_lease(sync, "ghost")
     store.release_lease(sync, "me")
 
 
