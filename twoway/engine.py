@@ -401,6 +401,15 @@ def _run(
     if plan.conflicts:
         store.commit(sync, StateChanges(conflicts=plan.conflicts), report.run_id)
     fresh = [m for link in mapping.new_links for m in mapping.members.get(link, [])]
+    # a record found by its intent joins the ID map now, by key: a write to it that a crash
+    # leaves uncommitted changes its values, and the intent's would no longer find it
+    recovered = {(s, link) for s, link in mapping.recovered if link not in mapping.new_links}
+    fresh += [
+        m
+        for s, link in recovered
+        for m in mapping.members.get(link, [])
+        if m.system == s and m.seen is None
+    ]
     store.record_intents(sync, report.run_id, _intents(definition, mapping, plan), fresh)
     results = {}
     policy_for = {

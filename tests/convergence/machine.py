@@ -238,7 +238,7 @@ class SyncMachine(RuleBasedStateMachine):
                 world.crashed()
             raise
         if report.status == "completed":
-            world.committed()
+            world.committed(read={direction[0]} if direction else None)
         else:  # a run that failed after writing committed no state: as after a crash
             world.crashed()
         for name, endpoint in world.endpoints.items():

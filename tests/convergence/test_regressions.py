@@ -445,6 +445,51 @@ SHAREPOINT_LOST_CREATE_FOUND_BY_ITS_LINK_COLUMN = (
 )
 
 
+# a crashed run found a lost create by its intent and updated it; the crash left the
+# update uncommitted, so the record no longer matched the intent's values and a one-way run
+# took it for a new record (a duplicate). Records found by their intent now join the ID
+# map before any write goes out.
+RECOVERED_CREATE_UPDATED_BEFORE_A_CRASH = (
+    OneWayRuns,
+    """
+    start(records=11, seed=31231982)
+    one_way_run(into=1, source=2)
+    someone_edits_as_the_integration_account(field='email', pick=5, side=1)
+    crash_mid_load(batches=1)
+    someone_edits_as_the_integration_account(field='last_name', pick=4, side=1)
+    one_way_run(into=1, source=2)
+    someone_edits_as_the_integration_account(field='email', pick=32, side=1)
+    one_way_run(into=0, source=2)
+    crash_mid_load(batches=1)
+    one_way_run(into=1, source=0)
+    """,
+)
+
+# the same cause, found through crashes after a write and deletions
+RECOVERED_CREATE_UPDATED_BEFORE_A_CRASH_WITH_DELETES = (
+    OneWayRuns,
+    """
+    start(records=11, seed=31231982)
+    one_way_run(into=1, source=2)
+    crash_after_write(step='load s0')
+    person_deletes(pick=34, side=0)
+    one_way_run(into=2, source=2)
+    people_edit_one_record_on_both_sides(fields=['last_name', 'first_name', 'email'], pick=19)
+    crash_after_write(step='load s0')
+    person_edits(field='email', pick=21, side=1)
+    person_edits(field='last_name', pick=6, side=2)
+    person_deletes(pick=50, side=0)
+    person_deletes(pick=3, side=2)
+    crash_after_write(step='commit state')
+    people_edit_one_record_on_both_sides(fields=['last_name', 'email', 'first_name'], pick=28)
+    person_edits(field='email', pick=15, side=2)
+    person_edits(field='first_name', pick=10, side=0)
+    person_deletes(pick=44, side=0)
+    one_way_run(into=2, source=0)
+    """,
+)
+
+
 @pytest.mark.parametrize(
     "case",
     [
@@ -467,6 +512,8 @@ SHAREPOINT_LOST_CREATE_FOUND_BY_ITS_LINK_COLUMN = (
         ONE_WAY_RUN_CREATES_AGAIN_WHAT_A_DEAD_RUN_CREATED,
         SALESFORCE_LOST_CREATE_FOUND_BY_ITS_EXTERNAL_ID,
         SHAREPOINT_LOST_CREATE_FOUND_BY_ITS_LINK_COLUMN,
+        RECOVERED_CREATE_UPDATED_BEFORE_A_CRASH,
+        RECOVERED_CREATE_UPDATED_BEFORE_A_CRASH_WITH_DELETES,
     ],
     ids=[
         "key-reused-after-delete",
@@ -488,6 +535,8 @@ SHAREPOINT_LOST_CREATE_FOUND_BY_ITS_LINK_COLUMN = (
         "one-way-run-creates-again-what-a-dead-run-created",
         "salesforce-lost-create-found-by-its-external-id",
         "sharepoint-lost-create-found-by-its-link-column",
+        "recovered-create-updated-before-a-crash",
+        "recovered-create-updated-before-a-crash-with-deletes",
     ],
 )
 def test_replay(case, caplog):

@@ -349,14 +349,18 @@ class Flaky(Endpoint):
         refused = {i for i in range(len(ops)) if self._endpoint_fault(faults.partial)}
         applied = [op for i, op in enumerate(ops) if i not in refused]
         self.ops_sent += len(applied)
-        self._note_no_ops(applied)
+        held = self.side.rows() if any(isinstance(op, Update) for op in applied) else {}
         before = set(self.side.live_keys()) if self.side.http_faults else set()
         try:
             applied_results = self.inner.write(applied)
         except Exception:
             if self.side.http_faults:  # a failed call may still have made records
                 self._note_lost_creates(before, applied, [])
+            self.world.unsure_now |= {
+                (self.system, op.key) for op in applied if isinstance(op, Update)
+            }
             raise
+        self._note_no_ops(applied_results, held)
         for r in applied_results:
             if r.ok and r.key and not isinstance(r.op, Delete):
                 self.world.true_change[(self.system, r.key)] = self.world.clock()
@@ -395,30 +399,30 @@ class Flaky(Endpoint):
             ]
         return out
 
-    def _note_no_ops(self, ops: list[Op]) -> None:
-        """An update that sets a field to the value the system already holds is a wasted
-        write at best and an echo written back at worst: the world counts each one, except
-        where twoway cannot know what the system holds (a write of its own whose outcome was
-        lost, or one made by a run that died before its state was committed)."""
-        updates = [op for op in ops if isinstance(op, Update)]
-        if not updates:
-            return
-        rows = self.side.rows()
-        for op in updates:
-            held = rows.get(op.key)
-            if held is None or (self.system, op.key) in self.world.unsure | self.world.unsure_now:
+    def _note_no_ops(self, results: list[WriteResult], held: dict[str, dict[str, str]]) -> None:
+        """An applied update that set a field to the value the system already held is a
+        wasted write at best and an echo written back at worst: the world counts each one,
+        except where twoway cannot know what the system holds (a write of its own whose
+        outcome was lost, or one made by a run that died before its state was committed).
+        A write the compare-and-set refused changed nothing and is not counted."""
+        unsure = self.world.unsure | self.world.unsure_now
+        for r in results:
+            op = r.op
+            if not isinstance(op, Update):
+                continue
+            self.world.written_this_run.add((self.system, op.key))
+            values = held.get(op.key)
+            if not r.ok or values is None or (self.system, op.key) in unsure:
                 continue
             same = [
                 f
                 for f in FIELDS
-                if self.side.column(f) in op.values and op.values[self.side.column(f)] == held[f]
+                if self.side.column(f) in op.values and op.values[self.side.column(f)] == values[f]
             ]
             if same:
                 self.world.no_op_writes.append(
-                    f"{self.system} {op.key}: {', '.join(same)} = {held}"
+                    f"{self.system} {op.key}: {', '.join(same)} = {values}"
                 )
-        for op in updates:
-            self.world.written_this_run.add((self.system, op.key))
 
     def _note_lost_creates(
         self, before: set[str], ops: list[Op], results: list[WriteResult]
@@ -582,7 +586,7 @@ class World:
             self._note_if_unconfirmed(system, key, {fname: value})
             self._log(system, key, {fname: value})
 
-    def committed(self) -> None:
+    def committed(self, read: set[str] | None = None) -> None:
         """A run committed its state: the creates it applied are known, except those whose
         answer was lost and that the run did not find again: a person who touched one of
         those while the run went on edited a copy twoway cannot know of (ambiguous)."""
@@ -592,7 +596,9 @@ class World:
                 self.ambiguous_values |= values
         self.uncommitted.clear()
         self.touched.clear()
-        self.unsure, self.unsure_now = self.unsure_now, set()
+        # what the run read it has learnt; a one-way run leaves the others unsure
+        kept = {k for k in self.unsure if read is not None and k[0] not in read}
+        self.unsure, self.unsure_now = kept | self.unsure_now, set()
         self.written_this_run.clear()
 
     def crashed(self) -> None:
