@@ -3,6 +3,7 @@ the basic calls, raw HTTP for collections, upsert, replication, errors, limits a
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 
 import httpx
