@@ -25,7 +25,7 @@ from pydantic import Field, PrivateAttr
 
 from blocks.base import EndpointBlock, RetryHooksMixin
 from blocks.credentials import IntegrationAccountCredentials
-from twoway import jsontext
+from blocks.replies import RETRY_STATUSES, Reply, reason, send_json, status_error
 from twoway.contract import (
     ChangeSet,
     Create,
@@ -38,13 +38,10 @@ from twoway.contract import (
 )
 from twoway.definition import RestSystem
 from twoway.errors import Fatal, PreconditionFailed, Retriable, Skippable, SyncError
-from twoway.retry import retry_after_seconds
 from twoway.values import as_utc, canonical, parse_timestamp
 
 logger = logging.getLogger("twoway.rest")
 
-#: statuses worth another try: conflict/lock, throttling, server trouble, gateway timeouts
-RETRY_STATUSES = frozenset({409, 423, 429, 500, 502, 503, 504})
 CURSOR_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 _SECRET_PARAMS = ("token", "key", "secret", "password", "sig", "code", "auth")
 
@@ -96,15 +93,6 @@ class _Call:
     path: str
     headers: dict[str, str] = field(default_factory=dict)
     body: Any = None
-
-
-@dataclass
-class _Reply:
-    """One answer: status, lower-cased headers, parsed JSON body (None when empty)."""
-
-    status: int
-    headers: dict[str, str]
-    body: Any
 
 
 class RestCollection(RetryHooksMixin, EndpointBlock):
@@ -215,33 +203,21 @@ class RestCollection(RetryHooksMixin, EndpointBlock):
 
     def _send(
         self, method: str, url: httpx.URL, body: Any = None, headers: dict[str, str] | None = None
-    ) -> _Reply:
+    ) -> Reply:
         """Send one request; transport failures become Retriable, unreadable bodies Fatal or
         Retriable, all naming the URL without secrets."""
-        where = f"{method} {safe_url(url)}"
-        content = None
-        send_headers = dict(headers or {})
-        if body is not None:
-            content = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-            send_headers["Content-Type"] = "application/json"
         self._calls += 1
-        try:
-            response = self.client().request(method, url, content=content, headers=send_headers)
-        except httpx.TimeoutException:
-            raise Retriable(f"{where}: no answer within {self.timeout:g} s") from None
-        except httpx.TransportError as exc:
-            raise Retriable(f"{where}: {type(exc).__name__} ({_transport_reason(exc)})") from None
-        reply_headers = {k.lower(): v for k, v in response.headers.items()}
-        return _Reply(response.status_code, reply_headers, _parse_body(response, where))
+        where = f"{method} {safe_url(url)}"
+        return send_json(self.client(), method, url, where, body=body, headers=headers)
 
-    def _request(self, method: str, url: httpx.URL) -> _Reply:
+    def _request(self, method: str, url: httpx.URL) -> Reply:
         """One request with the retry policy; a non-2xx answer raises the matching error."""
 
-        def attempt() -> _Reply:
+        def attempt() -> Reply:
             reply = self._send(method, url)
             if 200 <= reply.status < 300:
                 return reply
-            raise _status_error(reply, f"{method} {safe_url(url)}")
+            raise status_error(reply, f"{method} {safe_url(url)}")
 
         return self.policy.call(attempt, sleep=self._sleep, rng=self._rng)
 
@@ -360,7 +336,7 @@ class RestCollection(RetryHooksMixin, EndpointBlock):
             if outcome.status in (404, 410):
                 continue
             if not 200 <= outcome.status < 300:
-                raise _status_error(outcome, where)
+                raise status_error(outcome, where)
             if not isinstance(outcome.body, dict):
                 raise Fatal(f"{where}: the answer is not a JSON object")
             if "@removed" in outcome.body:
@@ -412,7 +388,7 @@ class RestCollection(RetryHooksMixin, EndpointBlock):
                 results.append(self._result(op, outcome, where))
         return results
 
-    def _result(self, op: Op, reply: _Reply, where: str) -> WriteResult:
+    def _result(self, op: Op, reply: Reply, where: str) -> WriteResult:
         key = _op_key(op)
         status = reply.status
         if isinstance(op, Delete) and status in (404, 410):
@@ -434,7 +410,7 @@ class RestCollection(RetryHooksMixin, EndpointBlock):
                 op=op,
                 key=key,
                 error=Skippable(
-                    f"{where}: refused with {status}{_reason(reply.body)}", status=status
+                    f"{where}: refused with {status}{reason(reply.body)}", status=status
                 ),
             )
         if isinstance(op, Delete):
@@ -452,11 +428,11 @@ class RestCollection(RetryHooksMixin, EndpointBlock):
 
     # -- sending sets of requests, retrying only the refused ones -------------------------
 
-    def _run(self, calls: list[_Call]) -> list[_Reply | SyncError]:
+    def _run(self, calls: list[_Call]) -> list[Reply | SyncError]:
         """Answers to ``calls`` in order. Calls refused for a transient reason are sent again
         (alone) with backoff, honouring the largest Retry-After; those still refused when the
         tries run out come back as Retriable errors. Authentication failures raise Fatal."""
-        outcomes: list[_Reply | SyncError | None] = [None] * len(calls)
+        outcomes: list[Reply | SyncError | None] = [None] * len(calls)
         pending = list(range(len(calls)))
         rng = self._rng or random.Random()
         attempt = 1
@@ -468,9 +444,9 @@ class RestCollection(RetryHooksMixin, EndpointBlock):
                 if isinstance(outcome, Retriable):
                     error: Retriable | None = outcome
                 elif outcome.status in (401, 403):
-                    raise _status_error(outcome, where)
+                    raise status_error(outcome, where)
                 elif outcome.status in RETRY_STATUSES:
-                    error = _status_error(outcome, where)  # type: ignore[assignment]
+                    error = status_error(outcome, where)  # type: ignore[assignment]
                 else:
                     error = None
                 if error is None:
@@ -493,9 +469,9 @@ class RestCollection(RetryHooksMixin, EndpointBlock):
             attempt += 1
         return outcomes  # type: ignore[return-value]
 
-    def _send_calls(self, calls: list[tuple[int, _Call]]) -> list[tuple[int, _Reply | Retriable]]:
+    def _send_calls(self, calls: list[tuple[int, _Call]]) -> list[tuple[int, Reply | Retriable]]:
         """One pass over ``calls``: through the batch endpoint in chunks, or one by one."""
-        out: list[tuple[int, _Reply | Retriable]] = []
+        out: list[tuple[int, Reply | Retriable]] = []
         if self.batch is None:
             for index, call in calls:
                 try:
@@ -514,7 +490,7 @@ class RestCollection(RetryHooksMixin, EndpointBlock):
 
     def _send_batch(
         self, calls: Sequence[tuple[int, _Call]]
-    ) -> list[tuple[int, _Reply | Retriable]]:
+    ) -> list[tuple[int, Reply | Retriable]]:
         url = self._url(self.batch)  # type: ignore[arg-type]
         where = f"POST {safe_url(url)}"
         requests = []
@@ -532,19 +508,19 @@ class RestCollection(RetryHooksMixin, EndpointBlock):
         except Retriable as exc:
             return [(index, exc) for index, _ in calls]
         if reply.status in RETRY_STATUSES:
-            error = _status_error(reply, where)
+            error = status_error(reply, where)
             return [(index, error) for index, _ in calls]  # type: ignore[misc]
         if reply.status != 200:
-            raise _status_error(reply, where, fatal=True)
+            raise status_error(reply, where, fatal=True)
         responses = dig(reply.body, "responses")
         if not isinstance(responses, list):
             raise Fatal(f"{where}: the answer has no 'responses' list")
-        by_id: dict[str, _Reply] = {}
+        by_id: dict[str, Reply] = {}
         for answer in responses:
             if not isinstance(answer, dict) or not isinstance(answer.get("status"), int):
                 raise Fatal(f"{where}: a batch response has no status")
             headers = answer.get("headers") or {}
-            by_id[str(answer.get("id"))] = _Reply(
+            by_id[str(answer.get("id"))] = Reply(
                 answer["status"],
                 {str(k).lower(): str(v) for k, v in headers.items()}
                 if isinstance(headers, dict)
@@ -596,67 +572,3 @@ def _op_key(op: Op) -> str | None:
 
 def _port(url: httpx.URL) -> int | None:
     return url.port or {"http": 80, "https": 443}.get(url.scheme)
-
-
-def _transport_reason(exc: httpx.TransportError) -> str:
-    """The error's own words, minus anything after the first line (no URLs or headers)."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return text[:200]
-
-
-def _parse_body(response: httpx.Response, where: str) -> Any:
-    """The JSON body of ``response`` (None when empty). An HTML page, malformed or truncated
-    JSON is an error: Retriable when the status says the server is in trouble or the text
-    stops early, Fatal otherwise (the URL is probably not the JSON API)."""
-    content = response.content
-    if not content.strip():
-        return None
-    try:
-        return jsontext.loads(content)
-    except (ValueError, UnicodeDecodeError) as exc:
-        status = response.status_code
-        kind = response.headers.get("content-type", "").split(";")[0].strip() or "no content type"
-        transient = status in RETRY_STATUSES or status >= 500
-        if "html" in kind:
-            message = f"{where}: answered {status} with an HTML page, not JSON"
-        elif isinstance(exc, json.JSONDecodeError) and (
-            exc.pos >= len(content.rstrip()) - 1 or exc.msg.startswith("Unterminated string")
-        ):
-            message = f"{where}: the JSON answer ({status}) stops early (truncated body)"
-            transient = True
-        else:
-            message = f"{where}: answered {status} with malformed JSON ({kind})"
-        if transient:
-            retry_after = retry_after_seconds(response.headers.get("retry-after"))
-            raise Retriable(message, status=status, retry_after=retry_after) from None
-        raise Fatal(message, status=status) from None
-
-
-def _reason(body: Any) -> str:
-    """The API's own error message, shortened, as ': message' (empty when there is none)."""
-    message = dig(body, "error.message") if isinstance(body, dict) else None
-    if message is None and isinstance(body, dict):
-        message = body.get("message") or body.get("error")
-    return f": {str(message)[:200]}" if message else ""
-
-
-def _status_error(reply: _Reply, where: str, fatal: bool = False) -> SyncError:
-    """The error a non-2xx answer means: Retriable for transient statuses, Fatal otherwise."""
-    status = reply.status
-    reason = _reason(reply.body)
-    if status in RETRY_STATUSES and not fatal:
-        return Retriable(
-            f"{where}: refused with {status}{reason}",
-            status=status,
-            retry_after=retry_after_seconds(reply.headers.get("retry-after")),
-        )
-    if status == 401:
-        return Fatal(
-            f"{where}: authentication refused (401); check the integration account's token",
-            status=status,
-        )
-    if status == 403:
-        return Fatal(
-            f"{where}: the integration account may not do this (403){reason}", status=status
-        )
-    return Fatal(f"{where}: answered {status}{reason}", status=status)
