@@ -92,6 +92,9 @@ class DirectusServer:
             "TELEMETRY": "false",
             "MARKETPLACE_TRUST": "sandbox",
             "MARKETPLACE_REGISTRY": "http://127.0.0.1:9",
+            # Flows may call the webhook receiver on 127.0.0.1 (by default Directus refuses
+            # requests to the machine's own addresses)
+            "IMPORT_IP_DENY_LIST": "169.254.169.254",
             "CACHE_ENABLED": "false",
             "RATE_LIMITER_ENABLED": "false",
             "WEBSOCKETS_ENABLED": "false",
