@@ -267,3 +267,16 @@ def test_a_record_edited_in_directus_after_the_read_is_not_overwritten(
             row = rig.row(system, "race@example.com")
             assert (row["first_name"], row["last_name"]) == ("FromDb", "FromCms")
         assert writes(rig.run()) == 0
+
+
+def test_a_wrong_token_stops_with_a_clear_error_that_never_shows_it(directus):
+    from blocks.directus import DirectusCollection
+    from twoway.errors import Fatal
+
+    endpoint = DirectusCollection(
+        url=directus.url, collection="anything", token="not-the-token-0123456789"
+    )
+    with pytest.raises(Fatal, match=r"authentication refused \(401\)") as info:
+        endpoint.columns()
+    assert "not-the-token" not in str(info.value)
+    endpoint.close()
