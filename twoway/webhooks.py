@@ -481,8 +481,10 @@ class Receiver:
         )
         return Response(status_code=202)
 
-    async def notify(self, request: Request) -> Response:
-        sync, system = request.path_params["sync"], request.path_params["system"]
+    async def _body_and_secret(
+        self, request: Request, sync: str, system: str
+    ) -> tuple[bytes, SecretStr] | Response:
+        """The body of a notification and the system's secret, or the refusal to answer."""
         body = await _read_body(request)
         if body is None:
             return JSONResponse({"error": "body too large"}, status_code=413)
@@ -490,6 +492,14 @@ class Receiver:
         secret = await self._secret(sync, system)
         if secret is None:
             return self._refuse(sync, system, "no webhook secret is configured for this system")
+        return body, secret
+
+    async def notify(self, request: Request) -> Response:
+        sync, system = request.path_params["sync"], request.path_params["system"]
+        checked = await self._body_and_secret(request, sync, system)
+        if isinstance(checked, Response):
+            return checked
+        body, secret = checked
         now = self.clock()
         stamp = request.headers.get(TIMESTAMP_HEADER)
         signature = request.headers.get(SIGNATURE_HEADER)
@@ -518,13 +528,10 @@ class Receiver:
     async def directus(self, request: Request) -> Response:
         """A Directus Flow's event hook: the shared secret in ``X-Twoway-Secret``."""
         sync, system = request.path_params["sync"], request.path_params["system"]
-        body = await _read_body(request)
-        if body is None:
-            return JSONResponse({"error": "body too large"}, status_code=413)
-        self.stats.received += 1
-        secret = await self._secret(sync, system)
-        if secret is None:
-            return self._refuse(sync, system, "no webhook secret is configured for this system")
+        checked = await self._body_and_secret(request, sync, system)
+        if isinstance(checked, Response):
+            return checked
+        body, secret = checked
         if not client_state_ok(request.headers.get(SECRET_HEADER), secret):
             return self._refuse(sync, system, f"bad or missing {SECRET_HEADER}")
         if not is_json_content(request.headers.get("content-type")):
