@@ -280,3 +280,68 @@ def test_a_wrong_token_stops_with_a_clear_error_that_never_shows_it(directus):
         endpoint.columns()
     assert "not-the-token" not in str(info.value)
     endpoint.close()
+
+
+def test_a_collection_without_accountability_fields_is_read_whole_and_written_unguarded(
+    directus,
+):
+    """Without date_updated and user_updated every read is full, deletions are found by
+    keys, and records carry no modifier (none to tell echoes by: values decide)."""
+    from tests.contract.rig_directus import directus_endpoint
+    from twoway.contract import Create, Update
+
+    collection = directus.create_collection(["email"], accountability=False)
+    try:
+        endpoint = directus_endpoint(directus, collection, columns_to_sync=["email"], page_size=2)
+        made = endpoint.write(
+            [Create(ref=str(n), values={"email": f"{n}@x.org"}) for n in range(3)]
+        )
+        assert [r.ok for r in made] == [True] * 3
+        page = endpoint.read_changes(None)
+        assert page.full and {r.modified_by for r in page.records} == {None}
+        again = endpoint.read_changes(page.cursor)
+        assert again.full and len(again.records) == 3
+        assert endpoint.list_keys() == {r.key for r in made}
+        (updated,) = endpoint.write(
+            [Update(key=made[0].key, values={"email": "new@x.org"}, version=made[0].version)]
+        )
+        assert updated.ok and endpoint.read([made[0].key])[0].values == {"email": "new@x.org"}
+        endpoint.close()
+    finally:
+        directus.drop_collection(collection)
+
+
+def test_one_refused_item_of_a_batch_does_not_refuse_the_others(directus):
+    """Directus applies an array of items in one transaction: the endpoint sends each alone
+    to find the refused one, and a shared update with one stale version updates the rest."""
+    from tests.contract.rig_directus import DirectusPerson, directus_endpoint
+    from twoway.contract import Create, Update
+    from twoway.errors import PreconditionFailed, Skippable
+
+    collection = directus.create_collection(["email"])
+    try:
+        endpoint = directus_endpoint(directus, collection, columns_to_sync=["email"])
+        made = endpoint.write(
+            [Create(ref=str(n), values={"email": e}) for n, e in enumerate(["a", "x" * 300, "c"])]
+        )
+        assert [r.ok for r in made] == [True, False, True]
+        assert isinstance(made[1].error, Skippable) and "too long" in str(made[1].error)
+        assert [r.values for r in endpoint.read([made[0].key, made[2].key])] == [
+            {"email": "a"},
+            {"email": "c"},
+        ]
+        DirectusPerson(directus, collection, directus.person).update(made[2].key, {"email": "C"})
+        both = endpoint.write(
+            [
+                Update(key=r.key, values={"email": "same"}, version=r.version)
+                for r in (made[0], made[2])
+            ]
+        )
+        assert both[0].ok and isinstance(both[1].error, PreconditionFailed)
+        assert [r.values["email"] for r in endpoint.read([made[0].key, made[2].key])] == [
+            "same",
+            "C",
+        ]
+        endpoint.close()
+    finally:
+        directus.drop_collection(collection)
