@@ -366,19 +366,32 @@ class DirectusCollection(RetryHooksMixin, EndpointBlock):
         return {"_and": [rule, {updated: {"_eq": op.version}}]}
 
     def write(self, ops: Sequence[Op]) -> list[WriteResult]:
-        results: dict[int, WriteResult] = {}
+        """Creates first (one array), then updates grouped by the values they set (one
+        guarded query each), then deletes (one guarded query). An error that stops a group
+        after another was applied comes back as the outcome of every operation not done."""
         creates = [(i, op) for i, op in enumerate(ops) if isinstance(op, Create)]
-        results.update(self._create(creates))
         updates: dict[str, list[tuple[int, Update]]] = {}
         for i, op in enumerate(ops):
             if isinstance(op, Update):
                 data = json.dumps(canonical(op.values), sort_keys=True, default=str)
                 updates.setdefault(data, []).append((i, op))
-        for same in updates.values():
-            results.update(self._guarded(same))
         deletes = [(i, op) for i, op in enumerate(ops) if isinstance(op, Delete)]
+        steps: list[Callable[[], dict[int, WriteResult]]] = [lambda: self._create(creates)]
+        steps += [lambda same=same: self._guarded(same) for same in updates.values()]
         if deletes:
-            results.update(self._guarded(deletes))
+            steps.append(lambda: self._guarded(deletes))
+        results: dict[int, WriteResult] = {}
+        for step in steps:
+            try:
+                results.update(step())
+            except SyncError as exc:
+                if not results:
+                    raise
+                for i, op in enumerate(ops):
+                    if i not in results:
+                        key = None if isinstance(op, Create) else op.key
+                        results[i] = WriteResult(op=op, key=key, error=exc)
+                break
         return [results[i] for i in range(len(ops))]
 
     def _create(self, creates: list[tuple[int, Create]]) -> dict[int, WriteResult]:

@@ -345,3 +345,41 @@ def test_one_refused_item_of_a_batch_does_not_refuse_the_others(directus):
         endpoint.close()
     finally:
         directus.drop_collection(collection)
+
+
+def test_an_error_after_creates_were_applied_comes_back_per_operation(directus, monkeypatch):
+    """A refused update must not hide the creates of the same batch that Directus applied:
+    their keys come back, the operations not done carry the error."""
+    from blocks.directus import DirectusCollection
+    from blocks.replies import Reply
+    from tests.contract.rig_directus import directus_endpoint
+    from twoway.contract import Create, Update
+    from twoway.errors import Fatal
+
+    collection = directus.create_collection(["email"])
+    send = DirectusCollection._send
+
+    def no_updates(self, method, path, params=None, body=None):
+        if method == "PATCH":
+            return Reply(403, {}, {"errors": [{"message": "You don't have permission"}]})
+        return send(self, method, path, params, body)
+
+    try:
+        endpoint = directus_endpoint(directus, collection, columns_to_sync=["email"])
+        (first,) = endpoint.write([Create(ref="0", values={"email": "old"})])
+        monkeypatch.setattr(DirectusCollection, "_send", no_updates)
+        results = endpoint.write(
+            [
+                Create(ref="1", values={"email": "new"}),
+                Update(key=first.key, values={"email": "changed"}, version=first.version),
+            ]
+        )
+        assert results[0].ok and results[0].key
+        assert isinstance(results[1].error, Fatal) and "403" in str(results[1].error)
+        assert {r.values["email"] for r in endpoint.read([first.key, results[0].key])} == {
+            "old",
+            "new",
+        }
+        endpoint.close()
+    finally:
+        directus.drop_collection(collection)
