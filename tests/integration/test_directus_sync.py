@@ -1,126 +1,35 @@
-"""Two-way sync of a real Directus 10 collection and a SQLite table: the scenario the SQL
-syncs pass (first sync links by match_on, merges, conflicts by policy, deletes, no echo),
-with the definition naming only the Directus ``url``, ``collection`` and ``token``."""
+"""A real Directus 10 collection kept in step with SQLite tables: what only Directus has
+(its activity log, the token's user, date_updated as the version, batches applied in one
+transaction). The scenarios every SQL sync passes run on Directus too: test_sql_sync.py
+with the backend ``directus``."""
 
 from __future__ import annotations
 
-import uuid
-from contextlib import contextmanager
-from pathlib import Path
-from typing import Any
-
 import pytest
-import sqlalchemy as sa
-import yaml
 
-from tests.contract.rig_directus import DirectusPerson
-from tests.directus_server import DirectusServer, shared_server
-from tests.sqlrig import SqlPerson, fresh_table, server_url
-from twoway.definition import load_definition
-from twoway.engine import RunReport, Runtime, run_sync
-
-FIELDS = ("email", "first_name", "last_name", "phone")
-TOKEN_VARIABLE = "TWOWAY_TEST_DIRECTUS_TOKEN"
+from blocks.directus import DirectusCollection
+from blocks.replies import Reply
+from tests.contract.rig_directus import DirectusPerson, directus_endpoint
+from tests.directus_server import shared_server
+from tests.syncrig import sync_rig
+from twoway.contract import Create, Update
+from twoway.engine import RunReport
+from twoway.errors import Fatal, PreconditionFailed, Skippable
 
 
 def writes(report: RunReport) -> int:
     return sum(c["created"] + c["updated"] + c["deleted"] for c in report.systems.values())
 
 
-class DirectusSqlRig:
-    """System ``cms`` (a fresh Directus collection) and ``db`` (a SQLite table)."""
-
-    def __init__(self, server: DirectusServer, tmp_path: Path, engine, table, **options: Any):
-        self.server = server
-        self.collection = server.create_collection(list(FIELDS))
-        self.engine, self.table = engine, table
-        self.cms_person = DirectusPerson(server, self.collection, server.person)
-        self.db_person = SqlPerson(engine, table, "id", "updated_at", "updated_by", name="dba")
-        doc: dict[str, Any] = {
-            "name": f"d{uuid.uuid4().hex[:8]}",
-            "state": f"sqlite:///{tmp_path / 'state.db'}",
-            "systems": {
-                "cms": {
-                    "kind": "directus",
-                    "url": server.url,
-                    "collection": self.collection,
-                    "token": "${" + TOKEN_VARIABLE + "}",
-                    "overlap_seconds": 5,
-                },
-                "db": {
-                    "kind": "sql",
-                    "url": engine.url.render_as_string(hide_password=False),
-                    "table": str(table.name),
-                    "key": "id",
-                    "modified_at": "updated_at",
-                    "modified_by": "updated_by",
-                    "integration_account": "svc-sync",
-                    "overlap_seconds": 5,
-                },
-            },
-            "fields": {f: {"cms": f, "db": f} for f in FIELDS},
-            "match_on": ["email"],
-            **options,
-        }
-        self.path = tmp_path / "sync.yaml"
-        self.path.write_text(yaml.safe_dump(doc))
-
-    def run(self, **kwargs: Any) -> RunReport:
-        return run_sync(load_definition(self.path), Runtime(), **kwargs)
-
-    def activity(self) -> int:
-        """How many writes Directus itself logged for the collection (counted at the server)."""
-        meta = self.server.api(
-            "GET",
-            "/activity",
-            params={
-                "filter[collection][_eq]": self.collection,
-                "aggregate[count]": "id",
-            },
-        )
-        return int(meta[0]["count"]["id"])
-
-    # people editing each side -----------------------------------------------------------
-
-    def add(self, system: str, email: str, first: str = "Ann", last: str = "Lee", phone=None):
-        values = {"email": email, "first_name": first, "last_name": last, "phone": phone}
-        return (self.cms_person if system == "cms" else self.db_person).create(values)
-
-    def edit(self, system: str, email: str, **values: Any) -> None:
-        person = self.cms_person if system == "cms" else self.db_person
-        person.update(self.row(system, email)["_key"], values)
-
-    def delete(self, system: str, email: str) -> None:
-        person = self.cms_person if system == "cms" else self.db_person
-        person.delete(self.row(system, email)["_key"])
-
-    # what each side holds ---------------------------------------------------------------
-
-    def rows(self, system: str) -> list[dict[str, Any]]:
-        if system == "cms":
-            items = self.server.api(
-                "GET", f"/items/{self.collection}", params={"limit": "-1", "sort": "id"}
-            )
-            out = [
-                {f: i[f] for f in FIELDS} | {"_key": str(i["id"]), "_by": i["user_updated"]}
-                for i in items
-            ]
-        else:
-            with self.engine.connect() as conn:
-                found = conn.execute(sa.select(self.table)).mappings().all()
-            out = [
-                {f: r[f] for f in FIELDS} | {"_key": str(r["id"]), "_by": r["updated_by"]}
-                for r in found
-            ]
-        return sorted(out, key=lambda r: (r["email"] or "", r["_key"]))
-
-    def row(self, system: str, email: str) -> dict[str, Any] | None:
-        found = [r for r in self.rows(system) if r["email"] == email]
-        assert len(found) <= 1, f"duplicate {email} in {system}: {found}"
-        return found[0] if found else None
-
-    def data(self, system: str) -> list[tuple]:
-        return [tuple(r[f] for f in FIELDS) for r in self.rows(system)]
+def logged(rig) -> int:
+    """How many changes Directus itself logged for the collection (counted at the server)."""
+    server, collection = rig.directus["s0"]
+    found = server.api(
+        "GET",
+        "/activity",
+        params={"filter[collection][_eq]": collection, "aggregate[count]": "id"},
+    )
+    return int(found[0]["count"]["id"])
 
 
 @pytest.fixture
@@ -128,150 +37,68 @@ def directus():
     return shared_server()
 
 
-@contextmanager
-def rig_for(server: DirectusServer, tmp_path: Path, monkeypatch, **options: Any):
-    monkeypatch.setenv(TOKEN_VARIABLE, server.sync_user.token)
-    with fresh_table(server_url("sqlite", tmp_path)) as (engine, table):
-        rig = DirectusSqlRig(server, tmp_path, engine, table, **options)
-        try:
-            yield rig
-        finally:
-            server.drop_collection(rig.collection)
-
-
-def test_first_sync_links_by_match_on_and_a_second_run_writes_nothing(
-    directus, tmp_path, monkeypatch
-):
-    with rig_for(directus, tmp_path, monkeypatch) as rig:
-        rig.add("cms", "both@example.com", "Ann", "Lee", "111")
-        rig.add("db", "BOTH@example.com ", "Ann", "Lee")
-        rig.add("cms", "cms-only@example.com", "Bo", "Cms", "222")
-        rig.add("db", "db-only@example.com", "Cy", "Db")
-        report = rig.run()
-        assert report.status == "completed", report
-        assert report.systems["cms"]["created"] == 1 and report.systems["db"]["created"] == 1
-        for system in ("cms", "db"):
-            emails = [r["email"].strip().lower() for r in rig.rows(system)]
-            assert emails == ["both@example.com", "cms-only@example.com", "db-only@example.com"]
-        assert rig.data("cms") == rig.data("db")
-        assert rig.row("db", "cms-only@example.com")["phone"] == "222"
-        assert rig.row("db", "cms-only@example.com")["_by"] == "svc-sync"
-        assert rig.row("db", "BOTH@example.com ")["phone"] == "111"  # merged into db's record
-        logged = rig.activity()
+def test_a_run_after_a_run_writes_nothing_to_directus_by_its_own_activity_log(tmp_path):
+    with sync_rig(tmp_path, "directus") as rig:
+        rig.add("s0", "both@example.com", "Ann", "Lee", "111")
+        rig.add("s1", "both@example.com", "Ann", "Lee")
+        rig.add("s0", "cms-only@example.com", "Bo", "Cms")
+        rig.add("s1", "db-only@example.com", "Cy", "Db")
+        first = rig.run()
+        assert first.systems["s0"]["created"] == 1 and first.systems["s1"]["created"] == 1
+        assert rig.row("s0", "db-only@example.com")["_by"] == "svc-sync"
+        before = logged(rig)
         second = rig.run()
-        assert writes(second) == 0
-        assert second.systems["cms"]["echo_skipped"] >= 1  # our create came back, skipped
-        assert rig.activity() == logged, "a run after a run wrote to Directus"
-        assert writes(rig.run()) == 0 and rig.activity() == logged
-
-
-def test_field_changes_merge_and_conflicts_follow_last_writer(directus, tmp_path, monkeypatch):
-    with rig_for(directus, tmp_path, monkeypatch) as rig:
-        rig.add("cms", "m@example.com", "Max", "Muster", "1")
-        rig.run()
-        rig.edit("cms", "m@example.com", first_name="Maxi")
-        rig.edit("db", "m@example.com", last_name="Mustermann")
-        report = rig.run()
-        assert report.conflicts == 0
-        for system in ("cms", "db"):
-            row = rig.row(system, "m@example.com")
-            assert (row["first_name"], row["last_name"]) == ("Maxi", "Mustermann")
-        rig.edit("db", "m@example.com", first_name="Early")
-        rig.edit("cms", "m@example.com", first_name="Late")  # edited last: wins
-        report = rig.run()
-        assert report.conflicts == 1
-        assert rig.row("db", "m@example.com")["first_name"] == "Late"
-        assert rig.row("cms", "m@example.com")["first_name"] == "Late"
+        assert writes(second) == 0 and second.systems["s0"]["echo_skipped"] >= 1
         assert writes(rig.run()) == 0
+        assert logged(rig) == before, "a run after a run wrote to Directus"
 
 
-def test_prefer_policy_and_manual_hold(directus, tmp_path, monkeypatch):
-    with rig_for(directus, tmp_path, monkeypatch, conflicts="prefer cms") as rig:
-        rig.add("db", "p@example.com", "A", "B")
+def test_an_edit_made_with_the_integration_token_is_a_real_change(directus, tmp_path):
+    with sync_rig(tmp_path, "directus") as rig:
+        rig.add("s1", "lu@example.com", "Lost", "Update")
         rig.run()
-        rig.edit("cms", "p@example.com", first_name="FromCms")
-        rig.edit("db", "p@example.com", first_name="FromDb")
-        rig.run()
-        assert rig.row("db", "p@example.com")["first_name"] == "FromCms"
-    (tmp_path / "m").mkdir()
-    with rig_for(directus, tmp_path / "m", monkeypatch, conflicts="manual") as rig:
-        rig.add("db", "q@example.com", "A", "B")
-        rig.run()
-        rig.edit("cms", "q@example.com", first_name="One", last_name="Merged")
-        rig.edit("db", "q@example.com", first_name="Two")
-        report = rig.run()
-        assert report.conflicts == 1
-        assert rig.row("db", "q@example.com")["first_name"] == "Two"  # held: nobody overwritten
-        assert rig.row("cms", "q@example.com")["first_name"] == "One"
-        assert rig.row("db", "q@example.com")["last_name"] == "Merged"
-        again = rig.run()
-        assert again.conflicts == 0 and writes(again) == 0
-
-
-def test_deletes_propagate_both_ways_and_never_come_back(directus, tmp_path, monkeypatch):
-    with rig_for(directus, tmp_path, monkeypatch) as rig:
-        for email in ("gone-cms@example.com", "gone-db@example.com", "keep@example.com"):
-            rig.add("cms", email)
-        rig.run()
-        rig.delete("cms", "gone-cms@example.com")  # learnt from Directus's activity log
-        rig.delete("db", "gone-db@example.com")
-        report = rig.run()
-        assert report.systems["db"]["deleted"] == 1 and report.systems["cms"]["deleted"] == 1
-        assert [r["email"] for r in rig.rows("cms")] == ["keep@example.com"]
-        assert [r["email"] for r in rig.rows("db")] == ["keep@example.com"]
-        assert writes(rig.run()) == 0
-
-
-def test_an_edit_made_with_the_integration_token_is_a_real_change(directus, tmp_path, monkeypatch):
-    with rig_for(directus, tmp_path, monkeypatch) as rig:
-        rig.add("db", "lu@example.com", "Lost", "Update")
-        rig.run()
-        key = rig.row("cms", "lu@example.com")["_key"]
+        _, collection = rig.directus["s0"]
+        key = rig.key_of("s0", "lu@example.com")
         # someone using the integration user's token edits after our write
         directus.api(
             "PATCH",
-            f"/items/{rig.collection}/{key}",
+            f"/items/{collection}/{key}",
             directus.sync_user.token,
             json={"first_name": "Kept"},
         )
         report = rig.run()
-        assert report.systems["db"]["updated"] == 1
-        assert rig.row("db", "lu@example.com")["first_name"] == "Kept"
+        assert report.systems["s1"]["updated"] == 1
+        assert rig.row("s1", "lu@example.com")["first_name"] == "Kept"
         assert writes(rig.run()) == 0
 
 
-def test_a_record_edited_in_directus_after_the_read_is_not_overwritten(
-    directus, tmp_path, monkeypatch
-):
+def test_a_record_edited_in_directus_after_the_read_is_not_overwritten(tmp_path, monkeypatch):
     """The guarded update matches no row when date_updated moved since the read: the write
     is deferred, and the next run merges the person's edit instead of losing it."""
-    from blocks.directus import DirectusCollection
 
-    with rig_for(directus, tmp_path, monkeypatch) as rig:
-        rig.add("cms", "race@example.com", "Ra", "Ce")
+    with sync_rig(tmp_path, "directus") as rig:
+        rig.add("s0", "race@example.com", "Ra", "Ce")
         rig.run()
-        rig.edit("db", "race@example.com", first_name="FromDb")
+        rig.edit("s1", "race@example.com", first_name="FromDb")
         write = DirectusCollection.write
 
         def edit_first(self, ops):
-            rig.edit("cms", "race@example.com", last_name="FromCms")
+            rig.edit("s0", "race@example.com", last_name="FromCms")
             return write(self, ops)
 
         monkeypatch.setattr(DirectusCollection, "write", edit_first)
         report = rig.run()
         monkeypatch.setattr(DirectusCollection, "write", write)
-        assert report.systems["cms"]["deferred"] == 1
-        assert rig.row("cms", "race@example.com")["first_name"] == "Ra"
+        assert report.systems["s0"]["deferred"] == 1
+        assert rig.row("s0", "race@example.com")["first_name"] == "Ra"
         rig.run()
-        for system in ("cms", "db"):
+        for system in ("s0", "s1"):
             row = rig.row(system, "race@example.com")
             assert (row["first_name"], row["last_name"]) == ("FromDb", "FromCms")
         assert writes(rig.run()) == 0
 
 
 def test_a_wrong_token_stops_with_a_clear_error_that_never_shows_it(directus):
-    from blocks.directus import DirectusCollection
-    from twoway.errors import Fatal
 
     endpoint = DirectusCollection(
         url=directus.url, collection="anything", token="not-the-token-0123456789"
@@ -287,8 +114,6 @@ def test_a_collection_without_accountability_fields_is_read_whole_and_written_un
 ):
     """Without date_updated and user_updated every read is full, deletions are found by
     keys, and records carry no modifier (none to tell echoes by: values decide)."""
-    from tests.contract.rig_directus import directus_endpoint
-    from twoway.contract import Create, Update
 
     collection = directus.create_collection(["email"], accountability=False)
     try:
@@ -314,9 +139,6 @@ def test_a_collection_without_accountability_fields_is_read_whole_and_written_un
 def test_one_refused_item_of_a_batch_does_not_refuse_the_others(directus):
     """Directus applies an array of items in one transaction: the endpoint sends each alone
     to find the refused one, and a shared update with one stale version updates the rest."""
-    from tests.contract.rig_directus import DirectusPerson, directus_endpoint
-    from twoway.contract import Create, Update
-    from twoway.errors import PreconditionFailed, Skippable
 
     collection = directus.create_collection(["email"])
     try:
@@ -350,11 +172,6 @@ def test_one_refused_item_of_a_batch_does_not_refuse_the_others(directus):
 def test_an_error_after_creates_were_applied_comes_back_per_operation(directus, monkeypatch):
     """A refused update must not hide the creates of the same batch that Directus applied:
     their keys come back, the operations not done carry the error."""
-    from blocks.directus import DirectusCollection
-    from blocks.replies import Reply
-    from tests.contract.rig_directus import directus_endpoint
-    from twoway.contract import Create, Update
-    from twoway.errors import Fatal
 
     collection = directus.create_collection(["email"])
     send = DirectusCollection._send
