@@ -10,8 +10,11 @@ Anything that keeps Directus from starting fails the test with the reason; nothi
 from __future__ import annotations
 
 import atexit
+import contextlib
+import ctypes
 import os
 import secrets
+import signal
 import socket
 import subprocess
 import tempfile
@@ -29,6 +32,7 @@ from tests.sqlrig import POSTGRES_URL
 
 REPO = Path(__file__).resolve().parent.parent
 START_TIMEOUT = 90.0
+PR_SET_PDEATHSIG = 1
 
 
 class DirectusUnavailable(RuntimeError):
@@ -127,7 +131,12 @@ class DirectusServer:
         began = time.monotonic()
         with self.log.open("wb") as log:
             self.process = subprocess.Popen(
-                [*cli, "start"], cwd=self.workdir, env=env, stdout=log, stderr=subprocess.STDOUT
+                [*cli, "start"],
+                cwd=self.workdir,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                preexec_fn=_stop_with_parent,
             )
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
@@ -277,6 +286,13 @@ def _install() -> Path:
             f"scripts/directus exited {done.returncode}: {_tail(done.stderr)}"
         )
     return Path(done.stdout.strip().splitlines()[-1])
+
+
+def _stop_with_parent() -> None:
+    """In the server's process before it starts: end it when the test process dies, even
+    by SIGKILL (Linux), so no Directus outlives its test session."""
+    with contextlib.suppress(OSError):  # not Linux: stop() at exit still ends it
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _free_port() -> int:

@@ -10,7 +10,6 @@ import pytest
 from blocks.directus import DirectusCollection
 from blocks.replies import Reply
 from tests.contract.rig_directus import DirectusPerson, directus_endpoint
-from tests.directus_server import shared_server
 from tests.syncrig import sync_rig
 from twoway.contract import Create, Update
 from twoway.engine import RunReport
@@ -30,11 +29,6 @@ def logged(rig) -> int:
         params={"filter[collection][_eq]": collection, "aggregate[count]": "id"},
     )
     return int(found[0]["count"]["id"])
-
-
-@pytest.fixture
-def directus():
-    return shared_server()
 
 
 def test_a_run_after_a_run_writes_nothing_to_directus_by_its_own_activity_log(tmp_path):

@@ -8,7 +8,7 @@ import time
 from pydantic import SecretStr
 
 from tests.contract.rig_directus import DirectusPerson
-from tests.directus_server import DirectusServer, shared_server
+from tests.directus_server import DirectusServer
 from twoway.simulators.server import BackgroundServer
 from twoway.webhooks import SECRET_HEADER, CachedSecrets, Debouncer, Receiver
 
@@ -70,8 +70,8 @@ def wait_for(condition, timeout: float = 20.0) -> bool:
     return False
 
 
-def test_a_directus_flow_starts_a_run_for_creates_updates_and_deletes():
-    server = shared_server()
+def test_a_directus_flow_starts_a_run_for_creates_updates_and_deletes(directus):
+    server = directus
     collection = server.create_collection(["email", "first_name"])
     emitted: list[tuple[str, dict]] = []
     receiver = Receiver(
