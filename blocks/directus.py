@@ -42,6 +42,8 @@ CURSOR_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 NEVER_UPDATED = "never-updated"
 #: Directus key types whose values are numbers: other keys cannot name a record
 _INTEGER_KEYS = frozenset({"integer", "bigInteger"})
+#: keys named in one request's URL filter: Node refuses request lines of more than 16 KB
+KEYS_PER_REQUEST = 100
 
 
 class DirectusCollection(RetryHooksMixin, EndpointBlock):
@@ -335,7 +337,7 @@ class DirectusCollection(RetryHooksMixin, EndpointBlock):
     def _fetch(self, keys: Sequence[str]) -> list[dict[str, Any]]:
         """The items with these keys, as stored now."""
         out: list[dict[str, Any]] = []
-        for part in chunks(self._usable(list(dict.fromkeys(keys))), self.page_size):
+        for part in chunks(self._usable(list(dict.fromkeys(keys))), KEYS_PER_REQUEST):
             params = {
                 "fields": self._wanted(),
                 "filter": json.dumps({self.key: {"_in": list(part)}}),

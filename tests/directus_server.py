@@ -223,18 +223,24 @@ class DirectusServer:
         )
         return DirectusUser(user["id"], email, token)
 
-    def create_collection(self, fields: list[str], accountability: bool = True) -> str:
-        """A new collection with an integer key, the given text fields and, with
-        ``accountability``, Directus's four standard accountability fields."""
+    def create_collection(
+        self, fields: list[str], accountability: bool = True, uuid_key: bool = False
+    ) -> str:
+        """A new collection with an auto-increment integer key (or, with ``uuid_key``, a
+        UUID that Directus generates), the given text fields and, with ``accountability``,
+        Directus's four standard accountability fields."""
         name = f"c_{uuid.uuid4().hex[:10]}"
-        spec: list[dict[str, Any]] = [
-            {
-                "field": "id",
-                "type": "integer",
-                "meta": {"hidden": True, "readonly": True, "interface": "input"},
-                "schema": {"is_primary_key": True, "has_auto_increment": True},
-            }
-        ]
+        key: dict[str, Any] = {
+            "field": "id",
+            "type": "integer",
+            "meta": {"hidden": True, "readonly": True, "interface": "input"},
+            "schema": {"is_primary_key": True, "has_auto_increment": True},
+        }
+        if uuid_key:
+            key["type"] = "uuid"
+            key["meta"]["special"] = ["uuid"]
+            key["schema"] = {"is_primary_key": True, "length": 36, "has_auto_increment": False}
+        spec: list[dict[str, Any]] = [key]
         if accountability:
             for field, kind, special in (
                 ("user_created", "uuid", "user-created"),
