@@ -161,7 +161,8 @@ class DirectusCollection(RetryHooksMixin, EndpointBlock):
     ) -> Any:
         """The ``data`` of a 2xx answer, with the retry policy on transient failures (unless
         ``retry`` is off: a create that may have been applied is never sent twice); any
-        other answer raises its error (Fatal, or Skippable for a refused record: 400)."""
+        other answer raises its error (Fatal, or Skippable for a write Directus refused
+        as invalid: 400)."""
 
         def attempt() -> Any:
             reply = self._send(method, path, params, body)
@@ -169,7 +170,7 @@ class DirectusCollection(RetryHooksMixin, EndpointBlock):
                 return reply.body.get("data") if isinstance(reply.body, dict) else None
             where = f"{method} {safe_url(self.client().base_url.join(path))}"
             error = status_error(reply, where)
-            if reply.status == 400:
+            if reply.status == 400 and method != "GET":
                 raise Skippable(str(error), status=400)
             raise error
 
@@ -185,7 +186,16 @@ class DirectusCollection(RetryHooksMixin, EndpointBlock):
     def _schema(self) -> dict[str, str]:
         """The collection's fields and their Directus types (asked once)."""
         if self._fields is None:
-            listed = self._request("GET", f"/fields/{quote(self.collection or '', safe='')}")
+            try:
+                listed = self._request("GET", f"/fields/{quote(self.collection or '', safe='')}")
+            except Fatal as exc:
+                if exc.status != 403:
+                    raise
+                raise Fatal(
+                    f"Directus collection {self.collection!r} does not exist, or the token's "
+                    f"user may not read it ({exc})",
+                    status=403,
+                ) from None
             self._fields = {f["field"]: str(f.get("type")) for f in listed or []}
             if self.key not in self._fields:
                 raise Fatal(f"Directus collection {self.collection!r} has no field {self.key!r}")

@@ -216,3 +216,11 @@ def test_a_uuid_keyed_collection_creates_one_by_one_and_reads_many_keys(directus
         endpoint.close()
     finally:
         directus.drop_collection(collection)
+
+
+def test_a_collection_that_is_not_there_is_named_in_the_error(directus):
+    """Directus answers 403 for a collection that does not exist: the error says both."""
+    endpoint = directus_endpoint(directus, "no_such_collection", columns_to_sync=["email"])
+    with pytest.raises(Fatal, match="'no_such_collection' does not exist, or the token's user"):
+        endpoint.columns()
+    endpoint.close()
