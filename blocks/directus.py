@@ -86,6 +86,9 @@ class DirectusCollection(HttpEndpointBlock):
     retry_deadline_seconds: float = Field(
         900.0, gt=0, description="Most seconds a run waits between retries on this system"
     )
+    link_column: str | None = Field(
+        None, description="Field stamped with the link id of every item twoway creates"
+    )
 
     _me: str | None = PrivateAttr(None)  # the token's user id
     _fields: dict[str, str] | None = PrivateAttr(None)  # field -> Directus type
@@ -101,6 +104,7 @@ class DirectusCollection(HttpEndpointBlock):
             "created_at": system.created_at,
             "created_by": system.created_by,
             "page_size": system.page_size,
+            "link_column": system.link_column,
         }
 
     # -- HTTP: the token, one request ---------------------------------------------------
@@ -189,7 +193,7 @@ class DirectusCollection(HttpEndpointBlock):
 
     def _wanted(self) -> str:
         names = [self.key, *self.columns_to_sync]
-        names += [self._present(n) for n in self._stamps()]
+        names += [self._present(n) for n in (*self._stamps(), self.link_column)]
         return ",".join(dict.fromkeys(n for n in names if n))
 
     def _stamps(self) -> tuple[str | None, ...]:
@@ -197,6 +201,22 @@ class DirectusCollection(HttpEndpointBlock):
 
     def columns(self) -> set[str]:
         return set(self._schema())
+
+    def add_link_column(self) -> bool:
+        """Add the link marker field (``link_column``) when the collection lacks it: a
+        nullable, read-only text field that twoway alone writes, on creates. True when it
+        was added (the token's user needs the right to change the data model)."""
+        if not self.link_column or self.link_column in self._schema():
+            return False
+        field = {
+            "field": self.link_column,
+            "type": "string",
+            "meta": {"readonly": True, "note": "Link id stamped by twoway on the items it creates"},
+            "schema": {"is_nullable": True, "max_length": 64},
+        }
+        self._request("POST", f"/fields/{quote(self.collection or '', safe='')}", body=field)
+        self._fields = None  # read the fields again on next use
+        return True
 
     def max_batch(self) -> int:
         return self.batch_size
@@ -220,13 +240,20 @@ class DirectusCollection(HttpEndpointBlock):
         if by is not None:
             by = self.integration_account if str(by) == self._user() else str(by)
         columns = self.columns_to_sync
+        link = item.get(self.link_column) if self.link_column else None
         return RawRecord(
             key=str(key),
             values={c: item.get(c) for c in columns},
             modified_at=parse_timestamp(stamp),
             modified_by=by,
             version=NEVER_UPDATED if updated is None else str(updated),
+            link=None if link is None else str(link),
         )
+
+    def _create_body(self, op: Create) -> dict[str, Any]:
+        """The item a create sends: its values, and its link id in the link marker field."""
+        values = canonical(op.values)
+        return {**values, self.link_column: op.ref} if self.link_column else values
 
     def _keyset(self, path: str, where: dict[str, Any], key: str, fields: str) -> Iterator[list]:
         """Each page of ``path`` matching ``where``, sorted by ``key`` and paged by it."""
@@ -387,7 +414,7 @@ class DirectusCollection(HttpEndpointBlock):
         if not creates:
             return {}
         if len(creates) > 1 and self._schema()[self.key] in _INTEGER_KEYS:
-            body = [canonical(op.values) for _, op in creates]
+            body = [self._create_body(op) for _, op in creates]
             try:
                 items = self._request(
                     "POST", self._items(), {"fields": self._wanted()}, body, once=True
@@ -410,7 +437,7 @@ class DirectusCollection(HttpEndpointBlock):
                     "POST",
                     self._items(),
                     {"fields": self._wanted()},
-                    canonical(op.values),
+                    self._create_body(op),
                     once=True,
                 )
             except (Skippable, Retriable) as exc:

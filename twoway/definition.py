@@ -192,6 +192,14 @@ class DirectusSystem(RetryDeadlineMixin, SystemBase):
     )
     batch_size: int = Field(100, ge=1, le=10_000, description="Records per write batch")
     page_size: int = Field(500, ge=1, le=10_000, description="Records per read page")
+    link_column: str | None = Field(
+        None,
+        description=(
+            "Field where twoway stamps the link id of every item it creates and reads it back "
+            "from, so a create whose answer was lost is found even after a person edited the "
+            "item (`twoway init` adds the field)"
+        ),
+    )
 
     @model_validator(mode="after")
     def _one_token(self) -> DirectusSystem:
