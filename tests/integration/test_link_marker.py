@@ -45,28 +45,34 @@ def mark(rig, system: str) -> None:
     rig.path.write_text(yaml.safe_dump(doc))
 
 
+def init_adds_the_marker(rig, marked: str, unmarked: str) -> None:
+    """`twoway check` asks for the marker of ``marked``, `twoway init` adds it once, then
+    check passes with one note: ``unmarked`` has no marker."""
+    mark(rig, marked)
+    before = twoway("check", str(rig.path))
+    assert before.returncode == 2
+    assert before.stderr.strip().splitlines() == [
+        f"error: {rig.path}: systems.{marked}.link_column: column 'twoway_link' does not exist "
+        f"(`twoway init {rig.path}` adds it)"
+    ]
+    first = twoway("init", str(rig.path))
+    assert first.returncode == 0, first.stderr
+    assert f"systems.{marked}: link column 'twoway_link' added" in first.stdout.splitlines()
+    again = twoway("init", str(rig.path))
+    assert f"systems.{marked}: link column 'twoway_link' present" in again.stdout.splitlines()
+    check = twoway("check", str(rig.path))
+    assert check.returncode == 0, check.stderr
+    notes = [line for line in check.stdout.splitlines() if line.startswith("note: ")]
+    assert len(notes) == 1 and notes[0].startswith(f"note: systems.{unmarked} has no link marker")
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_init_adds_the_column_that_check_asks_for(tmp_path, backend):
     with sync_rig(tmp_path, backend) as rig:
-        mark(rig, "s1")
-        before = twoway("check", str(rig.path))
-        assert before.returncode == 2
-        assert before.stderr.strip().splitlines() == [
-            f"error: {rig.path}: systems.s1.link_column: column 'twoway_link' does not exist "
-            f"(`twoway init {rig.path}` adds it)"
-        ]
-        first = twoway("init", str(rig.path))
-        assert first.returncode == 0, first.stderr
-        assert "systems.s1: link column 'twoway_link' added" in first.stdout.splitlines()
-        again = twoway("init", str(rig.path))
-        assert "systems.s1: link column 'twoway_link' present" in again.stdout.splitlines()
+        init_adds_the_marker(rig, "s1", "s0")
         table = rig.tables["s1"]
         columns = sa.inspect(rig.engines["s1"]).get_columns(table.name)
         assert [c["name"] for c in columns][-1] == "twoway_link"
-        check = twoway("check", str(rig.path))
-        assert check.returncode == 0, check.stderr
-        notes = [line for line in check.stdout.splitlines() if line.startswith("note: ")]
-        assert len(notes) == 1 and notes[0].startswith("note: systems.s0 has no link marker")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -97,22 +103,7 @@ def test_a_directus_collection_gets_its_link_field_from_init_and_finds_a_lost_cr
     """`twoway init` adds the field through Directus's API; the items a dead run created
     carry their link ids and rejoin their links, match_on value changed or not."""
     with sync_rig(tmp_path, "directus") as rig:
-        mark(rig, "s0")
-        before = twoway("check", str(rig.path))
-        assert before.returncode == 2
-        assert before.stderr.strip().splitlines() == [
-            f"error: {rig.path}: systems.s0.link_column: column 'twoway_link' does not exist "
-            f"(`twoway init {rig.path}` adds it)"
-        ]
-        first = twoway("init", str(rig.path))
-        assert first.returncode == 0, first.stderr
-        assert "systems.s0: link column 'twoway_link' added" in first.stdout.splitlines()
-        again = twoway("init", str(rig.path))
-        assert "systems.s0: link column 'twoway_link' present" in again.stdout.splitlines()
-        check = twoway("check", str(rig.path))
-        assert check.returncode == 0, check.stderr
-        notes = [line for line in check.stdout.splitlines() if line.startswith("note: ")]
-        assert len(notes) == 1 and notes[0].startswith("note: systems.s1 has no link marker")
+        init_adds_the_marker(rig, "s0", "s1")
         rig.add("s1", "ann@example.com", "Ann", "Lee", "1")
         rig.add("s1", "bo@example.com", "Bo", "Day", "2")
         with pytest.raises(Died):  # the creates reached Directus, the state never heard of them
