@@ -141,12 +141,18 @@ class Reply:
 def error_of(body: Any) -> tuple[str | None, str | None]:
     """A system's own error code and message from an error body: Salesforce's
     ``[{"errorCode", "message"}]``, Graph's ``{"error": {"code", "message"}}``, OAuth's
-    ``{"error", "error_description"}`` or a plain ``{"message"}``."""
+    ``{"error", "error_description"}``, Directus's ``{"errors": [{"message", "extensions":
+    {"code"}}]}`` or a plain ``{"message"}``."""
     if isinstance(body, list) and body and isinstance(body[0], dict):
         first = body[0]
         return _text(first.get("errorCode") or first.get("statusCode")), _text(first.get("message"))
     if not isinstance(body, dict):
         return None, None
+    errors = body.get("errors")
+    if isinstance(errors, list) and errors and isinstance(errors[0], dict):
+        extensions = errors[0].get("extensions")
+        code = extensions.get("code") if isinstance(extensions, dict) else None
+        return _text(code), _text(errors[0].get("message"))
     error = body.get("error")
     if isinstance(error, dict):
         return _text(error.get("code")), _text(error.get("message"))

@@ -1,4 +1,5 @@
-"""Shared fixtures: one Prefect API for the whole session (a real server, in a harness)."""
+"""Shared fixtures: one Prefect API for the whole session (a real server, in a harness), and
+one real Directus server for the whole session (tests/directus_server.py)."""
 
 from __future__ import annotations
 
@@ -16,3 +17,11 @@ def prefect_api():
         temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}),
     ):
         yield
+
+
+@pytest.fixture(scope="session")
+def directus():
+    """The session's Directus 10 server (started on first use; a failure to start fails)."""
+    from tests.directus_server import shared_server
+
+    return shared_server()

@@ -1,5 +1,9 @@
 """A sync of real SQL tables for tests: N systems with different column names, a
-definition file, a person editing each side, and helpers to read what each side holds."""
+definition file, a person editing each side, and helpers to read what each side holds.
+
+With the backend ``directus``, system ``s0`` is a collection of the session's real Directus
+server (its definition names only ``url``, ``collection`` and ``token``) and the others are
+SQLite tables: the same scenarios then run Directus <-> SQL."""
 
 from __future__ import annotations
 
@@ -43,11 +47,15 @@ class SyncRig:
             "fields": {f: {} for f in FIELDS},
             "match_on": ["email"],
         }
+        self.directus: dict[str, Any] = {}  # system -> (server, collection)
         for i in range(systems):
             name = f"s{i}"
             layout = LAYOUTS[i]
             key, email, first, last, phone, modified, by = layout
-            url = server_url(backend, tmp_path)
+            if backend == "directus" and i == 0:
+                self._add_directus(name, doc, stack)
+                continue
+            url = server_url("sqlite" if backend == "directus" else backend, tmp_path)
             engine, table = stack.enter_context(
                 fresh_table(
                     url,
@@ -86,6 +94,29 @@ class SyncRig:
         self.path.write_text(yaml.safe_dump(doc))
         self.doc = doc
 
+    def _add_directus(self, name: str, doc: dict[str, Any], stack: ExitStack) -> None:
+        """System ``name`` as a fresh collection of the session's Directus server, with
+        LAYOUTS[0]'s field names and Directus's own accountability fields."""
+        from tests.contract.rig_directus import DirectusPerson
+        from tests.directus_server import shared_server
+
+        server = shared_server()
+        fields = [LAYOUTS[0][1 + n] for n in range(len(FIELDS))]
+        collection = server.create_collection(fields)
+        stack.callback(server.drop_collection, collection)
+        self.directus[name] = (server, collection)
+        self.layout[name] = LAYOUTS[0]
+        self.people[name] = DirectusPerson(server, collection, server.person)
+        doc["systems"][name] = {
+            "kind": "directus",
+            "url": server.url,
+            "collection": collection,
+            "token": server.sync_user.token,
+            "overlap_seconds": 5,
+        }
+        for fname, column in zip(FIELDS, fields, strict=True):
+            doc["fields"][fname][name] = column
+
     @property
     def definition(self) -> Definition:
         return load_definition(self.path)
@@ -122,6 +153,18 @@ class SyncRig:
 
     def rows(self, system: str) -> list[dict[str, Any]]:
         """Every row of a system in canonical field names, sorted by email."""
+        if system in self.directus:
+            server, collection = self.directus[system]
+            items = server.api("GET", f"/items/{collection}", params={"limit": "-1"})
+            ours = {server.sync_user.id: "svc-sync"}  # the integration user, as SQL names it
+            out = []
+            for i in items:
+                by = i["user_updated"] or i["user_created"]
+                out.append(
+                    {f: i[self.col(system, f)] for f in FIELDS}
+                    | {"_key": str(i["id"]), "_by": ours.get(by, by)}
+                )
+            return sorted(out, key=lambda r: (r["email"] or "", r["_key"]))
         table = self.tables[system]
         with self.engines[system].connect() as conn:
             rows = conn.execute(sa.select(table)).mappings().all()

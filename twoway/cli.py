@@ -352,12 +352,17 @@ def link_marker_notes(definition) -> list[str]:
 
 
 #: the key that names a kind's link marker (where it has one)
-_MARKER_KEY = {"sql": "link_column", "sharepoint": "link_column", "salesforce": "external_id_field"}
+_MARKER_KEY = {
+    "sql": "link_column",
+    "sharepoint": "link_column",
+    "directus": "link_column",
+    "salesforce": "external_id_field",
+}
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    """Add each SQL system's link marker column where the definition asks for one, and
-    create or upgrade the state store: what a sync needs before its first run."""
+    """Add each SQL or Directus system's link marker column where the definition asks for
+    one, and create or upgrade the state store: what a sync needs before its first run."""
     from twoway.connectors import open_endpoint
     from twoway.state import StateStore
 

@@ -12,6 +12,7 @@ ENDPOINT_CLASSES = {
     "sharepoint": "blocks.sharepoint:SharePointList",
     "salesforce": "blocks.salesforce:SalesforceObject",
     "rest": "blocks.rest:RestCollection",
+    "directus": "blocks.directus:DirectusCollection",
 }
 
 

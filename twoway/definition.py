@@ -169,10 +169,59 @@ class RestSystem(RetryDeadlineMixin, SystemBase):
     page_size: int = Field(1000, ge=1, le=100_000)
 
 
+class DirectusSystem(RetryDeadlineMixin, SystemBase):
+    """A collection of a Directus 10 project through its REST API, with a static token."""
+
+    kind: Literal["directus"]
+    url: str | None = Field(None, description="The project's URL, e.g. https://cms.example.com")
+    collection: str | None = Field(None, description="The collection's name")
+    token: SecretStr | None = Field(
+        None,
+        description="Static token of the integration user; write it as ${ENV_VAR}",
+        json_schema_extra={"writeOnly": True},
+    )
+    token_secret: str | None = Field(
+        None, description="Instead of token: the name of a Prefect Secret block holding it"
+    )
+    webhook_secret: SecretStr | None = Field(
+        None,
+        description="Shared secret the Flow sends in X-Twoway-Secret; write it as ${ENV_VAR}",
+        json_schema_extra={"writeOnly": True},
+    )
+    key: str = "id"
+    modified_at: str | None = "date_updated"
+    created_at: str | None = Field("date_created", description="Field holding the creation time")
+    modified_by: str | None = "user_updated"
+    created_by: str | None = Field("user_created", description="Field holding the creator")
+    integration_account: str | None = Field(
+        "token-user",
+        description="Name the token's own user's changes are reported under (found by /users/me)",
+    )
+    batch_size: int = Field(100, ge=1, le=10_000, description="Records per write batch")
+    page_size: int = Field(500, ge=1, le=10_000, description="Records per read page")
+    link_column: str | None = Field(
+        None,
+        description=(
+            "Field where twoway stamps the link id of every item it creates and reads it back "
+            "from, so a create whose answer was lost is found even after a person edited the "
+            "item (`twoway init` adds the field)"
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _one_token(self) -> DirectusSystem:
+        """One source of the token: the definition, a Secret block, or a credentials block."""
+        given = [k for k in ("token", "token_secret", "block") if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give one of 'token', 'token_secret' and 'block', not {given}")
+        return self
+
+
 SystemDef = Annotated[
-    SqlSystem | SharePointSystem | SalesforceSystem | RestSystem, Field(discriminator="kind")
+    SqlSystem | SharePointSystem | SalesforceSystem | RestSystem | DirectusSystem,
+    Field(discriminator="kind"),
 ]
-KINDS = ("sql", "sharepoint", "salesforce", "rest")
+KINDS = ("sql", "sharepoint", "salesforce", "rest", "directus")
 
 
 class FieldMap(BaseModel):
@@ -360,6 +409,7 @@ def _known_keys(loc: tuple[Any, ...]) -> list[str]:
         "sharepoint": SharePointSystem,
         "salesforce": SalesforceSystem,
         "rest": RestSystem,
+        "directus": DirectusSystem,
     }
     for part in loc:
         if part in by_kind:
@@ -417,6 +467,15 @@ def parse_definition(raw: Any, path: Path) -> Definition:
                     problems.append(f"{prefix}systems.{name}.url: {bad_url}")
             if system.block is None and not system.table:
                 problems.append(f"{prefix}systems.{name}.table: required key is missing")
+        if isinstance(system, DirectusSystem):
+            for needed in ("url", "collection"):
+                if getattr(system, needed) is None and system.block is None:
+                    problems.append(f"{prefix}systems.{name}.{needed}: required key is missing")
+            if system.block is None and system.token is None and system.token_secret is None:
+                problems.append(
+                    f"{prefix}systems.{name}: needs 'token' (e.g. ${{DIRECTUS_TOKEN}}), "
+                    "'token_secret' or 'block'"
+                )
 
     field_maps: dict[str, FieldMap] = {}
     if not definition.fields:

@@ -20,6 +20,11 @@ Routes (``twoway webhooks serve --port P``, on 127.0.0.1 unless told otherwise):
   ``401`` and triggers nothing. The same notification delivered again (same
   ``X-Twoway-Delivery`` id, or the same signature when there is no id) is answered ``202``
   and processed once.
+- ``POST /directus/{sync}/{system}``: a Directus Flow with an event hook trigger
+  (``items.create``, ``items.update``, ``items.delete`` on the collection) and a
+  "Webhook / Request URL" operation whose header ``X-Twoway-Secret`` carries the system's
+  webhook secret (compared in constant time; wrong or missing: ``401``) and whose body is
+  ``{{$trigger}}``. An event other than an item create, update or delete gets ``400``.
 - ``GET /healthz``: counters, for monitoring.
 
 Every body is refused before it is parsed when it is larger than ``MAX_BODY`` (``413``) or
@@ -28,7 +33,8 @@ unsigned request learns nothing but ``401``). A notification is only a hint that
 changed: nothing in it is written anywhere; the run it asks for re-reads the systems.
 
 Secrets: the ``webhook_secret`` of the integration-account credentials block that the
-system's ``block`` names in the definition (or that an endpoint block nests). They stay
+system's ``block`` names in the definition (or that an endpoint block nests), or the
+system's own ``webhook_secret`` key (``kind: directus``, written as ``${ENV_VAR}``). They stay
 ``SecretStr``, are compared in constant time and never logged.
 
 Debounce: a burst of notifications for one sync leads to one run now and at most one
@@ -70,6 +76,8 @@ EVENT_NAME = "twoway.changes.notified"
 SIGNATURE_HEADER = "X-Twoway-Signature"
 TIMESTAMP_HEADER = "X-Twoway-Timestamp"
 DELIVERY_HEADER = "X-Twoway-Delivery"
+SECRET_HEADER = "X-Twoway-Secret"  # Directus Flows send the shared secret itself
+DIRECTUS_EVENTS = ("items.create", "items.update", "items.delete")
 TOLERANCE_SECONDS = 300.0  # how far a signed timestamp may be from our clock, either way
 DEFAULT_DEPLOYMENT = "twoway-sync/{sync}"
 MAX_BODY = 1_000_000  # bytes; Graph notifications are a few KB
@@ -186,6 +194,9 @@ def block_secret(sync: str, system: str) -> SecretStr | None:
     if system not in definition.systems:
         known = ", ".join(sorted(definition.systems))
         raise DefinitionError(f"sync {sync!r} has no system {system!r} (its systems: {known})")
+    own = getattr(definition.systems[system], "webhook_secret", None)
+    if own is not None:
+        return own
     block_name = definition.systems[system].block
     if not block_name:
         return None
@@ -469,8 +480,10 @@ class Receiver:
         )
         return Response(status_code=202)
 
-    async def notify(self, request: Request) -> Response:
-        sync, system = request.path_params["sync"], request.path_params["system"]
+    async def _body_and_secret(
+        self, request: Request, sync: str, system: str
+    ) -> tuple[bytes, SecretStr] | Response:
+        """The body of a notification and the system's secret, or the refusal to answer."""
         body = await _read_body(request)
         if body is None:
             return JSONResponse({"error": "body too large"}, status_code=413)
@@ -478,6 +491,14 @@ class Receiver:
         secret = await self._secret(sync, system)
         if secret is None:
             return self._refuse(sync, system, "no webhook secret is configured for this system")
+        return body, secret
+
+    async def notify(self, request: Request) -> Response:
+        sync, system = request.path_params["sync"], request.path_params["system"]
+        checked = await self._body_and_secret(request, sync, system)
+        if isinstance(checked, Response):
+            return checked
+        body, secret = checked
         now = self.clock()
         stamp = request.headers.get(TIMESTAMP_HEADER)
         signature = request.headers.get(SIGNATURE_HEADER)
@@ -503,6 +524,32 @@ class Receiver:
         self._enqueue(sync, {"source": "signed", "system": system})
         return Response(status_code=202)
 
+    async def directus(self, request: Request) -> Response:
+        """A Directus Flow's event hook: the shared secret in ``X-Twoway-Secret``."""
+        sync, system = request.path_params["sync"], request.path_params["system"]
+        checked = await self._body_and_secret(request, sync, system)
+        if isinstance(checked, Response):
+            return checked
+        body, secret = checked
+        if not client_state_ok(request.headers.get(SECRET_HEADER), secret):
+            return self._refuse(sync, system, f"bad or missing {SECRET_HEADER}")
+        if not is_json_content(request.headers.get("content-type")):
+            return JSONResponse({"error": "Content-Type must be application/json"}, 415)
+        try:
+            event = json.loads(body).get("event")
+        except (ValueError, AttributeError, RecursionError):
+            event = None
+        if not isinstance(event, str) or not event.endswith(DIRECTUS_EVENTS):
+            return JSONResponse(
+                {
+                    "error": "expected a Directus event hook body with 'event': '<collection>."
+                    "items.create|update|delete'"
+                },
+                status_code=400,
+            )
+        self._enqueue(sync, {"source": "directus", "system": system, "event": event})
+        return Response(status_code=202)
+
     async def health(self, request: Request) -> Response:
         s = self.stats
         return JSONResponse(
@@ -523,6 +570,7 @@ class Receiver:
             routes=[
                 Route("/graph/{sync}/{system}", self.graph, methods=["POST"]),
                 Route("/notify/{sync}/{system}", self.notify, methods=["POST"]),
+                Route("/directus/{sync}/{system}", self.directus, methods=["POST"]),
                 Route("/healthz", self.health, methods=["GET"]),
             ]
         )

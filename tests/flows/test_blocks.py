@@ -12,6 +12,7 @@ from pydantic import SecretStr
 
 from blocks.base import EndpointBlock
 from blocks.credentials import IntegrationAccountCredentials
+from blocks.directus import DirectusCollection
 from blocks.rest import RestCollection
 from blocks.salesforce import SalesforceObject
 from blocks.sharepoint import SharePointList
@@ -71,7 +72,7 @@ def test_a_missing_block_is_a_definition_error(tmp_path):
 def test_the_endpoint_base_class_registers_no_block_type_of_its_own():
     with pytest.raises(InvalidBlockRegistration):
         EndpointBlock.register_type_and_schema()
-    endpoints = (SqlTable, SharePointList, SalesforceObject, RestCollection)
+    endpoints = (SqlTable, SharePointList, SalesforceObject, RestCollection, DirectusCollection)
     for block in endpoints:
         block.register_type_and_schema()
     with get_client(sync_client=True) as client:
@@ -82,3 +83,38 @@ def test_the_endpoint_base_class_registers_no_block_type_of_its_own():
     assert EndpointBlock.get_block_type_slug() not in slugs
     for block in endpoints:
         assert schemas[block.get_block_type_slug()] == block._calculate_schema_checksum()
+
+
+@pytest.mark.parametrize("source", ["token_secret", "block"])
+def test_a_directus_token_comes_from_a_prefect_secret_or_a_credentials_block(tmp_path, source):
+    from prefect.blocks.system import Secret
+
+    from tests.directus_server import shared_server
+    from twoway.connectors import open_endpoint
+
+    server = shared_server()
+    collection = server.create_collection(["email"])
+    name = f"cms-{uuid.uuid4().hex[:8]}"
+    token = server.sync_user.token
+    if source == "token_secret":
+        Secret(value=SecretStr(token)).save(name)
+    else:
+        IntegrationAccountCredentials(token=SecretStr(token)).save(name)
+    path = tmp_path / "sync.yaml"
+    cms = {"kind": "directus", "url": server.url, "collection": collection, source: name}
+    db = {"kind": "sql", "url": f"sqlite:///{tmp_path / 'db.db'}", "table": "people"}
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": "cms",
+                "systems": {"cms": cms, "db": db},
+                "fields": {"email": {"cms": "email", "db": "email"}},
+            }
+        )
+    )
+    try:
+        with open_endpoint(load_definition(path), "cms") as endpoint:
+            assert {"email", "date_updated", "user_updated"} <= endpoint.columns()
+            assert token not in repr(endpoint)
+    finally:
+        server.drop_collection(collection)

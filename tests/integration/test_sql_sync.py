@@ -1,4 +1,5 @@
-"""Two-way and N-way sync of real SQL tables (SQLite, PostgreSQL, MariaDB)."""
+"""Two-way and N-way sync of real SQL tables (SQLite, PostgreSQL, MariaDB), and the same
+scenarios with a collection of a real Directus server as the first system."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from blocks.sql import SqlTable
 from tests.syncrig import sync_rig
 from twoway.engine import Runtime, Steps, open_store
 
-BACKENDS = ["sqlite", "postgres", "mariadb"]
+BACKENDS = ["sqlite", "postgres", "mariadb", "directus"]
 
 
 def writes(report) -> int:
@@ -71,8 +72,9 @@ def test_field_changes_merge_and_conflicts_follow_last_writer(tmp_path, backend)
         assert writes(rig.run()) == 0
 
 
-def test_prefer_policy_and_manual_hold(tmp_path):
-    with sync_rig(tmp_path, conflicts="prefer s1") as rig:
+@pytest.mark.parametrize("backend", ["sqlite", "directus"])
+def test_prefer_policy_and_manual_hold(tmp_path, backend):
+    with sync_rig(tmp_path, backend, conflicts="prefer s1") as rig:
         rig.add("s0", "p@example.com", "A", "B")
         rig.run()
         rig.edit("s1", "p@example.com", first_name="FromS1")
@@ -80,7 +82,7 @@ def test_prefer_policy_and_manual_hold(tmp_path):
         rig.run()
         assert rig.row("s0", "p@example.com")["first_name"] == "FromS1"
     with (
-        sync_rig(tmp_path / "m", conflicts="manual")
+        sync_rig(tmp_path / "m", backend, conflicts="manual")
         if (tmp_path / "m").mkdir() is None
         else None as rig
     ):

@@ -167,3 +167,53 @@ def test_json_schema_describes_the_definition():
     assert schema["title"] == "twoway sync definition"
     assert {"name", "systems", "fields"} <= set(schema["properties"])
     assert "sql" in json.dumps(schema)
+
+
+DIRECTUS = """
+name: cms
+systems:
+  cms:
+    kind: directus
+{cms}
+  db:
+    kind: sql
+    url: sqlite:///db.db
+    table: people
+fields:
+  email: {{cms: email, db: email}}
+"""
+
+
+def test_a_directus_system_needs_only_url_collection_and_token(tmp_path, monkeypatch):
+    monkeypatch.setenv("DIRECTUS_TOKEN", "tok-123")
+    cms = "    url: https://cms.example.com\n    collection: contacts\n    token: ${DIRECTUS_TOKEN}"
+    definition = load_definition(write(tmp_path, DIRECTUS.format(cms=cms)))
+    system = definition.systems["cms"]
+    assert (system.key, system.modified_at, system.created_at) == (
+        "id",
+        "date_updated",
+        "date_created",
+    )
+    assert (system.modified_by, system.created_by) == ("user_updated", "user_created")
+    assert system.token.get_secret_value() == "tok-123"
+    assert "tok-123" not in repr(definition)
+
+
+@pytest.mark.parametrize(
+    "cms, expected",
+    [
+        ("    url: https://cms.example.com\n    token: t", "systems.cms.collection: required key"),
+        ("    collection: contacts\n    token: t", "systems.cms.url: required key"),
+        (
+            "    url: https://cms.example.com\n    collection: contacts",
+            "systems.cms: needs 'token'",
+        ),
+        (
+            "    url: u\n    collection: c\n    token: t\n    token_secret: s",
+            "give one of 'token', 'token_secret' and 'block'",
+        ),
+    ],
+)
+def test_a_directus_system_missing_its_keys_is_one_line_each(tmp_path, cms, expected):
+    found = problems(tmp_path, DIRECTUS.format(cms=cms))
+    assert len(found) == 1 and expected in found[0], found

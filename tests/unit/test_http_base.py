@@ -15,6 +15,7 @@ from blocks.http import (
     NoAuth,
     Reply,
     overlap_start,
+    reason,
     record_error,
     safe_headers,
     safe_url,
@@ -132,6 +133,18 @@ def test_record_errors():
     locked = record_error(423, "item 1", deleting=False, retry_after=3)
     assert isinstance(locked, Retriable) and locked.retry_after == 3
     assert isinstance(record_error(400, "item 1", ": bad", deleting=False), Skippable)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        [{"errorCode": "STRING_TOO_LONG", "message": "value too long"}],  # Salesforce
+        {"error": {"code": "STRING_TOO_LONG", "message": "value too long"}},  # Graph
+        {"errors": [{"message": "value too long", "extensions": {"code": "STRING_TOO_LONG"}}]},
+    ],
+)
+def test_each_system_s_error_body_gives_its_code_and_message(body):
+    assert reason(body) == ": STRING_TOO_LONG: value too long"
 
 
 def test_redaction_and_cursor_overlap():

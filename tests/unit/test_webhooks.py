@@ -15,6 +15,7 @@ import pytest
 from pydantic import SecretStr
 
 from twoway.webhooks import (
+    SECRET_HEADER,
     SIGNATURE_HEADER,
     CachedSecrets,
     Debouncer,
@@ -288,3 +289,39 @@ def test_health_counts():
 
     health = run(go())
     assert health["refused"] == 1 and health["handshakes"] == 1 and health["received"] == 1
+
+
+def directus_post(receiver: Receiver, body, headers: dict[str, str]):
+    async def go():
+        async with client(receiver) as c:
+            answer = await c.post("/directus/contacts/cms", json=body, headers=headers)
+            await receiver.drain()
+            return answer
+
+    return run(go())
+
+
+def test_a_directus_event_hook_with_the_shared_secret_gets_202_and_one_event():
+    receiver, _, emitted = make()
+    body = {"event": "contacts.items.update", "collection": "contacts", "keys": ["3"]}
+    answer = directus_post(receiver, body, {SECRET_HEADER: SECRET.get_secret_value()})
+    assert answer.status_code == 202
+    assert emitted == [
+        ("contacts", {"source": "directus", "system": "cms", "event": "contacts.items.update"})
+    ]
+
+
+@pytest.mark.parametrize("given", [None, "wrong", SECRET.get_secret_value() + "x"])
+def test_a_directus_event_hook_without_the_right_secret_is_refused(given):
+    receiver, _, emitted = make()
+    headers = {} if given is None else {SECRET_HEADER: given}
+    answer = directus_post(receiver, {"event": "items.create"}, headers)
+    assert answer.status_code == 401 and emitted == []
+    assert SECRET.get_secret_value() not in answer.text
+
+
+@pytest.mark.parametrize("body", [{"event": "users.login"}, {"no": "event"}, ["items.create"]])
+def test_a_directus_body_that_is_no_item_event_gets_400(body):
+    receiver, _, emitted = make()
+    answer = directus_post(receiver, body, {SECRET_HEADER: SECRET.get_secret_value()})
+    assert answer.status_code == 400 and emitted == []
