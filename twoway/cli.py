@@ -285,6 +285,7 @@ def _print_report(report: dict[str, Any]) -> None:
 def check_definition(definition) -> list[str]:
     """Problems of a definition against its systems: tables, columns, the state store."""
     from twoway.connectors import open_endpoint
+    from twoway.dburl import DriverMissing
     from twoway.state import StateStore
 
     problems = []
@@ -294,6 +295,9 @@ def check_definition(definition) -> list[str]:
         try:
             with open_endpoint(definition, name) as endpoint:
                 columns = endpoint.columns()
+        except DriverMissing as exc:  # a saved block's URL: the definition names no driver
+            problems.append(f"{prefix}{where}: {exc}")
+            continue
         except DefinitionError as exc:
             problems += exc.problems
             continue

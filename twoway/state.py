@@ -30,6 +30,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from twoway.contract import chunks
+from twoway.dburl import create_engine, database_url
 from twoway.errors import AlreadyRunning, Fatal
 from twoway.jsontext import sorted_json
 from twoway.sqlbulk import insert_missing_rows, upsert_rows
@@ -340,15 +341,15 @@ class StateStore:
         self.url = url
         self.clock = clock or (lambda: datetime.now(UTC))
         try:
-            parsed = make_url(url)
+            parsed = database_url(url)
             kwargs: dict[str, Any] = {"pool_pre_ping": True}
             if parsed.get_backend_name() == "sqlite":
                 db = parsed.database
                 if db and db != ":memory:":
                     Path(db).parent.mkdir(parents=True, exist_ok=True)
                 kwargs["connect_args"] = {"timeout": 30}
-            self.engine = sa.create_engine(parsed, **kwargs)
-        except (sa.exc.ArgumentError, ValueError, ImportError, OSError) as exc:
+            self.engine = create_engine(parsed, **kwargs)
+        except (sa.exc.ArgumentError, ValueError, OSError) as exc:
             raise Fatal(f"cannot open the state store {_safe(url)}: {exc}") from None
         if parsed.get_backend_name() == "sqlite":
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
