@@ -250,6 +250,7 @@ def _quiet_temporary_server() -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     definition = _load(args.path)
+    _refuse_a_newer_state(definition)
     sink = sys.stderr if args.json else sys.stdout
     try:
         with contextlib.redirect_stdout(sink):
@@ -276,6 +277,24 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         _print_report(report)
     return EXIT_OK if report.get("status") == "completed" else EXIT_FAILED
+
+
+def _refuse_a_newer_state(definition) -> None:
+    """A state store newer than this twoway is refused before the run starts (exit 2, one
+    line); any other trouble with the store is the run's to report."""
+    from twoway.migrations import StateTooNew
+    from twoway.state import StateStore
+
+    try:
+        store = StateStore(definition.state)
+        try:
+            store.migrate()
+        finally:
+            store.close()
+    except StateTooNew:
+        raise
+    except TwowayError:
+        return
 
 
 def _print_report(report: dict[str, Any]) -> None:

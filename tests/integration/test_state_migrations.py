@@ -220,3 +220,29 @@ def test_state_upgrade_upgrades_a_store_made_before_alembic_and_refuses_a_newer_
     )
     assert refused.stdout == ""
     assert no_traceback(refused)
+
+
+def test_run_and_check_refuse_a_newer_store_in_one_line(tmp_path):
+    path = tmp_path / "contacts.sync.yaml"
+    path.write_text(DEFINITION)
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    store = StateStore(url)
+    store.migrate()
+    with store.engine.begin() as conn:
+        conn.execute(sa.text(f"UPDATE {VERSION_TABLE} SET version_num = '0099'"))
+    store.close()
+    for system in ("crm", "portal"):
+        engine = sa.create_engine(f"sqlite:///{tmp_path / (system + '.db')}")
+        with engine.begin() as conn:
+            conn.exec_driver_sql("CREATE TABLE people (id INTEGER PRIMARY KEY, email TEXT)")
+        engine.dispose()
+
+    for args in (["run", str(path)], ["run", "--json", str(path)], ["check", str(path)]):
+        refused = twoway(*args, cwd=tmp_path)
+        assert refused.returncode == 2, (args, refused.stderr)
+        assert refused.stderr.endswith(
+            f"the state store {url} is at schema version 99, newer than this twoway's "
+            f"({SCHEMA_VERSION}): upgrade twoway\n"
+        ), args
+        assert len(refused.stderr.splitlines()) == 1, refused.stderr
+        assert no_traceback(refused)
