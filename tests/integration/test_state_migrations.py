@@ -15,7 +15,7 @@ from alembic.runtime.migration import MigrationContext
 
 from tests.badinput.rig import no_traceback, twoway
 from tests.sqlrig import empty_database
-from twoway import state
+from twoway import migrations, state
 from twoway.migrations import LEGACY_TABLE, VERSION_TABLE, StateTooNew
 from twoway.state import SCHEMA_VERSION, Link, StateChanges, StateStore
 
@@ -127,6 +127,17 @@ def test_a_store_made_before_alembic_upgrades_in_place_and_keeps_its_rows(
             assert StateStore(url).migrate() == SCHEMA_VERSION  # once is enough
         finally:
             store.close()
+
+
+def test_the_schema_version_is_the_number_of_alembics_head_and_the_chain_is_numbered():
+    from alembic.script import ScriptDirectory
+
+    scripts = ScriptDirectory(str(Path(migrations.__file__).parent))
+    assert scripts.get_current_head() == f"{SCHEMA_VERSION:04d}"
+    for script in scripts.walk_revisions():
+        assert Path(script.path).name.startswith(script.revision + "_")
+        if script.down_revision:
+            assert int(script.revision) == int(script.down_revision) + 1
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
