@@ -311,8 +311,7 @@ class StateStore:
         if self._migrated:
             return SCHEMA_VERSION
         try:
-            with self.engine.begin() as conn:
-                found = upgrade(conn, self.now(), _safe(self.url))
+            found = upgrade(self.engine, self.now(), _safe(self.url))
         except sa.exc.OperationalError as exc:
             raise Fatal(
                 f"cannot open the state store {_safe(self.url)}: {_first_line(exc)}"

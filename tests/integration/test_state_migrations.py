@@ -5,6 +5,9 @@ refused in one line."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
 from datetime import datetime
 from pathlib import Path
 
@@ -257,3 +260,43 @@ def test_run_and_check_refuse_a_newer_store_in_one_line(tmp_path):
         ), args
         assert len(refused.stderr.splitlines()) == 1, refused.stderr
         assert no_traceback(refused)
+
+
+CHILD = """
+import sys, time
+from pathlib import Path
+from twoway.state import StateStore
+store = StateStore(sys.argv[1])
+Path(sys.argv[2]).touch()
+while not Path(sys.argv[3]).exists():
+    time.sleep(0.005)
+print(store.migrate())
+"""
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_processes_opening_a_new_store_together_upgrade_it_one_after_the_other(tmp_path, backend):
+    with empty_database(backend, tmp_path) as url:
+        go = tmp_path / "go"
+        children = [
+            subprocess.Popen(
+                [sys.executable, "-c", CHILD, url, str(tmp_path / f"ready{i}"), str(go)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for i in range(4)
+        ]
+        deadline = time.monotonic() + 120
+        while len(list(tmp_path.glob("ready*"))) < 4 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        go.touch()
+        outcomes = [child.communicate(timeout=120) for child in children]
+        assert [c.returncode for c in children] == [0] * 4, [err for _, err in outcomes]
+        assert sorted(int(out) for out, _ in outcomes) == [0] + [SCHEMA_VERSION] * 3
+        engine = sa.create_engine(url)
+        with engine.connect() as conn:
+            assert conn.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).all() == [
+                (f"{SCHEMA_VERSION:04d}",)
+            ]
+        engine.dispose()

@@ -11,6 +11,8 @@ How to add a migration: README.md beside this file.
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -66,10 +68,31 @@ def stored_versions(conn: sa.Connection) -> tuple[int, int]:
     return revision, legacy
 
 
-def upgrade(conn: sa.Connection, now: datetime, store: str) -> int:
-    """Bring the store on ``conn`` to :func:`head_version`, in the caller's transaction;
-    returns the schema version found. ``store`` names it in the refusal of a newer one."""
+def upgrade(engine: sa.Engine, now: datetime, store: str) -> int:
+    """Bring the store to :func:`head_version`; returns the schema version found. ``store``
+    names it in the refusal of a newer one. Processes that open a new store together
+    upgrade it one after the other: the later ones find it done."""
     head = head_version()
+    with engine.connect() as conn:
+        revision, found = _versions(conn, head, store)
+        conn.rollback()
+        if revision == head:
+            return found
+        with _one_upgrade_at_a_time(conn), conn.begin():
+            if conn.dialect.name == "sqlite":
+                conn.exec_driver_sql("BEGIN IMMEDIATE")  # the write lock, before reading again
+            revision, found = _versions(conn, head, store)
+            if revision < head:
+                from alembic import command
+
+                command.upgrade(_config(conn), "head")
+                _mirror(conn, head, now)
+    return found
+
+
+def _versions(conn: sa.Connection, head: int, store: str) -> tuple[int, int]:
+    """The store's Alembic revision and its schema version; refuses a store newer than
+    ``head``."""
     revision, legacy = stored_versions(conn)
     found = max(revision, legacy)
     if found > head:
@@ -77,14 +100,40 @@ def upgrade(conn: sa.Connection, now: datetime, store: str) -> int:
             f"the state store {store} is at schema version {found}, newer than this "
             f"twoway's ({head}): upgrade twoway"
         )
-    if revision == head:
-        return found
-    from alembic import command
+    return revision, found
 
-    command.upgrade(_config(conn), "head")
+
+def _mirror(conn: sa.Connection, head: int, now: datetime) -> None:
+    """Record ``head`` in ``twoway_schema`` too: what a twoway from before Alembic reads."""
+    legacy = conn.execute(sa.text(f"SELECT MAX(version) FROM {LEGACY_TABLE}")).scalar() or 0
     if legacy < head:
         conn.execute(
             sa.text(f"INSERT INTO {LEGACY_TABLE} (version, applied_at) VALUES (:v, :t)"),
             {"v": head, "t": now},
         )
-    return found
+
+
+#: the lock that upgrades take: a PostgreSQL advisory lock key, a MariaDB lock name
+_PG_LOCK = 0x74776F776179  # "twoway"
+_MYSQL_LOCK = "twoway_state_schema"
+
+
+@contextmanager
+def _one_upgrade_at_a_time(conn: sa.Connection) -> Iterator[None]:
+    """Hold the database server's own named lock while an upgrade runs (on SQLite the
+    upgrade's write lock does it)."""
+    if conn.dialect.name == "postgresql":
+        lock, unlock, key = "pg_advisory_lock", "pg_advisory_unlock", _PG_LOCK
+    elif conn.dialect.name in ("mysql", "mariadb"):
+        lock, unlock, key = "GET_LOCK", "RELEASE_LOCK", _MYSQL_LOCK
+    else:
+        yield
+        return
+    wait = ", 600" if lock == "GET_LOCK" else ""
+    conn.execute(sa.text(f"SELECT {lock}(:k{wait})"), {"k": key})
+    conn.commit()  # the lock is the session's: it outlives this transaction
+    try:
+        yield
+    finally:
+        conn.execute(sa.text(f"SELECT {unlock}(:k)"), {"k": key})
+        conn.commit()
