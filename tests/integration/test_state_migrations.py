@@ -23,7 +23,7 @@ from twoway.migrations import LEGACY_TABLE, VERSION_TABLE, StateTooNew
 from twoway.state import SCHEMA_VERSION, Link, StateChanges, StateStore
 
 BACKENDS = ["sqlite", "postgres", "mariadb"]
-DDL = Path(__file__).parent / "state_v5"
+HERE = Path(__file__).parent
 DIALECT_FILE = {"sqlite": "sqlite", "postgres": "postgresql", "mariadb": "mariadb"}
 T = datetime(2026, 5, 1, 12, 0, 0)
 
@@ -64,9 +64,10 @@ ROWS = {
 
 
 def make_store_before_alembic(url: str, backend: str, version: int) -> None:
-    """A state store as twoway made it before Alembic, at schema ``version`` (2 or 5), with
-    a row or two in each table (an intent needs version 2)."""
-    statements = (DDL / f"{DIALECT_FILE[backend]}.sql").read_text().split(";\n")
+    """A state store as twoway made it before Alembic, at schema ``version`` (6: the last
+    such; 5 or 2: older), with a row or two in each table (an intent needs version 2)."""
+    ddl = HERE / ("state_v6" if version == 6 else "state_v5") / f"{DIALECT_FILE[backend]}.sql"
+    statements = ddl.read_text().split(";\n")
     engine = sa.create_engine(url)
     with engine.begin() as conn:
         for statement in statements:
@@ -94,7 +95,7 @@ def row_counts(store: StateStore) -> dict[str, int]:
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("version", [5, 2])
+@pytest.mark.parametrize("version", [6, 5, 2])
 def test_a_store_made_before_alembic_upgrades_in_place_and_keeps_its_rows(
     tmp_path, backend, version
 ):

@@ -1,8 +1,9 @@
 """The state store's schema migrations, run by Alembic from inside the installed package.
 
-Each revision in ``versions/`` is numbered by the schema version it brings a store to.
-``0005`` is the baseline: the schema of the stores twoway made before Alembic (versions
-1 to 5, recorded in ``twoway_schema``), which it creates, or completes in such a store.
+Each revision in ``versions/`` is numbered by the schema version it brings a store to:
+``0005`` is the baseline (the schema twoway had when its migrations moved to Alembic),
+``0006`` adds the review's decision columns. A store made before Alembic (versions 1 to 6,
+recorded in ``twoway_schema``) runs them all: each completes what such a store lacks.
 Alembic keeps a store's revision in :data:`VERSION_TABLE`; ``twoway_schema`` gets each
 new version too, so a twoway from before Alembic refuses a store newer than itself.
 How to add a migration: README.md beside this file.

@@ -1,4 +1,4 @@
-"""Baseline: the state store's schema as twoway made it before Alembic (version 5).
+"""Baseline: the state store's schema at version 5, when its migrations moved to Alembic.
 
 Creates the tables of a new store; completes a store made before Alembic at any version
 (1 to 5): the intent log (2), the index of live keys (3), no merge-base hash (4). The
