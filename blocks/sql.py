@@ -30,6 +30,7 @@ from twoway.contract import (
     WriteResult,
     chunks,
 )
+from twoway.dburl import create_engine
 from twoway.definition import SqlSystem
 from twoway.errors import Fatal, PreconditionFailed, Retriable, Skippable
 from twoway.sqlbulk import insert_rows
@@ -126,7 +127,7 @@ class SqlTable(EndpointBlock):
             kwargs: dict[str, Any] = {"pool_pre_ping": True}
             if url.get_backend_name() == "sqlite":
                 kwargs["connect_args"] = {"timeout": 30}
-            self._engine = sa.create_engine(url, **kwargs)
+            self._engine = create_engine(url, **kwargs)
         return self._engine
 
     def reads_ahead(self) -> bool:

@@ -128,3 +128,24 @@ class SqlPerson:
     def delete(self, key: str) -> None:
         with self.engine.begin() as conn:
             conn.execute(self.table.delete().where(self.table.c[self.key] == int(key)))
+
+
+@contextmanager
+def empty_database(backend: str, tmp_path) -> Iterator[str]:
+    """The URL of a new, empty database of the backend, dropped afterwards: for tests of a
+    whole schema (the shared test database holds the state tables of other tests)."""
+    if backend == "sqlite":
+        yield f"sqlite:///{tmp_path / ('empty-' + uuid.uuid4().hex[:8] + '.db')}"
+        return
+    url = sa.make_url(server_url(backend, tmp_path))
+    name = f"{url.database}_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+    drop = f"DROP DATABASE {name}" + (" WITH (FORCE)" if backend == "postgres" else "")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"CREATE DATABASE {name}")
+    try:
+        yield url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(drop)
+        admin.dispose()

@@ -56,6 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("path")
     status.add_argument("--json", action="store_true")
 
+    state = sub.add_parser("state", help="the state store of a sync")
+    state_sub = state.add_subparsers(dest="state_command", required=True, parser_class=_Parser)
+    upgrade = state_sub.add_parser(
+        "upgrade", help="bring the state store's schema up to this twoway's, now"
+    )
+    upgrade.add_argument("path", help="sync definition (NAME or PATH)")
+
     letters = sub.add_parser("deadletters", help="records that could not be applied")
     letters.add_argument("action", choices=["list", "retry"])
     letters.add_argument("path")
@@ -159,6 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "init": cmd_init,
         "plan": cmd_plan,
         "status": cmd_status,
+        "state": cmd_state,
         "deadletters": cmd_deadletters,
         "demo": cmd_demo,
         "schema": cmd_schema,
@@ -242,6 +250,7 @@ def _quiet_temporary_server() -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     definition = _load(args.path)
+    _refuse_a_newer_state(definition)
     sink = sys.stderr if args.json else sys.stdout
     try:
         with contextlib.redirect_stdout(sink):
@@ -270,6 +279,24 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK if report.get("status") == "completed" else EXIT_FAILED
 
 
+def _refuse_a_newer_state(definition) -> None:
+    """A state store newer than this twoway is refused before the run starts (exit 2, one
+    line); any other trouble with the store is the run's to report."""
+    from twoway.migrations import StateTooNew
+    from twoway.state import StateStore
+
+    try:
+        store = StateStore(definition.state)
+        try:
+            store.migrate()
+        finally:
+            store.close()
+    except StateTooNew:
+        raise
+    except TwowayError:
+        return
+
+
 def _print_report(report: dict[str, Any]) -> None:
     from twoway.report import COUNT_COLUMNS, text_table
 
@@ -285,6 +312,7 @@ def _print_report(report: dict[str, Any]) -> None:
 def check_definition(definition) -> list[str]:
     """Problems of a definition against its systems: tables, columns, the state store."""
     from twoway.connectors import open_endpoint
+    from twoway.dburl import DriverMissing
     from twoway.state import StateStore
 
     problems = []
@@ -294,6 +322,9 @@ def check_definition(definition) -> list[str]:
         try:
             with open_endpoint(definition, name) as endpoint:
                 columns = endpoint.columns()
+        except DriverMissing as exc:  # a saved block's URL: the definition names no driver
+            problems.append(f"{prefix}{where}: {exc}")
+            continue
         except DefinitionError as exc:
             problems += exc.problems
             continue
@@ -483,6 +514,27 @@ def _refresh_overview(definition) -> None:
         publish_overview(definition)
     except Exception as exc:  # the status itself is still right
         print(f"note: the overview was not refreshed: {redact(str(exc))}", file=sys.stderr)
+
+
+def cmd_state(args: argparse.Namespace) -> int:
+    """``twoway state upgrade``: migrate the sync's state store now rather than on first use
+    (say with a database user allowed DDL); a store newer than this twoway is refused."""
+    from twoway.state import SCHEMA_VERSION, StateStore
+
+    definition = _load(args.path)
+    store = StateStore(definition.state)
+    try:
+        found = store.migrate()
+    finally:
+        store.close()
+    where = f"{definition.name}: state store {redact(definition.state)}"
+    if found == SCHEMA_VERSION:
+        print(f"{where} is at schema version {SCHEMA_VERSION}: nothing to upgrade")
+    elif found == 0:
+        print(f"{where} created at schema version {SCHEMA_VERSION}")
+    else:
+        print(f"{where} upgraded from schema version {found} to {SCHEMA_VERSION}")
+    return EXIT_OK
 
 
 def cmd_deadletters(args: argparse.Namespace) -> int:

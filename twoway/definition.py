@@ -359,19 +359,20 @@ def _resolve_sqlite(url: str, base: Path) -> str:
 
 
 def _url_problem(url: str) -> str | None:
-    """Why ``url`` is not a usable SQLAlchemy URL (no password in the answer), or None."""
-    from sqlalchemy.engine import make_url
+    """Why ``url`` is not a usable database URL (no password in the answer), or None."""
     from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
+    from twoway.dburl import database_url, driver_problem
+
     try:
-        parsed = make_url(url)
+        parsed = database_url(url)
     except (ArgumentError, ValueError):
-        return "not a database URL (expected e.g. sqlite:///file.db or postgresql+psycopg2://...)"
+        return "not a database URL (expected e.g. sqlite:///file.db or postgresql://...)"
     try:
         parsed.get_dialect()
     except NoSuchModuleError:
         return f"unknown database kind {parsed.drivername!r} in the URL"
-    return None
+    return driver_problem(parsed)
 
 
 def _field_location(loc: tuple[Any, ...]) -> str:

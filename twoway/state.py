@@ -12,7 +12,8 @@ Tables (every row carries the sync's name, so one database can serve many syncs)
 - ``cursors``, ``conflicts``, ``dead_letters``, ``runs``, ``leases``.
 
 The store holds observations, never queued work: any run can be re-derived after a crash.
-The schema is versioned; :data:`MIGRATIONS` upgrades an older store in place.
+The schema is versioned; Alembic's migrations (twoway/migrations) upgrade an older store in
+place: a change to a table here is a new migration there.
 """
 
 from __future__ import annotations
@@ -30,20 +31,16 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from twoway.contract import chunks
+from twoway.dburl import create_engine, database_url
 from twoway.errors import AlreadyRunning, Fatal
 from twoway.jsontext import sorted_json
+from twoway.migrations import head_version, upgrade
 from twoway.sqlbulk import insert_missing_rows, upsert_rows
 
 metadata = sa.MetaData()
 S = sa.String(120)
 KEY = sa.String(255)
 
-schema_version = sa.Table(
-    "twoway_schema",
-    metadata,
-    sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
-    sa.Column("applied_at", sa.DateTime, nullable=False),
-)
 id_map = sa.Table(
     "id_map",
     metadata,
@@ -56,10 +53,7 @@ id_map = sa.Table(
     sa.Column("version", sa.String(255), nullable=True),
     sa.Column("deleted_at", sa.DateTime, nullable=True),
     sa.Index("ix_id_map_link", "sync", "link_id"),
-)
-#: part of the table; stores older than version 3 get it from a migration
-_LIVE_INDEX = sa.Index(
-    "ix_id_map_live", id_map.c.sync, id_map.c.system, id_map.c.deleted_at, id_map.c.external_id
+    sa.Index("ix_id_map_live", "sync", "system", "deleted_at", "external_id"),
 )
 shadow = sa.Table(
     "shadow",
@@ -168,59 +162,8 @@ intents = sa.Table(
 )
 
 
-def _initial(conn: sa.Connection) -> None:
-    metadata.create_all(
-        conn,
-        tables=[schema_version, id_map, shadow, cursors, conflicts, dead_letters, runs, leases],
-    )
-
-
-def _intent_log(conn: sa.Connection) -> None:
-    """Version 2: creates are announced before they are sent, so a crash cannot duplicate them."""
-    metadata.create_all(conn, tables=[intents])
-
-
-def _live_index(conn: sa.Connection) -> None:
-    """Version 3: live keys per system come from an index, not a scan of every seen value."""
-    _LIVE_INDEX.create(conn, checkfirst=True)  # new stores have it from their first version
-
-
-def _no_base_hash(conn: sa.Connection) -> None:
-    """Version 4: the merge base's hash column goes (nothing read it; every commit paid for it)."""
-    if "base_hash" in {c["name"] for c in sa.inspect(conn).get_columns("shadow")}:
-        conn.exec_driver_sql("ALTER TABLE shadow DROP COLUMN base_hash")
-
-
-def _seen_refers_to_base(conn: sa.Connection) -> None:
-    """Version 5: a record's ``seen`` may refer to its link's merge base (``"="``: the values
-    are no longer stored twice). Nothing to convert; an older twoway must not read the store."""
-
-
-def _decisions(conn: sa.Connection) -> None:
-    """Version 6: who decided a conflict or a dead letter and when, and when each value of a
-    conflict changed (the review shows them)."""
-    for table, names in (
-        (conflicts, ("changed_at", "decided_by", "decided_at")),
-        (dead_letters, ("decision", "decided_by", "decided_at")),
-    ):
-        have = {c["name"] for c in sa.inspect(conn).get_columns(table.name)}
-        for name in names:
-            if name not in have:  # new stores have them from their first version
-                column = table.c[name]
-                kind = column.type.compile(dialect=conn.dialect)
-                conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {name} {kind}")
-
-
-#: ordered schema migrations; number N brings a store from version N-1 to N
-MIGRATIONS: list[Callable[[sa.Connection], None]] = [
-    _initial,
-    _intent_log,
-    _live_index,
-    _no_base_hash,
-    _seen_refers_to_base,
-    _decisions,
-]
-SCHEMA_VERSION = len(MIGRATIONS)
+#: the schema version this twoway makes (its migrations: twoway/migrations)
+SCHEMA_VERSION = head_version()
 
 
 def _naive(when: datetime) -> datetime:
@@ -340,15 +283,15 @@ class StateStore:
         self.url = url
         self.clock = clock or (lambda: datetime.now(UTC))
         try:
-            parsed = make_url(url)
+            parsed = database_url(url)
             kwargs: dict[str, Any] = {"pool_pre_ping": True}
             if parsed.get_backend_name() == "sqlite":
                 db = parsed.database
                 if db and db != ":memory:":
                     Path(db).parent.mkdir(parents=True, exist_ok=True)
                 kwargs["connect_args"] = {"timeout": 30}
-            self.engine = sa.create_engine(parsed, **kwargs)
-        except (sa.exc.ArgumentError, ValueError, ImportError, OSError) as exc:
+            self.engine = create_engine(parsed, **kwargs)
+        except (sa.exc.ArgumentError, ValueError, OSError) as exc:
             raise Fatal(f"cannot open the state store {_safe(url)}: {exc}") from None
         if parsed.get_backend_name() == "sqlite":
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
@@ -363,28 +306,12 @@ class StateStore:
     # -- schema -----------------------------------------------------------------------
 
     def migrate(self) -> int:
-        """Bring the schema to :data:`SCHEMA_VERSION`; returns the version found before."""
+        """Bring the schema to :data:`SCHEMA_VERSION` (Alembic's migrations); returns the
+        version found before. A store newer than this twoway is refused (StateTooNew)."""
         if self._migrated:
             return SCHEMA_VERSION
         try:
-            with self.engine.begin() as conn:
-                inspector = sa.inspect(conn)
-                if inspector.has_table("twoway_schema"):
-                    found = (
-                        conn.execute(sa.select(sa.func.max(schema_version.c.version))).scalar() or 0
-                    )
-                else:
-                    found = 0
-                if found > SCHEMA_VERSION:
-                    raise Fatal(
-                        f"the state store is at schema version {found}, newer than this twoway "
-                        f"({SCHEMA_VERSION}); upgrade twoway"
-                    )
-                for number in range(found + 1, SCHEMA_VERSION + 1):
-                    MIGRATIONS[number - 1](conn)
-                    conn.execute(
-                        schema_version.insert().values(version=number, applied_at=self.now())
-                    )
+            found = upgrade(self.engine, self.now(), _safe(self.url))
         except sa.exc.OperationalError as exc:
             raise Fatal(
                 f"cannot open the state store {_safe(self.url)}: {_first_line(exc)}"

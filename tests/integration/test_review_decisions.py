@@ -172,6 +172,9 @@ def test_an_older_store_gets_the_decision_columns(tmp_path, backend):
         ):
             conn.exec_driver_sql(f"ALTER TABLE {table} DROP COLUMN {column}")
         conn.exec_driver_sql(f"DELETE FROM twoway_schema WHERE version = {SCHEMA_VERSION}")
+        conn.exec_driver_sql(
+            f"UPDATE twoway_alembic_version SET version_num = '{SCHEMA_VERSION - 1:04d}'"
+        )
     store.close()
     again = StateStore(url)
     try:

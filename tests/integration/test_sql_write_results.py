@@ -170,21 +170,25 @@ def test_a_timestamp_or_decimal_value_means_its_row_is_read_back(tmp_path, value
     assert isinstance(read.values["d"] or read.values["n"], datetime | Decimal)
 
 
-def test_postgresql_bulk_insert_writes_the_good_rows_and_refuses_the_bad_one_alone():
-    # creates reach PostgreSQL through psycopg2's execute_values; a row the database refuses
-    # (NOT NULL) must fail alone, as a SQLAlchemy error the endpoint understands, and a
-    # column name with a percent sign must not be taken for a placeholder
+@pytest.mark.parametrize("driver", ["psycopg2", "psycopg"])
+def test_postgresql_bulk_insert_writes_the_good_rows_and_refuses_the_bad_one_alone(driver):
+    # creates reach PostgreSQL through the driver's bulk call (psycopg2's execute_values,
+    # psycopg 3's executemany); a row the database refuses (NOT NULL) must fail alone, as a
+    # SQLAlchemy error the endpoint understands, and a column name with a percent sign must
+    # not be taken for a placeholder
     from tests.sqlrig import POSTGRES_URL
 
+    url = sa.make_url(POSTGRES_URL).set(drivername=f"postgresql+{driver}")
+    url = url.render_as_string(hide_password=False)
     table = f"bulk_{uuid.uuid4().hex[:8]}"
-    engine = sa.create_engine(POSTGRES_URL)
+    engine = sa.create_engine(url)
     with engine.begin() as conn:
         conn.exec_driver_sql(
             f'CREATE TABLE {table} (id TEXT PRIMARY KEY, t TEXT NOT NULL, "p%%s" BIGINT, '
             "updated_at TIMESTAMP(6) WITH TIME ZONE, updated_by TEXT)"
         )
     endpoint = SqlTable(
-        url=SecretStr(POSTGRES_URL),
+        url=SecretStr(url),
         table=table,
         key="id",
         modified_at="updated_at",

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 from tests.sqlrig import server_url
 from tests.syncrig import sync_rig
-from twoway.errors import AlreadyRunning, Fatal
+from twoway.errors import AlreadyRunning
 from twoway.state import SCHEMA_VERSION, Intent, Link, Member, StateChanges, StateStore
 
 BACKENDS = ["sqlite", "postgres", "mariadb"]
@@ -34,32 +34,6 @@ def test_schema_is_versioned_and_migrate_is_idempotent(store):
             conn.execute(sa.text("select max(version) from twoway_schema")).scalar()
             == SCHEMA_VERSION
         )
-
-
-def test_a_version_3_store_loses_the_base_hash_column_and_keeps_its_links(store):
-    sync = f"s{uuid.uuid4().hex[:6]}"
-    store.commit(sync, StateChanges(links=[Link("L1", {"x": 1}, "mk", None)]))
-    with store.engine.begin() as conn:  # the shape a version 3 store has
-        conn.execute(sa.text("alter table shadow add column base_hash varchar(32)"))
-        conn.execute(sa.text("delete from twoway_schema where version >= 4"))
-    assert StateStore(store.url).migrate() == 3
-    with store.engine.connect() as conn:
-        columns = {c["name"] for c in sa.inspect(conn).get_columns("shadow")}
-    assert "base_hash" not in columns
-    assert store.links(sync, ["L1"])["L1"].base == {"x": 1}
-
-
-def test_a_newer_schema_is_refused(tmp_path):
-    url = f"sqlite:///{tmp_path / 's.db'}"
-    s = StateStore(url)
-    s.migrate()
-    with s.engine.begin() as conn:
-        conn.execute(
-            sa.text("insert into twoway_schema values (:v, :t)"),
-            {"v": SCHEMA_VERSION + 1, "t": datetime.now()},
-        )
-    with pytest.raises(Fatal, match="newer than this twoway"):
-        StateStore(url).migrate()
 
 
 def test_commit_is_all_or_nothing(store):

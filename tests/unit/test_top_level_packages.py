@@ -24,3 +24,17 @@ def test_flow_files_do_not_shadow_packages():
             continue
         spec = importlib.util.find_spec(path.stem)
         assert spec is None, f"flows/{path.name} shares its name with an importable module"
+
+
+def test_the_state_migrations_ship_in_the_package():
+    # Alembic loads them from the installed package, so each folder must be a package
+    # that setuptools finds with the project's own rule
+    import tomllib
+
+    from setuptools import find_packages
+
+    config = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    found = set(find_packages(REPO, include=config["packages"]["find"]["include"]))
+    assert {"twoway.migrations", "twoway.migrations.versions"} <= found
+    assert "README.md" in config["package-data"]["twoway.migrations"]
+    assert list((REPO / "twoway" / "migrations" / "versions").glob("0*.py"))
