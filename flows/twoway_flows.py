@@ -10,11 +10,15 @@ bar that moves while the run works. Its final state message is a one-line summar
 
 from __future__ import annotations
 
+import itertools
+import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
+import yaml
 from prefect import flow, get_run_logger
 from prefect.artifacts import (
     create_markdown_artifact,
@@ -22,14 +26,16 @@ from prefect.artifacts import (
     create_table_artifact,
     update_progress_artifact,
 )
-from prefect.states import Completed
+from prefect.events import emit_event
+from prefect.states import Completed, Failed, State
 from pydantic import AfterValidator, Field
 
 from twoway import catalog
 from twoway.definition import Definition, load_definition
-from twoway.engine import RunReport, Runtime, Steps, run_sync
+from twoway.engine import RunReport, Runtime, Steps, counts_line, run_sync
+from twoway.errors import AlreadyRunning, DefinitionError, TwowayError, redact
 from twoway.overview import artifact_key, publish_overview
-from twoway.report import COUNT_COLUMNS, TABLE_CAP, count_plan_rows, plan_rows
+from twoway.report import COUNT_COLUMNS, TABLE_CAP, count_plan_rows, plan_rows, refused_writes
 from twoway.review import decisions_markdown
 
 #: sync names known when this module was imported; the deployment's parameter schema lists
@@ -38,6 +44,7 @@ SYNC_NAMES = catalog.sync_names()
 DIRECTION_PATTERN = r"^\s*(both|[A-Za-z][A-Za-z0-9_.-]*\s*->\s*[A-Za-z][A-Za-z0-9_.-]*)\s*$"
 REPORT_COUNTS = (
     "extracted",
+    "reread",
     "echo_skipped",
     "created",
     "updated",
@@ -48,10 +55,15 @@ REPORT_COUNTS = (
 )
 
 
+COLUMN_TITLES = {
+    "extracted": "read",
+    "reread": "overlap re-reads",
+    "echo_skipped": "echoes skipped",
+}
+
+
 def _known_sync(ref: str) -> str:
     """Refuse at call time a reference that is neither a catalog name nor a file."""
-    from twoway.errors import DefinitionError
-
     try:
         catalog.resolve(ref)
     except DefinitionError as exc:
@@ -62,17 +74,36 @@ def _known_sync(ref: str) -> str:
 SyncRef = Annotated[
     str,
     Field(
-        description="The sync: its name in the catalog (./syncs or $TWOWAY_SYNCS_DIR), or the "
-        "path of a definition file when called from Python or the twoway command",
+        description="Which sync: one of the names listed, the catalog (./syncs or "
+        "$TWOWAY_SYNCS_DIR) as of the last deploy. A run of a deployment accepts only these "
+        "names; a definition file's path works only from Python or `twoway run`",
         json_schema_extra={"enum": SYNC_NAMES} if SYNC_NAMES else None,
     ),
     AfterValidator(_known_sync),
 ]
+
+
+def _catalog_directions() -> list[str]:
+    """'both' and every 'SOURCE -> TARGET' of the catalog's syncs: the choices the run
+    form offers (a sync given by path may name its own systems when called from Python)."""
+    pairs: set[str] = set()
+    for path in catalog.catalog().values():
+        try:
+            systems = list((yaml.safe_load(path.read_text(encoding="utf-8")) or {})["systems"])
+        except Exception:  # a broken file: `twoway check` says why; the form offers the rest
+            continue
+        pairs |= {f"{a} -> {b}" for a, b in itertools.permutations(systems, 2)}
+    return ["both", *sorted(pairs)]
+
+
+DIRECTIONS = _catalog_directions()
 Direction = Annotated[
     str,
     Field(
         pattern=DIRECTION_PATTERN,
-        description="'both' (every system, every way) or 'SOURCE -> TARGET' for one direction",
+        description="'both' (every system, every way) or 'SOURCE -> TARGET' to carry "
+        "changes one way only (the two systems must belong to the sync)",
+        json_schema_extra={"enum": DIRECTIONS} if len(DIRECTIONS) > 1 else None,
     ),
 ]
 
@@ -87,6 +118,11 @@ def _short(value: Any, limit: int = 40) -> str:
 
 
 # -- progress ---------------------------------------------------------------------------
+
+
+#: called with (percent, what) at every step of a run in this process: the ``twoway run``
+#: command's progress bar
+watcher: Callable[[float, str], Any] | None = None
 
 
 class _Progress:
@@ -113,6 +149,8 @@ class _Progress:
 
     def _update(self, percent: float, what: str, force: bool = False) -> None:
         self.percent = max(self.percent, min(100.0, percent))
+        if watcher is not None:  # in this process: no API call, every step shows
+            watcher(self.percent, f"{self.sync}: {what}")
         now = time.monotonic()
         if not force and now - self._last < self.interval:
             return
@@ -167,10 +205,11 @@ class _ProgressSteps(Steps):
 
 def _store_details(definition: Definition, report: RunReport) -> dict[str, Any]:
     """What the report needs from the state store: the ids of this run's conflicts, the
-    conflicts still held for a person, and the record ids behind every link shown."""
+    conflicts still held for a person, the open dead letters, and the record ids and
+    match values behind every link shown."""
     from twoway.engine import open_store
 
-    details: dict[str, Any] = {"ids": {}, "held": [], "records": {}}
+    details: dict[str, Any] = {"ids": {}, "held": [], "letters": [], "records": {}, "match": {}}
     try:
         store = open_store(definition)
     except Exception:  # the report still says what the run did; ids are extras
@@ -180,12 +219,15 @@ def _store_details(definition: Definition, report: RunReport) -> dict[str, Any]:
             for row in store.conflicts_of_run(report.run_id):
                 details["ids"][(row["link_id"], row["field"])] = row["id"]
         details["held"] = store.open_conflicts(definition.name)
+        details["letters"] = store.open_dead_letters(definition.name)
         links = {c["link_id"] for c in report.conflict_list} | {
             c["link_id"] for c in details["held"]
         }
-        links |= {f["link_id"] for f in report.failures if f.get("link_id")}
+        links |= {f["link_id"] for f in details["letters"] if f.get("link_id")}
         for link_id, members in store.members_of(definition.name, links).items():
             details["records"][link_id] = {m.system: m.external_id for m in members}
+        for link_id, link in store.links(definition.name, links).items():
+            details["match"][link_id] = _match_of(definition, link.base)
     except Exception:
         pass
     finally:
@@ -193,11 +235,33 @@ def _store_details(definition: Definition, report: RunReport) -> dict[str, Any]:
     return details
 
 
+def _match_of(definition: Definition, values: dict[str, Any] | None) -> str | None:
+    parts = [str(values[f]) for f in definition.match_on if values and values.get(f)]
+    return ", ".join(parts) or None
+
+
 def _records(details: dict[str, Any], link_id: str) -> str:
+    """A link as people know it: its match value, then its record ids per system."""
     members = details["records"].get(link_id) or {}
-    if not members:
-        return f"link {link_id}"
-    return ", ".join(f"{system} {key}" for system, key in sorted(members.items()))
+    ids = ", ".join(f"{system} {key}" for system, key in sorted(members.items()))
+    match = details["match"].get(link_id)
+    if match:
+        return f"{_short(match)} ({ids})" if ids else _short(match)
+    return ids or f"link {link_id}"
+
+
+def _letter_record(details: dict[str, Any], letter: dict[str, Any]) -> str:
+    if letter.get("link_id"):
+        return _records(details, letter["link_id"])
+    payload = letter.get("payload")
+    if isinstance(payload, str):
+        try:
+            payload = json.loads(payload)
+        except ValueError:
+            payload = None
+    match = _match_of(details["definition"], payload) if isinstance(payload, dict) else None
+    key = f"{letter['system']} {letter['external_id']}" if letter.get("external_id") else ""
+    return f"{_short(match)} ({key})" if match and key else match or key
 
 
 def _count_rows(report: RunReport) -> list[dict[str, Any]]:
@@ -212,31 +276,67 @@ def _count_rows(report: RunReport) -> list[dict[str, Any]]:
     ]
 
 
+def held_now(report: RunReport) -> int:
+    """Conflicts this run held for a person (a dry run holds none: it records nothing)."""
+    if report.dry_run:
+        return 0
+    return sum(1 for c in report.conflict_list if not c.get("winner"))
+
+
+def parked_now(report: RunReport) -> int:
+    """Records this run parked as dead letters (writes held back for a newer version are
+    deferred, not parked: the next run tries them again)."""
+    return sum(1 for f in report.failures if f.get("kind") != "deferred")
+
+
+def state_name(report: RunReport) -> str:
+    """The run's state name: ``Completed``, or ``Completed, 1 held, 3 parked``."""
+    if report.status != "completed":
+        return "Failed"
+    held, parked = held_now(report), parked_now(report)
+    return ", ".join(
+        ["Completed"]
+        + ([f"{held} held"] if held else [])
+        + ([f"{parked} parked"] if parked else [])
+    )
+
+
+def _title(report: RunReport, started: datetime) -> str:
+    kind = "dry run" if report.dry_run else "run"
+    return f"{report.sync} {kind} of {started:%Y-%m-%d %H:%M:%S} UTC: {state_name(report)}"
+
+
 def report_markdown(
-    report: RunReport, details: dict[str, Any], change_rows: int, changes_key: str
+    report: RunReport,
+    details: dict[str, Any],
+    change_rows: int,
+    changes_key: str,
+    started: datetime,
 ) -> str:
-    """The run report: counts per system, conflicts and failures listed with record ids."""
-    title = "Dry run" if report.dry_run else "Run"
-    headers = [c.replace("echo_skipped", "echoes skipped") for c in REPORT_COUNTS]
-    lines = [
-        f"# {title} of sync `{report.sync}`: {report.status}",
-        "",
-        "| system | " + " | ".join(headers) + " |",
-        "|---|" + "---:|" * len(REPORT_COUNTS),
-    ]
-    for row in _count_rows(report):
-        lines.append(
-            f"| {row['system']} | " + " | ".join(str(row[c]) for c in REPORT_COUNTS) + " |"
-        )
+    """The run report: the outcome in a line, counts per system, then only the sections
+    that hold something (conflicts, held conflicts, dead letters, changes)."""
+    headers = [COLUMN_TITLES.get(c, c) for c in REPORT_COUNTS]
+    lines = [f"# {_title(report, started)}", "", summary_line(report)]
     if report.error:
         lines += ["", f"**Error:** {report.error}"]
+    if report.systems:
+        lines += [
+            "",
+            "| system | " + " | ".join(headers) + " |",
+            "|---|" + "---:|" * len(REPORT_COUNTS),
+        ]
+        for row in _count_rows(report):
+            lines.append(
+                f"| {row['system']} | " + " | ".join(str(row[c]) for c in REPORT_COUNTS) + " |"
+            )
 
     lines += decisions_markdown(report.decisions)
-    lines += ["", f"## Conflicts ({len(report.conflict_list)})"]
     if report.conflict_list:
         lines += [
             "",
-            "| # | records | field | values | outcome |",
+            f"## Conflicts ({len(report.conflict_list)})",
+            "",
+            "| # | record | field | values | outcome |",
             "|---|---|---|---|---|",
         ]
         for c in report.conflict_list[:TABLE_CAP]:
@@ -250,18 +350,18 @@ def report_markdown(
                 f"| {cid or ''} | {_records(details, c['link_id'])} | {c['field']} | "
                 f"{values} | {outcome} |"
             )
-        if len(report.conflict_list) > TABLE_CAP:
-            lines.append(f"\n(first {TABLE_CAP} of {len(report.conflict_list)} shown)")
+        lines += _capped(len(report.conflict_list))
 
     held = details["held"]
-    lines += ["", f"## Held for a person ({len(held)} open)"]
     if held:
         lines += [
+            "",
+            f"## Held for a person ({len(held)} open)",
             "",
             "Decide with `twoway conflicts resolve "
             f"{report.sync} ID --keep SYSTEM` (or `--value VALUE`); the next run applies it.",
             "",
-            "| # | records | field | values | since |",
+            "| # | record | field | values | since |",
             "|---|---|---|---|---|",
         ]
         for c in held[:TABLE_CAP]:
@@ -270,60 +370,76 @@ def report_markdown(
             lines.append(
                 f"| {c['id']} | {_records(details, c['link_id'])} | {c['field']} | {values} | {since} |"
             )
-        if len(held) > TABLE_CAP:
-            lines.append(f"\n(first {TABLE_CAP} of {len(held)} shown)")
+        lines += _capped(len(held))
 
-    lines += ["", f"## Failures ({len(report.failures)})"]
-    if report.failures:
-        lines += ["", "| system | record | operation | error |", "|---|---|---|---|"]
-        for f in report.failures[:TABLE_CAP]:
-            record = f.get("external_id") or (
-                _records(details, f["link_id"]) if f.get("link_id") else ""
-            )
+    letters = details["letters"] or _unstored_letters(report)
+    if letters:
+        lines += [
+            "",
+            f"## Dead letters ({len(letters)} open)",
+            "",
+            f"Replay with `twoway deadletters retry {report.sync} [IDS]`; each is also tried "
+            "again on its own, less often after every attempt.",
+            "",
+            "| # | system | record | operation | kind | attempts | first seen | error |",
+            "|---|---|---|---|---|---:|---|---|",
+        ]
+        for d in letters[:TABLE_CAP]:
+            seen = f"{d['first_seen']:%Y-%m-%d %H:%M:%S} UTC" if d.get("first_seen") else ""
             lines.append(
-                f"| {f['system']} | {record} | {f['operation']} | {_short(f['error'], 200)} |"
+                f"| {d.get('id') or ''} | {d['system']} | {_letter_record(details, d)} | "
+                f"{d['operation']} | {d['kind']} | {d.get('attempts') or ''} | {seen} | "
+                f"{_short(d['error'], 200)} |"
             )
-        if len(report.failures) > TABLE_CAP:
-            lines.append(f"\n(first {TABLE_CAP} of {len(report.failures)} shown)")
+        lines += _capped(len(letters))
 
-    lines += ["", "## Changes", ""]
-    if change_rows == 0:
-        lines.append("No field changes.")
-    elif change_rows > TABLE_CAP:
-        lines.append(
-            f"{change_rows} field changes; the table artifact `{changes_key}` lists the first "
-            f"{TABLE_CAP} (the cap)."
-        )
-    else:
-        lines.append(f"{change_rows} field changes, all in the table artifact `{changes_key}`.")
+    if change_rows:
+        lines += ["", "## Changes", ""]
+        if change_rows > TABLE_CAP:
+            lines.append(
+                f"{change_rows} field changes; the table artifact `{changes_key}` lists the "
+                f"first {TABLE_CAP} (the cap)."
+            )
+        else:
+            lines.append(f"{change_rows} field changes, all in the table artifact `{changes_key}`.")
     return "\n".join(lines)
+
+
+def _capped(total: int) -> list[str]:
+    return [f"\n(first {TABLE_CAP} of {total} shown)"] if total > TABLE_CAP else []
+
+
+def _unstored_letters(report: RunReport) -> list[dict[str, Any]]:
+    """A run whose state store could not be read still lists what it parked."""
+    return [{**f, "id": None, "attempts": None, "first_seen": None} for f in report.failures]
 
 
 def summary_line(report: RunReport) -> str:
     """One line for the run's final state message and ``twoway history``."""
-    parts = [
-        f"{s}: {c['extracted']} read, {c['echo_skipped']} echoes, +{c['created']} "
-        f"~{c['updated']} -{c['deleted']}, {c['failed']} failed"
-        for s, c in sorted(report.systems.items())
-    ]
     kind = "dry run" if report.dry_run else "run"
-    return (
-        f"{report.sync} {kind} {report.status}: "
-        + "; ".join(parts)
-        + (f"; {report.conflicts} conflicts")
-    )
+    if report.status != "completed":
+        return f"{report.sync} failed: {report.error}"
+    return f"{report.sync} {kind} completed: {counts_line(report.systems)}; {report.conflicts} conflicts"
 
 
-def _publish(definition: Definition, report: RunReport) -> None:
+def _publish(definition: Definition | None, report: RunReport, started: datetime) -> dict[str, Any]:
+    """The report artifact (always), the change table (when something changed), and the
+    run's outcome in the log; returns what the store said, for the events."""
+    refused = refused_writes(report.failures)
     # only the rows the capped table shows are built: a large run plans millions of them
-    capped = plan_rows(report.plan, limit=TABLE_CAP) if report.plan is not None else []
-    total = count_plan_rows(report.plan) if report.plan is not None else 0
+    plan = report.plan
+    capped = plan_rows(plan, limit=TABLE_CAP, refused=refused) if plan is not None else []
+    total = count_plan_rows(plan, refused) if plan is not None else 0
     changes_key = _artifact_key(report.sync, "changes")
-    details = _store_details(definition, report)
+    if definition is not None:
+        details = _store_details(definition, report)
+    else:
+        details = {"ids": {}, "held": [], "letters": [], "records": {}, "match": {}}
+    details["definition"] = definition
     create_markdown_artifact(
         key=_artifact_key(report.sync, "report"),
-        markdown=report_markdown(report, details, total, changes_key),
-        description=f"twoway run report of {report.sync}",
+        markdown=report_markdown(report, details, total, changes_key, started),
+        description=_short(_title(report, started) + ". " + summary_line(report), 250),
     )
     if capped:
         note = (
@@ -337,7 +453,9 @@ def _publish(definition: Definition, report: RunReport) -> None:
             description=f"field-level changes of {report.sync}{note}",
         )
     _log_outcome(report, details)
-    refresh_overview(definition)
+    if definition is not None:
+        refresh_overview(definition)
+    return details
 
 
 def refresh_overview(definition: Definition) -> None:
@@ -349,23 +467,36 @@ def refresh_overview(definition: Definition) -> None:
 
 
 def _log_outcome(report: RunReport, details: dict[str, Any]) -> None:
-    """INFO says what the run did in a few lines; DEBUG says why, record by record."""
+    """INFO says what the run did; WARNING what waits for a person (conflicts held, records
+    parked); DEBUG says why, record by record."""
     log = get_run_logger()
-    held = [c for c in report.conflict_list if not c.get("winner")]
-    if report.conflict_list or report.failures:
-        log.info(
-            "%s: %d conflicts (%d settled by policy, %d held for a person), %d failures",
+    settled = [c for c in report.conflict_list if c.get("winner")]
+    if settled:
+        log.info("%s: %d conflicts settled by policy", report.sync, len(settled))
+    held = [c for c in report.conflict_list if not c.get("winner")] if not report.dry_run else []
+    if held:
+        log.warning(
+            "%s: %d conflicts held for a person (%s); %d open in all: twoway conflicts list %s",
             report.sync,
-            len(report.conflict_list),
-            len(report.conflict_list) - len(held),
             len(held),
-            len(report.failures),
+            _some(f"{c['field']} of {_records(details, c['link_id'])}" for c in held),
+            len(details["held"]) or len(held),
+            report.sync,
         )
-    if details["held"]:
+    elif details["held"]:
         log.info(
             "%s: %d conflicts wait for a person: twoway conflicts list %s",
             report.sync,
             len(details["held"]),
+            report.sync,
+        )
+    parked = [f for f in report.failures if f.get("kind") != "deferred"]
+    if parked:
+        log.warning(
+            "%s: %d records parked as dead letters (%s): twoway deadletters list %s",
+            report.sync,
+            len(parked),
+            _some(f"{f['system']} {_letter_record(details, f)}: {f['error']}" for f in parked),
             report.sync,
         )
     for c in report.conflict_list:
@@ -393,6 +524,67 @@ def _log_outcome(report: RunReport, details: dict[str, Any]) -> None:
                 log.debug("%s: %d writes planned for %s", report.sync, len(planned), system)
 
 
+def _some(items: Iterable[str], shown: int = 3) -> str:
+    """The first few of a list for a log line, and how many more there are."""
+    listed = list(items)
+    text = "; ".join(_short(i, 120) for i in listed[:shown])
+    return text + (f"; and {len(listed) - shown} more" if len(listed) > shown else "")
+
+
+# -- the run's events -------------------------------------------------------------------
+
+
+def _emit_events(report: RunReport, details: dict[str, Any]) -> None:
+    """Prefect events an automation can notify on: the run's outcome, and what it left
+    for a person. The sync is the resource (``twoway.sync.NAME``); counts are the payload."""
+    resource = {
+        "prefect.resource.id": f"twoway.sync.{report.sync}",
+        "prefect.resource.name": report.sync,
+    }
+    payload = {
+        "status": report.status,
+        "dry_run": report.dry_run,
+        "state": state_name(report),
+        "summary": summary_line(report),
+        "conflicts": report.conflicts,
+        "held": held_now(report),
+        "parked": parked_now(report),
+        "systems": report.systems,
+    }
+    if report.error:
+        payload["error"] = report.error
+    emit_event(f"twoway.sync.{report.status}", resource=resource, payload=payload)
+    if payload["held"]:
+        ids = [
+            details["ids"].get((c["link_id"], c["field"]))
+            for c in report.conflict_list
+            if not c.get("winner")
+        ]
+        emit_event(
+            "twoway.conflict.held",
+            resource=resource,
+            payload={
+                "held": payload["held"],
+                "open": len(details["held"]),
+                "conflicts": [i for i in ids if i is not None][:100],
+            },
+        )
+    if payload["parked"]:
+        per_system: dict[str, int] = {}
+        for f in report.failures:
+            if f.get("kind") != "deferred":
+                per_system[f["system"]] = per_system.get(f["system"], 0) + 1
+        emit_event(
+            "twoway.deadletter.parked",
+            resource=resource,
+            payload={
+                "parked": payload["parked"],
+                "open": len(details["letters"]),
+                "systems": per_system,
+            },
+        )
+
+
 class SyncFailed(RuntimeError):
     """A run that failed; the message names the problem (never a secret)."""
 
@@ -401,14 +593,25 @@ class SyncFailed(RuntimeError):
         return self.args[1] if len(self.args) > 1 else None
 
 
-def _finish(definition: Definition, report: RunReport, progress: _Progress) -> Any:
-    _publish(definition, report)
-    progress.finish(report.status)
+def _finish(
+    definition: Definition | None,
+    report: RunReport,
+    started: datetime,
+    progress: _Progress | None = None,
+) -> State:
+    """Publish the run's report and events and return its final state. A failed run
+    returns a Failed state (its message the one line saying what is wrong) rather than
+    raising, so the engine prints no traceback of a failure that is already explained."""
+    details = _publish(definition, report, started)
+    if progress is not None:
+        progress.finish(state_name(report))
+    _emit_events(report, details)
     if report.status != "completed":
-        raise SyncFailed(report.error or "the run failed", report.as_json())
-    # Prefect takes a returned state as the run's final state: the message shows in the
-    # UI and in `twoway history`; calling the flow still returns the report dict.
-    return Completed(message=summary_line(report), data=report.as_json())
+        line = summary_line(report)
+        return Failed(message=line, data=SyncFailed(line, report.as_json()))
+    # Prefect takes a returned state as the run's final state: the name and message show
+    # in the UI and in `twoway history`; calling the flow still returns the report dict.
+    return Completed(name=state_name(report), message=summary_line(report), data=report.as_json())
 
 
 def _direction(definition: Definition, direction: str) -> tuple[set[str] | None, set[str] | None]:
@@ -419,12 +622,12 @@ def _direction(definition: Definition, direction: str) -> tuple[set[str] | None,
     for role, name in (("source", source), ("target", target)):
         if name not in definition.systems:
             known = ", ".join(sorted(definition.systems))
-            raise ValueError(
+            raise DefinitionError(
                 f"direction {direction!r}: {role} {name!r} is not a system of "
                 f"{definition.name} (its systems: {known})"
             )
     if source == target:
-        raise ValueError(f"direction {direction!r} sends a system to itself")
+        raise DefinitionError(f"direction {direction!r} sends a system to itself")
     return {source}, {target}
 
 
@@ -449,10 +652,20 @@ def _sync(
     full: bool,
     direction: str,
     allow_mass_change: bool,
-) -> Any:
+) -> State:
     log = get_run_logger()
-    parsed = load_definition(catalog.resolve(definition))
-    sources, targets = _direction(parsed, direction)
+    started = datetime.now(UTC)
+    try:
+        parsed = load_definition(catalog.resolve(definition))
+        sources, targets = _direction(parsed, direction)
+    except TwowayError as exc:  # the run cannot start: still one line and a report
+        name = (
+            catalog.name_of(Path(definition)) if catalog.looks_like_path(definition) else definition
+        )
+        report = RunReport(sync=name, run_id="", status="failed", dry_run=dry_run)
+        report.error = redact(str(exc))
+        log.error("%s", summary_line(report))
+        return _finish(None, report, started)
     systems = sorted(sources or parsed.systems)
     log.info(
         "%s: %s%s of %s (%s)",
@@ -468,16 +681,20 @@ def _sync(
         logger=log,
         on_progress=progress.wrote,
     )
-    report = run_sync(
-        parsed,
-        runtime,
-        dry_run=dry_run,
-        full=full,
-        sources=sources,
-        targets=targets,
-        allow_mass_change=allow_mass_change,
-    )
-    return _finish(parsed, report, progress)
+    try:
+        report = run_sync(
+            parsed,
+            runtime,
+            dry_run=dry_run,
+            full=full,
+            sources=sources,
+            targets=targets,
+            allow_mass_change=allow_mass_change,
+        )
+    except AlreadyRunning as exc:  # the run that holds the lease reports for itself
+        log.error("%s: %s", parsed.name, exc)
+        return Failed(message=f"{parsed.name}: {exc}", data=exc)
+    return _finish(parsed, report, started, progress)
 
 
 @flow(
@@ -495,10 +712,13 @@ def two_way_sync(
     """One run of a sync (all systems, all directions, unless a direction is given).
 
     Args:
-        definition: The sync: its name in the catalog, or the path of its definition file.
+        definition: Which sync: one of the names listed (the catalog as of the last
+            deploy); a run of a deployment accepts only these, a definition file's path
+            works only from Python or `twoway run`.
         dry_run: Plan only: write nothing to any system nor to the sync's state.
         full: Read every record, not only the changes since the last run (a resync).
-        direction: 'both', or 'SOURCE -> TARGET' to carry changes one way only.
+        direction: 'both', or one of the 'SOURCE -> TARGET' listed to carry changes one
+            way only (the two systems must belong to the sync).
         allow_mass_change: Allow a run to delete more than the definition's mass-change limit.
     """
     return _sync(
@@ -525,16 +745,14 @@ def one_way_sync(
     """One direction of a sync definition: changes in ``source`` written to ``target``.
 
     Args:
-        definition: The sync: its name in the catalog, or the path of its definition file.
+        definition: Which sync: one of the names listed (the catalog as of the last
+            deploy); a run of a deployment accepts only these, a definition file's path
+            works only from Python or `twoway run`.
         source: The system whose changes are read.
         target: The system they are written to.
         dry_run: Plan only: write nothing to any system nor to the sync's state.
         full: Read every record of the source, not only its changes.
     """
-    parsed = load_definition(catalog.resolve(definition))
-    for role, name in (("source", source), ("target", target)):
-        if name not in parsed.systems:
-            raise ValueError(f"{role} {name!r} is not a system of {parsed.name}")
     return _sync(
         definition,
         dry_run=dry_run,

@@ -52,6 +52,7 @@ class Filtered:
     extracted: int = 0
     echo_skipped: int = 0
     unchanged: int = 0
+    reread: int = 0  # unchanged records read again only because of the overlap window
     parked: list[dict] = field(default_factory=list)  # records no key can identify
     members: dict[str, Member] = field(default_factory=dict)  # ID-map rows of changed/deleted
     # echoes and unchanged records whose version moved (a write applied again, a system-only

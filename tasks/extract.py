@@ -20,7 +20,7 @@ from twoway.contract import ChangeSet, Endpoint, RawRecord, later_page_wins, rea
 from twoway.definition import Definition
 from twoway.errors import Fatal
 from twoway.state import Member, SystemIds
-from twoway.values import canonical, values_hash
+from twoway.values import as_utc, canonical, parse_timestamp, values_hash
 
 
 def canonicalise(definition: Definition, system: str, record: RawRecord) -> Observed:
@@ -47,7 +47,9 @@ class _Read:
     """What a read has said so far, key by key: a later page replaces what an earlier one
     said of a key (a record edited or deleted while the read paged comes again)."""
 
-    def __init__(self, definition: Definition, system: str, ids: SystemIds):
+    def __init__(
+        self, definition: Definition, system: str, ids: SystemIds, cursor: str | None = None
+    ):
         self.system = system
         self.columns = definition.fields_of(system)
         self.account = definition.systems[system].integration_account
@@ -57,6 +59,10 @@ class _Read:
         self.deleted: dict[str, None] = {}
         self.members: dict[str, Member] = {}  # of the keys changed or deleted so far
         self.refreshed: dict[str, Member] = {}  # skipped records whose version moved
+        # a cursor that is a time: records stamped at or before it were read by an earlier
+        # run, and come again only because of the overlap window
+        self.since = parse_timestamp(cursor) if cursor else None
+        self.overlap: set[str] = set()  # keys whose last record is such a re-read
 
     def page(self, raw: list[RawRecord], deleted: Iterable[str] = ()) -> None:
         """Fold one page in; its raw records go as their canonical form is made."""
@@ -64,6 +70,12 @@ class _Read:
         records = []
         while raw:
             records.append(_canonicalise(self.columns, self.system, raw.pop()))
+        if self.since is not None:
+            for r in records:
+                if r.modified_at is not None and as_utc(r.modified_at) <= self.since:
+                    self.overlap.add(r.key)
+                else:
+                    self.overlap.discard(r.key)
         gone = list(deleted)
         members = self.ids.members([r.key for r in records] + gone)
         outcome = filter_echoes(records, self.account, members)
@@ -124,7 +136,7 @@ def extract_changes(
     of keys is just what the ID map and this read account for. ``reread`` are keys to read
     again whatever their cursor (records parked before they were linked).
     """
-    read = _Read(definition, system, ids)
+    read = _Read(definition, system, ids, cursor)
     reported: set[str] = set()
     requests = 0
     last = ChangeSet(records=[], cursor=cursor)  # a read of no page changes nothing
@@ -150,12 +162,14 @@ def extract_changes(
         read.members.update(ids.members(hard))
     changed: list[Observed] = []
     parked = list(read.unkeyed)
-    echo = unchanged = 0
-    for result in read.outcome.values():
+    echo = unchanged = overlap = 0
+    for key, result in read.outcome.items():
         if isinstance(result, Observed):
             changed.append(result)
         elif isinstance(result, list):
             parked += result
+        elif key in read.overlap:
+            overlap += 1
         elif result == ECHO:
             echo += 1
         elif result == UNCHANGED:
@@ -171,6 +185,7 @@ def extract_changes(
         extracted=len(read.outcome) + len(read.unkeyed),
         echo_skipped=echo,
         unchanged=unchanged,
+        reread=overlap,
         parked=parked,
         members={k: m for k, m in read.members.items() if k in wanted},
         refreshed={k: m for k, m in read.refreshed.items() if k not in deleted},

@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -212,13 +212,14 @@ def run_flow(path: str, *, dry_run: bool, full: bool, allow_mass_change: bool) -
     _quiet_temporary_server()
     from flows.twoway_flows import two_way_sync
 
-    state = two_way_sync(
-        definition=str(_resolve(path)),
-        dry_run=dry_run,
-        full=full,
-        allow_mass_change=allow_mass_change,
-        return_state=True,
-    )
+    with _progress_bar():
+        state = two_way_sync(
+            definition=str(_resolve(path)),
+            dry_run=dry_run,
+            full=full,
+            allow_mass_change=allow_mass_change,
+            return_state=True,
+        )
     outcome = state.result(raise_on_failure=False)
     if isinstance(outcome, AlreadyRunning):
         raise outcome
@@ -228,6 +229,29 @@ def run_flow(path: str, *, dry_run: bool, full: bool, allow_mass_change: bool) -
             report = {"status": "failed", "error": f"{type(outcome).__name__}: {outcome}"}
         return report
     return outcome
+
+
+@contextlib.contextmanager
+def _progress_bar() -> Iterator[None]:
+    """A progress bar on the terminal while a run works (only when stdout is one)."""
+    import flows.twoway_flows as twoway_flows
+
+    if not sys.stdout.isatty():
+        yield
+        return
+    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
+
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), transient=True
+    ) as bar:
+        task = bar.add_task("starting", total=100)
+        twoway_flows.watcher = lambda percent, what: bar.update(
+            task, completed=percent, description=what
+        )
+        try:
+            yield
+        finally:
+            twoway_flows.watcher = None
 
 
 def _resolve(ref: str) -> Path:
@@ -274,8 +298,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         report["error"] = redact(str(report["error"]))
     if args.json:
         print(json.dumps(report))
-    else:
+    elif report.get("status") == "completed":
         _print_report(report)
+    else:  # the one line of the run's Failed state
+        print(f"{report['sync']} failed: {report.get('error')}", file=sys.stderr)
     return EXIT_OK if report.get("status") == "completed" else EXIT_FAILED
 
 

@@ -12,6 +12,7 @@ import logging
 import random
 import threading
 import time
+import traceback
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -29,7 +30,7 @@ from tasks.load import confirm_unknown_creates, load_changes, load_changes_task
 from twoway.connectors import open_endpoint
 from twoway.contract import Create, Delete, Endpoint, Update
 from twoway.definition import Definition
-from twoway.errors import AlreadyRunning, MassChangeRefused, TwowayError
+from twoway.errors import AlreadyRunning, MassChangeRefused, TwowayError, redact
 from twoway.retry import RetryPolicy
 from twoway.review import applied_decisions, decision_line
 from twoway.state import Intent, Member, StateChanges, StateStore
@@ -122,6 +123,7 @@ def _counts() -> dict[str, int]:
     return {
         "extracted": 0,
         "echo_skipped": 0,
+        "reread": 0,
         "created": 0,
         "updated": 0,
         "deleted": 0,
@@ -210,13 +212,10 @@ def _run_sync(
     rt = runtime or Runtime()
     log = rt.logger or logging.getLogger("twoway")
     run_id = uuid.UUID(int=rt.rng.getrandbits(128)).hex
-    store = rt.store or open_store(definition, rt.clock)
+    store = rt.store
     owns_store = rt.store is None
-    endpoints = rt.endpoints or {s: open_endpoint(definition, s) for s in definition.systems}
+    endpoints = dict(rt.endpoints or {})
     owns_endpoints = rt.endpoints is None
-    for endpoint in endpoints.values():
-        if hasattr(endpoint, "use_clock"):
-            endpoint.use_clock(rt.clock)
     all_systems = set(definition.systems)
     one_way = sources is not None or targets is not None
     sources = set(sources or all_systems)
@@ -225,7 +224,16 @@ def _run_sync(
     report = RunReport(sync=definition.name, run_id=run_id, dry_run=dry_run)
     report.systems = {s: _counts() for s in definition.systems}
     try:
+        # a store or a system that cannot be opened (a saved block that does not exist)
+        # fails the run like any other known error: one line, a report
+        store = store or open_store(definition, rt.clock)
         store.migrate()
+        if owns_endpoints:
+            for system in definition.systems:
+                endpoints[system] = open_endpoint(definition, system)
+        for endpoint in endpoints.values():
+            if hasattr(endpoint, "use_clock"):
+                endpoint.use_clock(rt.clock)
         if dry_run:
             _run(
                 definition,
@@ -270,20 +278,30 @@ def _run_sync(
         if owns_endpoints:
             for endpoint in endpoints.values():
                 endpoint.close()
-        if owns_store:
+        if owns_store and store is not None:
             store.close()
     return report
 
 
 def _fail(report: RunReport, exc: BaseException, log: Any) -> None:
-    """Mark the report failed with a message safe to print; unexpected errors are logged whole."""
+    """Mark the report failed with a message safe to print: a known failure is one error
+    line; an unexpected one is logged with its traceback, credentials masked in both."""
     report.status = "failed"
     if isinstance(exc, TwowayError):
-        report.error = str(exc)
+        report.error = redact(str(exc))
         log.error("%s failed: %s", report.sync, report.error)
     else:
-        report.error = f"{type(exc).__name__}: {exc}"
-        log.exception("%s failed", report.sync)
+        report.error = redact(f"{type(exc).__name__}: {exc}")
+        trace = redact("".join(traceback.format_exception(exc)).rstrip())
+        log.error("%s failed: %s\n%s", report.sync, report.error, trace)
+
+
+def _match_value(definition: Definition, values: dict[str, Any] | None) -> str | None:
+    """The ``match_on`` values of a record, as people know it (``ada@example.com``)."""
+    if not values:
+        return None
+    parts = [str(values[f]) for f in definition.match_on if values.get(f) not in (None, "")]
+    return ", ".join(parts) or None
 
 
 def _run(
@@ -340,6 +358,7 @@ def _run(
         counts = report.systems[system]
         counts["extracted"] = read.extracted
         counts["echo_skipped"] = read.echo_skipped
+        counts["reread"] = read.reread
 
     decided = store.decided_conflicts(sync)
     pending = {d["link_id"] for d in due if d["link_id"]} | {c["link_id"] for c in decided}
@@ -447,22 +466,30 @@ def _run(
     changes, counts = settle(definition, mapping, plan, results, filtered, due, scope, store.now())
     for system, c in counts.items():
         report.systems[system].update(c)
+    for letter in mapping.parked:  # records parked before any write: failures of their system
+        report.systems[letter["system"]]["failed"] += 1
     report.failures = [
-        {k: v for k, v in letter.items() if k != "payload"} for letter in changes.dead_letters
+        {
+            **{k: v for k, v in letter.items() if k != "payload"},
+            "match": _match_value(definition, letter.get("payload")),
+        }
+        for letter in changes.dead_letters
     ]
     steps(commit_state, commit_state_task, "commit state", store, sync, changes, report.run_id)
     report.decisions = applied_decisions(decided, due, changes)
     for decision in report.decisions:
         log.info("%s: %s", sync, decision_line(decision))
-    log.info(
-        "%s: %s; %d conflicts",
-        sync,
-        "; ".join(
-            f"{s}: {c['extracted']} read, {c['echo_skipped']} echoes, +{c['created']} ~{c['updated']} "
-            f"-{c['deleted']}, {c['failed']} failed, {c['deferred']} deferred"
-            for s, c in sorted(report.systems.items())
-        ),
-        report.conflicts,
+    log.info("%s: %s; %d conflicts", sync, counts_line(report.systems), report.conflicts)
+
+
+def counts_line(systems: dict[str, dict[str, int]]) -> str:
+    """The per-system counts of a run in one line (logs, the run's state message)."""
+    return "; ".join(
+        f"{s}: {c['extracted']} read"
+        + (f" ({c['reread']} again in the overlap window)" if c.get("reread") else "")
+        + f", {c['echo_skipped']} echoes, +{c['created']} ~{c['updated']} -{c['deleted']}, "
+        f"{c['failed']} failed, {c['deferred']} deferred"
+        for s, c in sorted(systems.items())
     )
 
 

@@ -9,7 +9,16 @@ from tasks.delta import Plan
 from twoway.contract import Create, Delete, Update
 from twoway.engine import RunReport
 
-COUNT_COLUMNS = ("extracted", "echo_skipped", "created", "updated", "deleted", "failed", "deferred")
+COUNT_COLUMNS = (
+    "extracted",
+    "reread",
+    "echo_skipped",
+    "created",
+    "updated",
+    "deleted",
+    "failed",
+    "deferred",
+)
 TABLE_CAP = 500
 
 
@@ -18,23 +27,38 @@ def _value(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def count_plan_rows(plan: Plan) -> int:
+Refused = set[tuple[str, str]]
+"""(system, link id) of the writes a system refused or held back: none of them a change."""
+
+
+def refused_writes(failures: list[dict[str, Any]]) -> Refused:
+    """The writes of a run that did not happen, from its report's failures."""
+    return {(f["system"], f["link_id"]) for f in failures if f.get("link_id")}
+
+
+def count_plan_rows(plan: Plan, refused: Refused = frozenset()) -> int:
     """How many rows :func:`plan_rows` gives, without building them."""
     return sum(
         1 if isinstance(p.op, Delete) else len(p.fields)
-        for planned in plan.ops.values()
+        for system, planned in plan.ops.items()
         for p in planned
+        if (system, p.link_id) not in refused
     )
 
 
-def plan_rows(plan: Plan, limit: int | None = None) -> list[dict[str, Any]]:
-    """One row per field a plan would write: system, action, record, field, before, after.
+def plan_rows(
+    plan: Plan, limit: int | None = None, refused: Refused = frozenset()
+) -> list[dict[str, Any]]:
+    """One row per field a plan would write: system, action, record, field, before, after;
+    the writes in ``refused`` left out (they changed nothing).
 
     With ``limit``, only the first ``limit`` rows (a capped table need not build the rest).
     """
     rows: list[dict[str, Any]] = []
     for system, planned in sorted(plan.ops.items()):
         for p in planned:
+            if (system, p.link_id) in refused:
+                continue
             if limit is not None and len(rows) >= limit:
                 return rows[:limit]
             if isinstance(p.op, Delete):

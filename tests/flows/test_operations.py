@@ -163,7 +163,8 @@ def test_direction_parameter_carries_changes_one_way(tmp_path):
         assert rig.row("s0", "from1@example.com") is None
         bad = two_way_sync(definition=str(rig.path), direction="s0 -> crm", return_state=True)
         assert bad.is_failed()
-        with pytest.raises(ValueError, match="target 'crm' is not a system"):
+        assert "target 'crm' is not a system" in bad.message
+        with pytest.raises(twoway_flows.SyncFailed, match="target 'crm' is not a system"):
             bad.result()
 
 

@@ -50,7 +50,7 @@ def test_two_way_flow_runs_steps_as_batched_tasks_and_publishes_a_report(tmp_pat
         kinds = {a.type for a in artifacts}
         assert {"markdown", "table"} <= kinds
         md = next(a for a in artifacts if a.type == "markdown").data
-        assert "| s1 | 0 | 0 | 40 |" in md
+        assert "| s1 | 0 | 0 | 0 | 40 |" in md  # read, overlap re-reads, echoes, created
 
 
 def test_a_full_run_reads_its_systems_at_once_in_processes_of_their_own(tmp_path):
