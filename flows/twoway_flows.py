@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
@@ -33,10 +34,14 @@ from pydantic import AfterValidator, Field
 from twoway import catalog
 from twoway.definition import Definition, load_definition
 from twoway.engine import RunReport, Runtime, Steps, counts_line, run_sync
-from twoway.errors import AlreadyRunning, DefinitionError, TwowayError, redact
+from twoway.errors import AlreadyRunning, DefinitionError, RedactingFilter, TwowayError, redact
 from twoway.overview import artifact_key, publish_overview
 from twoway.report import COUNT_COLUMNS, TABLE_CAP, count_plan_rows, plan_rows, refused_writes
 from twoway.review import decisions_markdown
+
+# the engine logs a task's unexpected error with its own text: mask credentials in it
+for _name in ("prefect.task_runs", "prefect.flow_runs"):
+    logging.getLogger(_name).addFilter(RedactingFilter())
 
 #: sync names known when this module was imported; the deployment's parameter schema lists
 #: them, so the server refuses a run of an unknown sync when the run is created

@@ -9,7 +9,9 @@ or version): never overwrite, re-read and recompute instead.
 
 from __future__ import annotations
 
+import logging
 import re
+import traceback
 
 
 class TwowayError(Exception):
@@ -100,3 +102,15 @@ def redact(text: str) -> str:
         return f"{match.group('scheme')}{user + ':' if colon else ''}***@"
 
     return _SECRET_PARAMS.sub(r"\g<name>***", _URL_CREDENTIALS.sub(userinfo, text))
+
+
+class RedactingFilter(logging.Filter):
+    """Masks credentials (as :func:`redact` does) in log records and their tracebacks:
+    the Prefect engine logs an unexpected error of a task with the error's own text."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = redact(record.getMessage())
+        record.args = None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = redact("".join(traceback.format_exception(*record.exc_info)).rstrip())
+        return True

@@ -29,3 +29,42 @@ def task_runs(flow_run_id, expected: int) -> list:
             time.sleep(0.5)
     assert len(runs) == expected, sorted(r.name for r in runs)
     return runs
+
+
+def run_logs(flow_run_id) -> list:
+    """The logs a flow run sent to the Prefect API (sent in batches: flushed first)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=10)
+    with get_client(sync_client=True) as client:
+        return client.read_logs(
+            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]))
+        )
+
+
+def sync_events(sync: str, flow_run_id, names: list[str], expected: int) -> list:
+    """The events about a sync that a flow run sent and the Prefect server holds, oldest
+    first, once ``expected`` are there (they travel over a websocket; after 30 s, whatever
+    is there)."""
+    from prefect.client.orchestration import get_client
+    from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
+    from prefect.events.worker import EventsWorker
+
+    EventsWorker.drain_all(timeout=10)
+    wanted = EventFilter(
+        event=EventNameFilter(name=names),
+        resource=EventResourceFilter(id=[f"twoway.sync.{sync}"]),
+    )
+    run = f"prefect.flow-run.{flow_run_id}"
+    deadline = time.monotonic() + 30
+    with get_client(sync_client=True) as client:
+        while True:
+            page = client.read_events(filter=wanted, limit=50).events  # newest first
+            found = sorted(
+                (e for e in page if any(r.id == run for r in e.related)), key=lambda e: e.occurred
+            )
+            if len(found) >= expected or time.monotonic() > deadline:
+                return found
+            time.sleep(0.5)
