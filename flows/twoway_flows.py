@@ -569,6 +569,8 @@ def _emit_events(report: RunReport, details: dict[str, Any]) -> None:
             "twoway.conflict.held",
             resource=resource,
             payload={
+                "summary": f"{report.sync}: {payload['held']} conflicts held for a person "
+                f"(twoway conflicts list {report.sync})",
                 "held": payload["held"],
                 "open": len(details["held"]),
                 "conflicts": [i for i in ids if i is not None][:100],
@@ -583,6 +585,8 @@ def _emit_events(report: RunReport, details: dict[str, Any]) -> None:
             "twoway.deadletter.parked",
             resource=resource,
             payload={
+                "summary": f"{report.sync}: {payload['parked']} records parked as dead "
+                f"letters (twoway deadletters list {report.sync})",
                 "parked": payload["parked"],
                 "open": len(details["letters"]),
                 "systems": per_system,

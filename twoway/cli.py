@@ -136,6 +136,14 @@ def _add_operations_parsers(sub: Any) -> None:
     )
     subscribe.add_argument("--json", action="store_true")
 
+    alerts = sub.add_parser("alerts", help="notify on failed runs, held conflicts, dead letters")
+    alerts_sub = alerts.add_subparsers(dest="alerts_command", required=True, parser_class=_Parser)
+    create = alerts_sub.add_parser(
+        "create", help="create the automations of prefect.yaml with a notification block"
+    )
+    create.add_argument("block", help="saved notification block, TYPE/NAME (slack-webhook/ops)")
+    create.add_argument("--project", default="prefect.yaml", help="the project file")
+
     history = sub.add_parser("history", help="the last runs of a sync, from the Prefect API")
     history.add_argument("name", help="sync NAME (or definition PATH)")
     history.add_argument("--limit", type=int, default=10)
@@ -172,6 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "schema": cmd_schema,
         "webhooks": cmd_webhooks,
         "history": cmd_history,
+        "alerts": cmd_alerts,
         "conflicts": cmd_conflicts,
         "simulate": cmd_simulate,
     }[args.command]
@@ -646,7 +655,7 @@ def _require_api() -> None:
 
     if not get_current_settings().api.url:
         raise TwowayError(
-            "PREFECT_API_URL is not set: run history lives on your Prefect server "
+            "PREFECT_API_URL is not set: run history and automations live on your Prefect server "
             "(prefect config set PREFECT_API_URL=http://127.0.0.1:4200/api)"
         )
 
@@ -730,6 +739,15 @@ def sync_history(name: str, limit: int = 10) -> list[dict[str, Any]]:
                 if len(out) >= limit:
                     break
     return out
+
+
+def cmd_alerts(args: argparse.Namespace) -> int:
+    from twoway.alerts import create_alerts
+
+    _require_api()
+    for name, automation_id in create_alerts(args.block, Path(args.project)):
+        print(f"automation {name!r} created ({automation_id}), notifying through {args.block}")
+    return EXIT_OK
 
 
 def cmd_history(args: argparse.Namespace) -> int:
