@@ -19,6 +19,8 @@ from typing import Any
 from twoway.errors import AlreadyRunning, DefinitionError, TwowayError, redact
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_RUNNING = 0, 1, 2, 3
+#: where the demo's files go, and where syncs/*.sync.yaml read them
+DEMO_DIR_ENV = "TWOWAY_DEMO_DIR"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -71,7 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser(
         "demo", help="a SharePoint list (simulated) and a SQLite table kept in step"
     )
-    demo.add_argument("--dir", default="twoway-demo", help="folder for the demo's files")
+    demo.add_argument(
+        "--dir",
+        help="folder for the demo's files (default: $TWOWAY_DEMO_DIR, the folder the "
+        "definitions in ./syncs read, else ./twoway-demo)",
+    )
     demo.add_argument("--records", type=int, default=300, help="contacts per side")
     demo.add_argument(
         "--sql",
@@ -607,9 +613,10 @@ def cmd_deadletters(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from twoway.demo import run_demo, run_sql_demo
 
+    folder = Path(args.dir or os.environ.get(DEMO_DIR_ENV) or "twoway-demo")
     if args.sql:
-        return run_sql_demo(Path(args.dir), records=args.records)
-    return run_demo(Path(args.dir), records=args.records)
+        return run_sql_demo(folder, records=args.records)
+    return run_demo(folder, records=args.records)
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
