@@ -12,6 +12,7 @@ on every Dask worker.
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from prefect import flow, get_run_logger
@@ -104,6 +105,7 @@ def sharded_sync(
         allow_mass_change: Allow a run to delete more than the definition's mass-change limit.
     """
     log = get_run_logger()
+    started = datetime.now(UTC)
     parsed = load_definition(catalog.resolve(definition))
     sources, targets = _direction(parsed, direction)
     log.info(
@@ -135,4 +137,4 @@ def sharded_sync(
         )
     for system, sizes in sorted(steps.sizes.items()):
         log.info("%s: %s written in %d shards of %s", parsed.name, system, len(sizes), sizes)
-    return _finish(parsed, report, progress)
+    return _finish(parsed, report, started, progress)

@@ -214,7 +214,7 @@ def _store_details(definition: Definition, report: RunReport) -> dict[str, Any]:
     match values behind every link shown."""
     from twoway.engine import open_store
 
-    details: dict[str, Any] = {"ids": {}, "held": [], "letters": [], "records": {}, "match": {}}
+    details = _no_details(definition)
     try:
         store = open_store(definition)
     except Exception:  # the report still says what the run did; ids are extras
@@ -240,8 +240,22 @@ def _store_details(definition: Definition, report: RunReport) -> dict[str, Any]:
     return details
 
 
-def _match_of(definition: Definition, values: dict[str, Any] | None) -> str | None:
-    parts = [str(values[f]) for f in definition.match_on if values and values.get(f)]
+def _no_details(definition: Definition | None) -> dict[str, Any]:
+    """Details of a run whose state store says nothing (or that had no definition)."""
+    return {
+        "definition": definition,
+        "ids": {},
+        "held": [],
+        "letters": [],
+        "records": {},
+        "match": {},
+    }
+
+
+def _match_of(definition: Definition | None, values: dict[str, Any] | None) -> str | None:
+    if definition is None or not values:
+        return None
+    parts = [str(values[f]) for f in definition.match_on if values.get(f)]
     return ", ".join(parts) or None
 
 
@@ -306,9 +320,10 @@ def state_name(report: RunReport) -> str:
     )
 
 
-def _title(report: RunReport, started: datetime) -> str:
+def _title(report: RunReport, started: datetime | None = None) -> str:
     kind = "dry run" if report.dry_run else "run"
-    return f"{report.sync} {kind} of {started:%Y-%m-%d %H:%M:%S} UTC: {state_name(report)}"
+    when = started or datetime.now(UTC)
+    return f"{report.sync} {kind} of {when:%Y-%m-%d %H:%M:%S} UTC: {state_name(report)}"
 
 
 def report_markdown(
@@ -316,7 +331,7 @@ def report_markdown(
     details: dict[str, Any],
     change_rows: int,
     changes_key: str,
-    started: datetime,
+    started: datetime | None = None,
 ) -> str:
     """The run report: the outcome in a line, counts per system, then only the sections
     that hold something (conflicts, held conflicts, dead letters, changes)."""
@@ -436,11 +451,7 @@ def _publish(definition: Definition | None, report: RunReport, started: datetime
     capped = plan_rows(plan, limit=TABLE_CAP, refused=refused) if plan is not None else []
     total = count_plan_rows(plan, refused) if plan is not None else 0
     changes_key = _artifact_key(report.sync, "changes")
-    if definition is not None:
-        details = _store_details(definition, report)
-    else:
-        details = {"ids": {}, "held": [], "letters": [], "records": {}, "match": {}}
-    details["definition"] = definition
+    details = _store_details(definition, report) if definition is not None else _no_details(None)
     create_markdown_artifact(
         key=_artifact_key(report.sync, "report"),
         markdown=report_markdown(report, details, total, changes_key, started),

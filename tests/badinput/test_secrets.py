@@ -70,7 +70,7 @@ def test_no_secret_in_logs_outputs_reports_artifacts_or_state(tmp_path, capfd, m
         failed = run_sync(p.definition, Runtime())
         assert failed.status == "failed" and failed.error
         outputs.append(json.dumps(failed.as_json()))
-        outputs.append(report_markdown(failed, {"ids": {}, "held": [], "records": {}}, 0, "k"))
+        outputs.append(report_markdown(failed, _store_details(p.definition, failed), 0, "k"))
         assert cli.main(["check", str(p.path)]) == 2
         assert cli.main(["plan", str(p.path)]) == 1
     finally:

@@ -135,3 +135,37 @@ def test_cli_run_exits_3_while_another_run_holds_the_lease(tmp_path, capsys):
             store.close()
         assert code == 3
         assert json.loads(capsys.readouterr().out)["status"] == "already_running"
+
+
+def test_cli_run_shows_a_progress_bar_on_a_terminal_and_none_in_a_pipe(tmp_path):
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    from prefect.settings import PREFECT_API_URL
+
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "COLUMNS": "120"}
+    with sync_rig(tmp_path) as rig:
+        for i in range(20):
+            rig.add("s0", f"bar{i}@example.com")
+        command = [sys.executable, "-m", "twoway.cli", "run", str(rig.path)]
+        leader, follower = pty.openpty()
+        proc = subprocess.Popen(command, stdout=follower, stderr=subprocess.PIPE, env=env)
+        os.close(follower)
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:  # the terminal closed with the process
+                break
+            if not chunk:
+                break
+            shown += chunk
+        assert proc.wait(timeout=120) == 0
+        os.close(leader)
+        text = shown.decode(errors="replace")
+        assert "100%" in text and "state committed" in text  # the bar, at its last step
+        rig.add("s0", "piped@example.com")
+        piped = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+        assert piped.returncode == 0 and "%" not in piped.stdout
