@@ -47,17 +47,7 @@ for _name in ("prefect.task_runs", "prefect.flow_runs"):
 #: them, so the server refuses a run of an unknown sync when the run is created
 SYNC_NAMES = catalog.sync_names()
 DIRECTION_PATTERN = r"^\s*(both|[A-Za-z][A-Za-z0-9_.-]*\s*->\s*[A-Za-z][A-Za-z0-9_.-]*)\s*$"
-REPORT_COUNTS = (
-    "extracted",
-    "reread",
-    "echo_skipped",
-    "created",
-    "updated",
-    "deleted",
-    "conflicts",
-    "failed",
-    "deferred",
-)
+REPORT_COUNTS = (*COUNT_COLUMNS, "conflicts")
 
 
 COLUMN_TITLES = {
@@ -272,13 +262,14 @@ def _records(details: dict[str, Any], link_id: str) -> str:
 def _letter_record(details: dict[str, Any], letter: dict[str, Any]) -> str:
     if letter.get("link_id"):
         return _records(details, letter["link_id"])
-    payload = letter.get("payload")
-    if isinstance(payload, str):
+    match = letter.get("match")  # a failure of this run's report carries it
+    payload = letter.get("payload")  # a dead letter of the store, its values as JSON
+    if match is None and isinstance(payload, str):
         try:
-            payload = json.loads(payload)
+            values = json.loads(payload)
         except ValueError:
-            payload = None
-    match = _match_of(details["definition"], payload) if isinstance(payload, dict) else None
+            values = None
+        match = _match_of(details["definition"], values) if isinstance(values, dict) else None
     key = f"{letter['system']} {letter['external_id']}" if letter.get("external_id") else ""
     return f"{_short(match)} ({key})" if match and key else match or key
 
@@ -295,24 +286,24 @@ def _count_rows(report: RunReport) -> list[dict[str, Any]]:
     ]
 
 
-def held_now(report: RunReport) -> int:
+def held_now(report: RunReport) -> list[dict[str, Any]]:
     """Conflicts this run held for a person (a dry run holds none: it records nothing)."""
     if report.dry_run:
-        return 0
-    return sum(1 for c in report.conflict_list if not c.get("winner"))
+        return []
+    return [c for c in report.conflict_list if not c.get("winner")]
 
 
-def parked_now(report: RunReport) -> int:
+def parked_now(report: RunReport) -> list[dict[str, Any]]:
     """Records this run parked as dead letters (writes held back for a newer version are
     deferred, not parked: the next run tries them again)."""
-    return sum(1 for f in report.failures if f.get("kind") != "deferred")
+    return [f for f in report.failures if f.get("kind") != "deferred"]
 
 
 def state_name(report: RunReport) -> str:
     """The run's state name: ``Completed``, or ``Completed, 1 held, 3 parked``."""
     if report.status != "completed":
         return "Failed"
-    held, parked = held_now(report), parked_now(report)
+    held, parked = len(held_now(report)), len(parked_now(report))
     return ", ".join(
         ["Completed"]
         + ([f"{held} held"] if held else [])
@@ -489,7 +480,7 @@ def _log_outcome(report: RunReport, details: dict[str, Any]) -> None:
     settled = [c for c in report.conflict_list if c.get("winner")]
     if settled:
         log.info("%s: %d conflicts settled by policy", report.sync, len(settled))
-    held = [c for c in report.conflict_list if not c.get("winner")] if not report.dry_run else []
+    held = held_now(report)
     if held:
         log.warning(
             "%s: %d conflicts held for a person (%s); %d open in all: twoway conflicts list %s",
@@ -506,7 +497,7 @@ def _log_outcome(report: RunReport, details: dict[str, Any]) -> None:
             len(details["held"]),
             report.sync,
         )
-    parked = [f for f in report.failures if f.get("kind") != "deferred"]
+    parked = parked_now(report)
     if parked:
         log.warning(
             "%s: %d records parked as dead letters (%s): twoway deadletters list %s",
@@ -563,19 +554,15 @@ def _emit_events(report: RunReport, details: dict[str, Any]) -> None:
         "state": state_name(report),
         "summary": summary_line(report),
         "conflicts": report.conflicts,
-        "held": held_now(report),
-        "parked": parked_now(report),
+        "held": len(held_now(report)),
+        "parked": len(parked_now(report)),
         "systems": report.systems,
     }
     if report.error:
         payload["error"] = report.error
     emit_event(f"twoway.sync.{report.status}", resource=resource, payload=payload)
     if payload["held"]:
-        ids = [
-            details["ids"].get((c["link_id"], c["field"]))
-            for c in report.conflict_list
-            if not c.get("winner")
-        ]
+        ids = [details["ids"].get((c["link_id"], c["field"])) for c in held_now(report)]
         emit_event(
             "twoway.conflict.held",
             resource=resource,
@@ -589,9 +576,8 @@ def _emit_events(report: RunReport, details: dict[str, Any]) -> None:
         )
     if payload["parked"]:
         per_system: dict[str, int] = {}
-        for f in report.failures:
-            if f.get("kind") != "deferred":
-                per_system[f["system"]] = per_system.get(f["system"], 0) + 1
+        for f in parked_now(report):
+            per_system[f["system"]] = per_system.get(f["system"], 0) + 1
         emit_event(
             "twoway.deadletter.parked",
             resource=resource,

@@ -5,7 +5,6 @@ report artifact still published, no traceback; ``twoway run`` prints that line, 
 from __future__ import annotations
 
 import os
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -17,6 +16,7 @@ import yaml
 
 from flows.twoway_flows import two_way_sync
 from tests.flows.runs import run_logs, sync_events
+from tests.integration.test_simulate_cli import free_port  # nothing listens there
 from twoway.simulators.graph import GraphState, create_app
 from twoway.simulators.server import BackgroundServer
 
@@ -24,12 +24,6 @@ pytestmark = pytest.mark.usefixtures("prefect_api")
 
 SECRET = "graph-" + uuid.uuid4().hex
 TENANT = "contoso"
-
-
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _definition(tmp_path: Path, url: str, **sharepoint) -> Path:
@@ -123,7 +117,7 @@ def _fails_with_one_line(path: Path, line: str) -> None:
 
 
 def test_an_unreachable_system_fails_the_run_in_one_line(tmp_path):
-    port = _closed_port()
+    port = free_port()
     _fails_with_one_line(
         _definition(tmp_path, f"http://127.0.0.1:{port}"),
         f"failing failed: SharePoint list 'Contacts' on http://127.0.0.1:{port}: cannot reach "
@@ -172,7 +166,7 @@ def test_twoway_run_prints_the_line_and_exits_1(tmp_path):
     """The command, as a user runs it: the Failed state's line on stderr, exit code 1."""
     from prefect.settings import PREFECT_API_URL
 
-    port = _closed_port()
+    port = free_port()
     path = _definition(tmp_path, f"http://127.0.0.1:{port}")
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "FAILING_SECRET": SECRET}
     done = subprocess.run(
