@@ -216,3 +216,15 @@ def test_progress_updates_at_most_once_a_second_but_always_ends(tmp_path, monkey
         assert state.is_completed()
     # each update is an API call: within the interval only the state commit and the end go out
     assert seen == [100.0, 100.0]
+
+
+def test_the_run_form_offers_the_catalogs_directions_as_a_choice(tmp_path, monkeypatch):
+    folder = tmp_path / "syncs"
+    folder.mkdir()
+    (folder / "a.sync.yaml").write_text("name: a\nsystems: {crm: {}, portal: {}}\n")
+    (folder / "b.sync.yaml").write_text("name: b\nsystems: [not, a, mapping\n")  # skipped
+    monkeypatch.setenv(catalog.SYNCS_DIR_ENV, str(folder))
+    assert twoway_flows._catalog_directions() == ["both", "crm -> portal", "portal -> crm"]
+    schema = two_way_sync.parameters.model_dump()["properties"]
+    assert schema["direction"]["enum"] == twoway_flows.DIRECTIONS
+    assert "accepts only these" in schema["definition"]["description"]
