@@ -4,8 +4,10 @@ Each takes a sync NAME from the catalog (``./syncs`` or ``$TWOWAY_SYNCS_DIR``) o
 of a definition file; the steps run as Prefect tasks on batches. Every run publishes three
 artifacts for the UI: a markdown report (counts per system, conflicts and failures by
 record id), a table of the field-level changes (capped, the cap stated) and a progress
-bar that moves while the run works. Its final state message is a one-line summary, which
-``twoway history`` prints.
+bar that moves while the run works. Its final state says how it went: ``Completed``,
+``Completed, 1 held, 3 parked``, or ``Failed`` with the one line naming what is wrong
+(returned, never raised through the engine); its message is a one-line summary, which
+``twoway history`` prints. Every run emits ``twoway.sync.*`` events for automations.
 """
 
 from __future__ import annotations

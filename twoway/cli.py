@@ -311,13 +311,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     report.setdefault("dry_run", args.dry_run)
     if report.get("error"):
         report["error"] = redact(str(report["error"]))
+    completed = report.get("status") == "completed"
     if args.json:
         print(json.dumps(report))
-    elif report.get("status") == "completed":
+    elif completed:
         _print_report(report)
-    else:  # the one line of the run's Failed state
+    if not completed:  # the one line of the run's Failed state
         print(f"{report['sync']} failed: {report.get('error')}", file=sys.stderr)
-    return EXIT_OK if report.get("status") == "completed" else EXIT_FAILED
+    return EXIT_OK if completed else EXIT_FAILED
 
 
 def _refuse_a_newer_state(definition) -> None:
@@ -346,8 +347,6 @@ def _print_report(report: dict[str, Any]) -> None:
     rows = [{"system": s, **c} for s, c in sorted(report.get("systems", {}).items())]
     if rows:
         print(text_table(rows, ["system", *COUNT_COLUMNS]))
-    if report.get("error"):
-        print(f"error: {report['error']}")
 
 
 def check_definition(definition) -> list[str]:

@@ -117,9 +117,11 @@ def test_cli_run_reports_a_failed_run_with_exit_1(tmp_path, capsys):
         with rig.engines["s1"].begin() as conn:
             conn.execute(sa.text(f"DROP TABLE {rig.tables['s1'].name}"))
         code = cli.main(["run", str(rig.path), "--json"])
-        report = json.loads(capsys.readouterr().out)
+        printed = capsys.readouterr()
+        report = json.loads(printed.out)
         assert code == 1
         assert report["status"] == "failed"
+        assert printed.err.splitlines()[-1] == f"{rig.doc['name']} failed: {report['error']}"
         assert rig.tables["s1"].name in report["error"] and "does not exist" in report["error"]
 
 
