@@ -16,12 +16,20 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from prefect import flow, get_run_logger
+from prefect.states import State
 from pydantic import Field
 
-from flows.twoway_flows import Direction, SyncRef, _direction, _finish, _Progress, _run_name
-from twoway import catalog
-from twoway.definition import Definition, load_definition
-from twoway.engine import Runtime, run_sync
+from flows.twoway_flows import (
+    Direction,
+    SyncRef,
+    _finish,
+    _Progress,
+    _run_name,
+    open_run,
+    run_or_refuse,
+)
+from twoway.definition import Definition
+from twoway.engine import Runtime
 from twoway.shards import ApiQuota, ShardedSteps
 
 Shards = Annotated[int, Field(ge=1, le=1024, description="Shards per load (task runs)")]
@@ -106,8 +114,10 @@ def sharded_sync(
     """
     log = get_run_logger()
     started = datetime.now(UTC)
-    parsed = load_definition(catalog.resolve(definition))
-    sources, targets = _direction(parsed, direction)
+    opened = open_run(definition, direction, dry_run, started)
+    if isinstance(opened, State):
+        return opened
+    parsed, sources, targets = opened
     log.info(
         "%s: %s in up to %d shards per system on %s",
         parsed.name,
@@ -126,7 +136,7 @@ def sharded_sync(
             runner=runner,
             quota=ApiQuota(slots=api_slots, per_second=api_rate),
         )
-        report = run_sync(
+        report = run_or_refuse(
             parsed,
             Runtime(steps=steps, logger=log, on_progress=progress.wrote),
             dry_run=dry_run,
@@ -135,6 +145,8 @@ def sharded_sync(
             targets=targets,
             allow_mass_change=allow_mass_change,
         )
+    if isinstance(report, State):
+        return report
     for system, sizes in sorted(steps.sizes.items()):
         log.info("%s: %s written in %d shards of %s", parsed.name, system, len(sizes), sizes)
     return _finish(parsed, report, started, progress)

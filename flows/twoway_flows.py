@@ -653,6 +653,35 @@ def _run_name() -> str:
     return f"{name}: {kind}"
 
 
+Opened = tuple[Definition, set[str] | None, set[str] | None]
+
+
+def open_run(definition: str, direction: str, dry_run: bool, started: datetime) -> Opened | State:
+    """The run's definition and direction, or the Failed state (one line, a report) of a
+    run that cannot start: an unknown sync, a broken definition, a wrong direction."""
+    try:
+        parsed = load_definition(catalog.resolve(definition))
+        return (parsed, *_direction(parsed, direction))
+    except TwowayError as exc:
+        name = (
+            catalog.name_of(Path(definition)) if catalog.looks_like_path(definition) else definition
+        )
+        report = RunReport(sync=name, run_id="", status="failed", dry_run=dry_run)
+        report.error = redact(str(exc))
+        get_run_logger().error("%s", summary_line(report))
+        return _finish(None, report, started)
+
+
+def run_or_refuse(definition: Definition, runtime: Runtime, **options: Any) -> RunReport | State:
+    """:func:`run_sync`, or the Failed state of a run refused because another run of the
+    sync holds the lease (that run reports for itself)."""
+    try:
+        return run_sync(definition, runtime, **options)
+    except AlreadyRunning as exc:
+        get_run_logger().error("%s: %s", definition.name, exc)
+        return Failed(message=f"{definition.name}: {exc}", data=exc)
+
+
 def _sync(
     definition: str,
     *,
@@ -663,17 +692,10 @@ def _sync(
 ) -> State:
     log = get_run_logger()
     started = datetime.now(UTC)
-    try:
-        parsed = load_definition(catalog.resolve(definition))
-        sources, targets = _direction(parsed, direction)
-    except TwowayError as exc:  # the run cannot start: still one line and a report
-        name = (
-            catalog.name_of(Path(definition)) if catalog.looks_like_path(definition) else definition
-        )
-        report = RunReport(sync=name, run_id="", status="failed", dry_run=dry_run)
-        report.error = redact(str(exc))
-        log.error("%s", summary_line(report))
-        return _finish(None, report, started)
+    opened = open_run(definition, direction, dry_run, started)
+    if isinstance(opened, State):
+        return opened
+    parsed, sources, targets = opened
     systems = sorted(sources or parsed.systems)
     log.info(
         "%s: %s%s of %s (%s)",
@@ -689,19 +711,17 @@ def _sync(
         logger=log,
         on_progress=progress.wrote,
     )
-    try:
-        report = run_sync(
-            parsed,
-            runtime,
-            dry_run=dry_run,
-            full=full,
-            sources=sources,
-            targets=targets,
-            allow_mass_change=allow_mass_change,
-        )
-    except AlreadyRunning as exc:  # the run that holds the lease reports for itself
-        log.error("%s: %s", parsed.name, exc)
-        return Failed(message=f"{parsed.name}: {exc}", data=exc)
+    report = run_or_refuse(
+        parsed,
+        runtime,
+        dry_run=dry_run,
+        full=full,
+        sources=sources,
+        targets=targets,
+        allow_mass_change=allow_mass_change,
+    )
+    if isinstance(report, State):
+        return report
     return _finish(parsed, report, started, progress)
 
 

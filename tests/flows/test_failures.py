@@ -210,3 +210,19 @@ def test_an_unexpected_error_keeps_its_traceback_with_secrets_masked(tmp_path, m
     traces = [m for m in logs if "Traceback" in m]
     assert traces and all("in broken" in t and "svc:***@" in t for t in traces)
     assert not any("hunter2" in m for m in logs)
+
+
+def test_the_sharded_flow_fails_in_one_line_too(tmp_path):
+    from flows.sharded import sharded_sync
+
+    path = _definition(tmp_path, "http://127.0.0.1:9", block="no-such-block")
+    state = sharded_sync(definition=str(path), return_state=True)
+    assert state.is_failed()
+    assert state.message == (
+        "failing failed: systems.sharepoint.block: no saved block 'no-such-block' "
+        "(no block document with that name)"
+    )
+    bad = sharded_sync(definition=str(path), direction="crm -> nowhere", return_state=True)
+    assert bad.is_failed() and "target 'nowhere' is not a system of failing" in bad.message
+    logs = run_logs(bad.state_details.flow_run_id)
+    assert not any("Traceback" in log.message for log in logs)
