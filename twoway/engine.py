@@ -30,7 +30,7 @@ from tasks.load import confirm_unknown_creates, load_changes, load_changes_task
 from twoway.connectors import open_endpoint
 from twoway.contract import Create, Delete, Endpoint, Update
 from twoway.definition import Definition
-from twoway.errors import AlreadyRunning, MassChangeRefused, TwowayError, redact
+from twoway.errors import AlreadyRunning, MassChangeRefused, SyncError, TwowayError, redact
 from twoway.retry import RetryPolicy
 from twoway.review import applied_decisions, decision_line
 from twoway.state import Intent, Member, StateChanges, StateStore
@@ -51,13 +51,19 @@ class Steps:
         self.prefect = prefect
 
     def __call__(self, plain: Callable, wrapped: Any, name: str, *args: Any, **kwargs: Any) -> Any:
-        if not self.prefect:
-            return plain(*args, **kwargs)
-        from prefect.utilities.annotations import quote
+        try:
+            if not self.prefect:
+                return plain(*args, **kwargs)
+            from prefect.utilities.annotations import quote
 
-        return wrapped.with_options(task_run_name=name)(
-            *[quote(a) for a in args], **{k: quote(v) for k, v in kwargs.items()}
-        )
+            return wrapped.with_options(task_run_name=name)(
+                *[quote(a) for a in args], **{k: quote(v) for k, v in kwargs.items()}
+            )
+        except SyncError as exc:  # the step of one system ("extract crm"): say which
+            verb, _, system = name.partition(" ")
+            if exc.system is None and verb in ("extract", "load"):
+                exc.system = system
+            raise
 
     def together(self, calls: list[tuple[Callable, Any, str, tuple[Any, ...]]]) -> list[Any]:
         """Run several steps at once, each on a thread of its own (under Prefect, as task
@@ -288,7 +294,8 @@ def _fail(report: RunReport, exc: BaseException, log: Any) -> None:
     line; an unexpected one is logged with its traceback, credentials masked in both."""
     report.status = "failed"
     if isinstance(exc, TwowayError):
-        report.error = redact(str(exc))
+        system = exc.system if isinstance(exc, SyncError) else None
+        report.error = redact(f"{system}: {exc}" if system else str(exc))
         log.error("%s failed: %s", report.sync, report.error)
     else:
         report.error = redact(f"{type(exc).__name__}: {exc}")

@@ -105,12 +105,15 @@ def redact(text: str) -> str:
 
 
 class RedactingFilter(logging.Filter):
-    """Masks credentials (as :func:`redact` does) in log records and their tracebacks:
-    the Prefect engine logs an unexpected error of a task with the error's own text."""
+    """Masks credentials (as :func:`redact` does) in log records and their tracebacks,
+    and drops the traceback of a known error (its message says what is wrong): the
+    Prefect engine logs a task's error, with its traceback, in the error's own text."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         record.msg = redact(record.getMessage())
         record.args = None
+        if record.exc_info and isinstance(record.exc_info[1], TwowayError):
+            record.exc_info = None
         if record.exc_info and not record.exc_text:
             record.exc_text = redact("".join(traceback.format_exception(*record.exc_info)).rstrip())
         return True
