@@ -20,7 +20,10 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import socket
+import sqlite3
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -948,7 +951,16 @@ def _pid_alive(pid: int) -> bool:
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
+    # switching a new file to WAL takes a lock that SQLite's busy timeout does not wait for:
+    # processes opening one new store together wait for each other here
+    for attempt in range(100):
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            break
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == 99:
+                raise
+            time.sleep(0.05 + random.random() * 0.1)
     cursor.execute("PRAGMA synchronous=NORMAL")
     # 64 MiB of page cache: the ID map's indexes take random inserts of 100,000s of keys
     cursor.execute("PRAGMA cache_size=-65536")

@@ -198,9 +198,10 @@ MUTANTS: dict[str, Mutant] = {
         ),
         (UNREAD,),
     ),
+    # a create sent again: two copies, or one left after a person deleted its twin
     "create without idempotency": Mutant(
         lambda: mock.patch.object(engine, "load_changes", _resend_on_timeout(engine.load_changes)),
-        (DUPLICATE,),
+        (DUPLICATE, RESURRECTED),
     ),
     # the newest record overwrites the other whole: the other side's fields are written back
     # as they are (no-op writes), or its edit of another field is lost
@@ -239,6 +240,7 @@ MUTANTS: dict[str, Mutant] = {
     "conflict loser dropped": Mutant(
         lambda: mock.patch.object(engine, "compute_deltas", _after_deltas(_drop_conflict_log)),
         (LOST,),
+        examples=100,  # a conflict needs two edits of one field between two runs
     ),
     # the base moves past values a third system never got: its old values count as new
     # edits and overwrite the change

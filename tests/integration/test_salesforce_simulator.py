@@ -350,20 +350,40 @@ def test_get_deleted_reaches_back_15_days_and_not_past_a_purge(api):
     assert later["earliestDateAvailable"].startswith(now.strftime("%Y-%m-%dT"))
 
 
-def test_replication_windows_past_the_id_limit_are_refused(api):
-    state, client, _ = api
+def test_replication_windows_past_the_id_limit_are_refused():
+    # the org's own clock, moved by the test: every stamp lies inside the window asked for,
+    # however fast or slow the machine runs
+    now = [datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=10)]
+
+    def tick() -> None:
+        now[0] += timedelta(seconds=1)
+
+    state = SalesforceState(clock=lambda: now[0])
+    state.add_client("sync", "sync-secret", "Integration User")
     state.id_limit = 2
-    start = (datetime.now(UTC) - timedelta(minutes=1)).isoformat(timespec="seconds")
-    keys = [state.user_create("Contact", {"LastName": f"L{i}"}) for i in range(3)]
+    start = now[0].isoformat(timespec="seconds")
+    keys = []
+    for i in range(3):
+        tick()
+        keys.append(state.user_create("Contact", {"LastName": f"L{i}"}))
     for key in keys:
+        tick()
         state.user_delete("Contact", key)
-    state.user_create("Contact", {"LastName": "Keep"})
-    end = (datetime.now(UTC) + timedelta(minutes=1)).isoformat(timespec="seconds")
-    for kind in ("deleted", "updated"):
-        state.user_create("Contact", {"LastName": "More"})
-        reply = client.get(f"{V}/sobjects/Contact/{kind}/", params={"start": start, "end": end})
-        assert reply.status_code == 400, kind
-        assert reply.json()[0]["errorCode"] == "EXCEEDED_ID_LIMIT"
+    for name in ("Keep", "More", "More"):  # three live records changed in the window too
+        tick()
+        state.user_create("Contact", {"LastName": name})
+    end = (now[0] + timedelta(minutes=1)).isoformat(timespec="seconds")
+    now[0] += timedelta(minutes=2)  # the server's clock is past the window's end
+    with BackgroundServer(create_app(state)) as server:
+        token = _token(server.url)["access_token"]
+        headers = {"Authorization": f"Bearer {token}"}
+        with httpx.Client(base_url=server.url, headers=headers) as client:
+            for kind in ("deleted", "updated"):
+                reply = client.get(
+                    f"{V}/sobjects/Contact/{kind}/", params={"start": start, "end": end}
+                )
+                assert reply.status_code == 400, (kind, reply.text)
+                assert reply.json()[0]["errorCode"] == "EXCEEDED_ID_LIMIT"
 
 
 def test_query_locators_last_two_days_and_are_not_capped():
