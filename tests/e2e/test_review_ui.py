@@ -171,6 +171,11 @@ def test_review_in_the_ui_from_held_conflict_to_written_decision(stack):
         assert any(r.startswith("1 new portal p2@example.com update 1 ") for r in rows), page[:3000]
         assert "twoway-review/contacts-review" in page
 
+        # the runs list names what the sync run held and parked in its state
+        browser.goto(f"{ui}/runs")
+        browser.wait_for_text("Completed, 1 held, 1 parked")
+        browser.screenshot(stack.tmp / "runs.png")
+
         browser.goto(f"{ui}/runs/flow-run/{paused.id}")
         browser.wait_for_text("contacts: review", "Paused")
         assert browser.click_text("Resume")
