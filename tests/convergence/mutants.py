@@ -241,10 +241,11 @@ MUTANTS: dict[str, Mutant] = {
         (LOST,),
     ),
     # the base moves past values a third system never got: its old values count as new
-    # edits and overwrite the change
+    # edits and overwrite the change; a deletion is settled while the third system still
+    # holds the record, which then comes back
     "one-way run settles all systems": Mutant(
         lambda: mock.patch.object(engine, "compute_deltas", _after_deltas(_forget_left_behind)),
-        (LOST, APART),
+        (LOST, APART, RESURRECTED),
         OneWayRuns,
     ),
 }
