@@ -11,7 +11,7 @@ on every Dask worker.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -20,6 +20,7 @@ from prefect.states import State
 from pydantic import Field
 
 from flows.twoway_flows import (
+    TASKS,
     Direction,
     SyncRef,
     _finish,
@@ -28,9 +29,8 @@ from flows.twoway_flows import (
     open_run,
     run_or_refuse,
 )
-from twoway.definition import Definition
 from twoway.engine import Runtime
-from twoway.shards import ApiQuota, ShardedSteps
+from twoway.shards import ApiQuota, ShardedLoad
 
 Shards = Annotated[int, Field(ge=1, le=1024, description="Shards per load (task runs)")]
 Workers = Annotated[
@@ -52,19 +52,6 @@ Rate = Annotated[
         "limit (empty: a concurrency limit)",
     ),
 ]
-
-
-class _ShardedProgressSteps(ShardedSteps):
-    """Sharded steps that also move the run's progress artifact as each step ends."""
-
-    def __init__(self, progress: _Progress, definition: Definition, shards: int, **options: Any):
-        super().__init__(definition, shards, **options)
-        self.progress = progress
-
-    def __call__(self, plain: Callable, wrapped: Any, name: str, *args: Any, **kwargs: Any) -> Any:
-        result = super().__call__(plain, wrapped, name, *args, **kwargs)
-        self.progress.step(name, result)
-        return result
 
 
 def dask_runner(address: str | None, workers: int = 2) -> Any:
@@ -129,16 +116,13 @@ def sharded_sync(
     # the cluster starts (or is connected to) at the first shard: a dry run or a run with
     # nothing to write never starts one
     with dask_runner(dask_address, dask_workers) as runner:
-        steps = _ShardedProgressSteps(
-            progress,
-            parsed,
-            shards,
-            runner=runner,
-            quota=ApiQuota(slots=api_slots, per_second=api_rate),
+        load = ShardedLoad(
+            parsed, shards, runner=runner, quota=ApiQuota(slots=api_slots, per_second=api_rate)
         )
+        steps = dataclasses.replace(TASKS, load=load)
         report = run_or_refuse(
             parsed,
-            Runtime(steps=steps, logger=log, on_progress=progress.wrote),
+            Runtime(steps=steps, observer=progress, logger=log, read_apart=True),
             dry_run=dry_run,
             full=full,
             sources=sources,
@@ -147,6 +131,6 @@ def sharded_sync(
         )
     if isinstance(report, State):
         return report
-    for system, sizes in sorted(steps.sizes.items()):
+    for system, sizes in sorted(load.sizes.items()):
         log.info("%s: %s written in %d shards of %s", parsed.name, system, len(sizes), sizes)
     return _finish(parsed, report, started, progress)

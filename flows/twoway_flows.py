@@ -33,12 +33,25 @@ from prefect.events import emit_event
 from prefect.states import Completed, Failed, State
 from pydantic import AfterValidator, Field
 
+from tasks.commit import commit_state_task
+from tasks.delta import compute_deltas_task
+from tasks.extract import extract_apart_task, extract_changes_task
+from tasks.idmap import map_ids_task
+from tasks.load import load_changes_task
 from twoway import catalog
 from twoway.definition import Definition, load_definition
-from twoway.engine import RunReport, Runtime, Steps, counts_line, run_sync
+from twoway.engine import (
+    STEP_NAME,
+    Observer,
+    RunReport,
+    Runtime,
+    StepSet,
+    counts_line,
+    run_sync,
+)
 from twoway.errors import AlreadyRunning, DefinitionError, RedactingFilter, TwowayError, redact
 from twoway.overview import artifact_key, publish_overview
-from twoway.report import COUNT_COLUMNS, TABLE_CAP, count_plan_rows, plan_rows, refused_writes
+from twoway.report import COUNT_COLUMNS, TABLE_CAP
 from twoway.review import decisions_markdown
 
 # the engine logs a task's unexpected error with its own text: mask credentials in it
@@ -122,14 +135,15 @@ def _short(value: Any, limit: int = 40) -> str:
 watcher: Callable[[float, str], Any] | None = None
 
 
-class _Progress:
-    """One progress artifact per run: reading is the first 40 %, planning up to 50 %,
-    writing (by records written) up to 95 %, committing the state the rest."""
+class _Progress(Observer):
+    """One progress artifact per run: reading is the first 40 %; then each chunk its share
+    of the rest, most of it (by records written) its writes, the end its commit."""
 
     def __init__(self, sync: str, sources: int):
         self.sync = sync
         self.reads_total = max(1, sources)  # one extract per source
         self.reads_done = 0
+        self.chunk_at, self.chunks = 0, 1
         self.writes_total = 0
         self.written: dict[str, int] = {}
         self.percent = 0.0
@@ -156,19 +170,24 @@ class _Progress:
             self.artifact_id, progress=round(self.percent, 1), description=f"{self.sync}: {what}"
         )
 
-    def step(self, name: str, result: Any) -> None:
-        """A run step finished (``name`` as the engine names its task runs)."""
+    def _chunk_share(self, part: float) -> float:
+        return 40.0 + 60.0 * (self.chunk_at + part) / self.chunks
+
+    def step(self, name: str, ended: bool) -> None:
+        if not ended:
+            return
         if name.startswith("extract "):
             self.reads_done += 1
             self._update(40.0 * self.reads_done / self.reads_total, f"{name} done")
-        elif name == "map IDs":
-            self._update(45.0, "IDs mapped")
-        elif name == "compute field deltas":
-            ops = getattr(result, "ops", {}) or {}
-            self.writes_total = sum(len(v) for v in ops.values())
-            self._update(50.0, f"planned {self.writes_total} writes")
         elif name == "commit state":
-            self._update(100.0, "state committed", force=True)
+            what = f"chunk {self.chunk_at + 1} of {self.chunks} committed"
+            self._update(self._chunk_share(1.0), what, force=self.chunk_at + 1 == self.chunks)
+
+    def chunk(self, index: int, total: int, writes: int) -> None:
+        self.chunk_at, self.chunks = index, max(1, total)
+        self.writes_total, self.written = writes, {}
+        part = f"chunk {index + 1} of {total}: " if total > 1 else ""
+        self._update(self._chunk_share(0.1), f"{part}planned {writes} writes")
 
     def wrote(self, system: str, done: int, total: int) -> None:
         """Load progress of one system (called after every write batch)."""
@@ -176,25 +195,34 @@ class _Progress:
         if self.writes_total:
             share = sum(self.written.values()) / self.writes_total
             self._update(
-                50.0 + 45.0 * share,
-                f"writing {system} ({done} of {total})",
+                self._chunk_share(0.1 + 0.8 * share), f"writing {system} ({done} of {total})"
             )
 
     def finish(self, status: str) -> None:
         self._update(100.0, status, force=True)
 
 
-class _ProgressSteps(Steps):
-    """Prefect task steps that report to the run's progress artifact as each one ends."""
+def _as_task(step: Any) -> Callable[..., Any]:
+    """A Prefect task as a run step: its task run named after the step ("load crm"), its
+    arguments passed as they are (open endpoints and stores are not parameters to track)."""
+    from prefect.utilities.annotations import quote
 
-    def __init__(self, progress: _Progress):
-        super().__init__(prefect=True)
-        self.progress = progress
+    def call(*args: Any, **kwargs: Any) -> Any:
+        named = step.with_options(task_run_name=STEP_NAME.value)
+        return named(*[quote(a) for a in args], **{k: quote(v) for k, v in kwargs.items()})
 
-    def __call__(self, plain: Callable, wrapped: Any, name: str, *args: Any, **kwargs: Any) -> Any:
-        result = super().__call__(plain, wrapped, name, *args, **kwargs)
-        self.progress.step(name, result)
-        return result
+    return call
+
+
+#: the steps of a run as Prefect tasks: the run's graph in the UI names each of them
+TASKS = StepSet(
+    extract=_as_task(extract_changes_task),
+    extract_apart=_as_task(extract_apart_task),
+    map_ids=_as_task(map_ids_task),
+    compute_deltas=_as_task(compute_deltas_task),
+    load=_as_task(load_changes_task),
+    commit=_as_task(commit_state_task),
+)
 
 
 # -- the report artifacts ---------------------------------------------------------------
@@ -438,11 +466,8 @@ def summary_line(report: RunReport) -> str:
 def _publish(definition: Definition | None, report: RunReport, started: datetime) -> dict[str, Any]:
     """The report artifact (always), the change table (when something changed), and the
     run's outcome in the log; returns what the store said, for the events."""
-    refused = refused_writes(report.failures)
-    # only the rows the capped table shows are built: a large run plans millions of them
-    plan = report.plan
-    capped = plan_rows(plan, limit=TABLE_CAP, refused=refused) if plan is not None else []
-    total = count_plan_rows(plan, refused) if plan is not None else 0
+    # the run kept only the rows the capped table shows: a large run plans millions of them
+    capped, total = report.changes, report.change_rows
     changes_key = _artifact_key(report.sync, "changes")
     details = _store_details(definition, report) if definition is not None else _no_details(None)
     create_markdown_artifact(
@@ -527,10 +552,9 @@ def _log_outcome(report: RunReport, details: dict[str, Any]) -> None:
             f.get("external_id") or f.get("link_id"),
             f["error"],
         )
-    if report.plan is not None:
-        for system, planned in sorted(report.plan.ops.items()):
-            if planned:
-                log.debug("%s: %d writes planned for %s", report.sync, len(planned), system)
+    for system, planned in sorted(report.planned.items()):
+        if planned:
+            log.debug("%s: %d writes planned for %s", report.sync, planned, system)
 
 
 def _some(items: Iterable[str], shown: int = 3) -> str:
@@ -706,11 +730,7 @@ def _sync(
         "full read" if full else "changes since the last run",
     )
     progress = _Progress(parsed.name, len(systems))
-    runtime = Runtime(
-        steps=_ProgressSteps(progress),
-        logger=log,
-        on_progress=progress.wrote,
-    )
+    runtime = Runtime(steps=TASKS, observer=progress, logger=log, read_apart=True)
     report = run_or_refuse(
         parsed,
         runtime,

@@ -1,6 +1,6 @@
 """Step: extract one system's changes since its cursor, in canonical form, a page at a time:
-each page's echoes and unchanged records are dropped as the page arrives, so a run holds a
-read's changes and one page, never the whole read."""
+each page is told apart against the ID map and staged on disk as it arrives (twoway/staging.py),
+so a run holds one page of a read, never the whole read."""
 
 from __future__ import annotations
 
@@ -14,12 +14,22 @@ from dataclasses import replace
 
 from prefect import task
 
-from tasks.common import TASK_OPTIONS, Filtered, Observed
-from tasks.echo import ECHO, UNCHANGED, Outcome, filter_echoes
-from twoway.contract import ChangeSet, Endpoint, RawRecord, later_page_wins, read_ahead
+from tasks.common import TASK_OPTIONS, Observed
+from tasks.echo import ECHO, filter_echoes
+from tasks.idmap import match_key
+from twoway.contract import ChangeSet, Endpoint, RawRecord, read_ahead
 from twoway.definition import Definition
 from twoway.errors import Fatal
-from twoway.state import Member, SystemIds
+from twoway.staging import (
+    CHANGED,
+    DELETED,
+    PARKED,
+    UNCHANGED,
+    ReadSummary,
+    StagedRead,
+    bucket_of,
+)
+from twoway.state import Intent, Member, SystemIds
 from twoway.values import as_utc, canonical, parse_timestamp, values_hash
 
 
@@ -44,25 +54,35 @@ def _canonicalise(columns: dict[str, str], system: str, record: RawRecord) -> Ob
 
 
 class _Read:
-    """What a read has said so far, key by key: a later page replaces what an earlier one
-    said of a key (a record edited or deleted while the read paged comes again)."""
+    """A system's read, page by page, into its staging file: each page's records are made
+    canonical, told apart (change, echo, unchanged, parked) against the ID map, given the
+    bucket of the link they belong to, and staged; a later page replaces what an earlier
+    one said of a key (a record edited or deleted while the read paged comes again)."""
 
     def __init__(
-        self, definition: Definition, system: str, ids: SystemIds, cursor: str | None = None
+        self,
+        definition: Definition,
+        system: str,
+        ids: SystemIds,
+        staged: StagedRead,
+        cursor: str | None = None,
+        intents: Sequence[Intent] = (),
     ):
+        self.definition = definition
         self.system = system
         self.columns = definition.fields_of(system)
         self.account = definition.systems[system].integration_account
         self.ids = ids
-        self.outcome: dict[str, Outcome] = {}
-        self.unkeyed: list[dict] = []  # records with no key: each page's stay parked
-        self.deleted: dict[str, None] = {}
-        self.members: dict[str, Member] = {}  # of the keys changed or deleted so far
-        self.refreshed: dict[str, Member] = {}  # skipped records whose version moved
+        self.staged = staged
         # a cursor that is a time: records stamped at or before it were read by an earlier
         # run, and come again only because of the overlap window
         self.since = parse_timestamp(cursor) if cursor else None
-        self.overlap: set[str] = set()  # keys whose last record is such a re-read
+        # a crashed run's creates in this system, by what identifies the records they made
+        mine = [i for i in intents if i.system == system]
+        self.by_member = {m: i.link_id for i in intents for m in i.members if m[0] == system}
+        self.by_hash: dict[str, list[str]] = {}
+        for intent in mine:
+            self.by_hash.setdefault(intent.values_hash, []).append(intent.link_id)
 
     def page(self, raw: list[RawRecord], deleted: Iterable[str] = ()) -> None:
         """Fold one page in; its raw records go as their canonical form is made."""
@@ -70,53 +90,101 @@ class _Read:
         records = []
         while raw:
             records.append(_canonicalise(self.columns, self.system, raw.pop()))
+        overlap: dict[str, int] = {}
         if self.since is not None:
             for r in records:
-                if r.modified_at is not None and as_utc(r.modified_at) <= self.since:
-                    self.overlap.add(r.key)
-                else:
-                    self.overlap.discard(r.key)
+                overlap[r.key] = int(
+                    r.modified_at is not None and as_utc(r.modified_at) <= self.since
+                )
         gone = list(deleted)
         members = self.ids.members([r.key for r in records] + gone)
         outcome = filter_echoes(records, self.account, members)
-        self.unkeyed += outcome.pop("", [])  # type: ignore[arg-type]
-        later_page_wins(self.outcome, self.deleted, outcome, gone)
-        for key in gone:
-            if key in members:
-                self.members[key] = members[key]
+        self.staged.park_unkeyed(outcome.pop("", []))  # type: ignore[arg-type]
         versions = {r.key: r.version for r in records}
-        for key in gone:
-            self.refreshed.pop(key, None)
+        rows: list[tuple] = []
+        fresh = {k: r for k, r in outcome.items() if isinstance(r, Observed)}
+        routes = self._routes(fresh, members)
         for key, result in outcome.items():
-            self.refreshed.pop(key, None)
-            if isinstance(result, Observed) and key in members:
-                self.members[key] = members[key]
+            member = members.get(key)
+            linked = member.link_id if member is not None else ""
+            if isinstance(result, Observed):
+                live = member is not None and member.deleted_at is None
+                rows.append(
+                    (
+                        key,
+                        CHANGED,
+                        routes[key],
+                        overlap.get(key, 0),
+                        int(not live),
+                        (result, member),
+                    )
+                )
+            elif isinstance(result, list):
+                rows.append((key, PARKED, bucket_of(linked), 0, 0, result))
             else:
-                self.members.pop(key, None)
-                member = members.get(key)
-                if (
-                    result in (ECHO, UNCHANGED)
-                    and member is not None
-                    and member.version != versions[key]
-                ):
-                    self.refreshed[key] = replace(member, version=versions[key])
+                moved = member is not None and member.version != versions[key]
+                status = ECHO if result == ECHO else UNCHANGED
+                refreshed = replace(member, version=versions[key]) if moved else None
+                rows.append((key, status, bucket_of(linked), overlap.get(key, 0), 0, refreshed))
+        for key in dict.fromkeys(gone):
+            if key in outcome:
+                continue  # a page's record of a key outweighs its deletion on that page
+            member = members.get(key)
+            route = bucket_of(member.link_id) if member is not None else 0
+            rows.append((key, DELETED, route, 0, 0, member))
+        self.staged.put(rows)
+
+    def _routes(self, fresh: dict[str, Observed], members: dict[str, Member]) -> dict[str, int]:
+        """The bucket of each changed record: its link's, else the link a crashed run's
+        intent or its link marker names, else its match key's. A record that ties two links
+        together (a key our own create reused, an old row a new record took) merges their
+        buckets."""
+        out: dict[str, int] = {}
+        unlinked: dict[str, str] = {}  # key -> match key
+        for key, record in fresh.items():
+            member = members.get(key)
+            ties = list(self.by_hash.get(record.hash, ()))
+            if member is not None and member.deleted_at is None:
+                route = member.link_id
+            else:
+                if member is not None:
+                    ties.append(member.link_id)
+                intent = self.by_member.get((self.system, key))
+                if intent is not None:
+                    route = intent
+                elif record.link:
+                    route = record.link
+                elif ties:
+                    route = ties[0]
+                else:
+                    match = match_key(self.definition, record.values)
+                    if match is not None:
+                        unlinked[key] = match
+                        continue
+                    route = f"r:{self.system}:{key}"
+            for tie in ties:
+                self.staged.merge(route, tie)
+            out[key] = bucket_of(route)
+        if unlinked:
+            store, sync = self.ids.store, self.ids.sync
+            existing = store.links_by_match_key(sync, set(unlinked.values()))
+            for key, match in unlinked.items():
+                links = existing.get(match, [])
+                # one link holds the match key: the record joins it; otherwise it waits with
+                # the other records that share the key (a new link, or parked as ambiguous)
+                out[key] = bucket_of(links[0] if len(links) == 1 else f"m:{match}")
+        return out
 
     def accounts_for(self, endpoint: Endpoint) -> bool:
         """Whether the system holds exactly the keys the ID map holds as live plus the new
         ones this read found: then no record went without a trace and its keys need no
         listing. (A hard delete offset by a new record that the read missed, one stamped
         before the cursor, would hide here; ``--full`` compares every key.)"""
-        if self.deleted or self.unkeyed:
+        counts = self.staged.counts()
+        if counts.get(DELETED) or counts.get(PARKED) or counts[-1]:
             return False
-        new = 0
-        for key, result in self.outcome.items():
-            if isinstance(result, list):
-                return False  # parked records: their keys may count once or twice
-            if isinstance(result, Observed):
-                member = self.members.get(key)
-                new += member is None or member.deleted_at is not None
         total = endpoint.count_keys()
-        return total is not None and total == self.ids.live_count() + new
+        return total is not None and total == self.ids.live_count() + self.staged.new_changes()
 
 
 def extract_changes(
@@ -125,84 +193,77 @@ def extract_changes(
     endpoint: Endpoint,
     cursor: str | None,
     ids: SystemIds,
+    staged: StagedRead,
     reread: Sequence[str] = (),
-) -> Filtered:
-    """The records changed since ``cursor`` (echoes and unchanged ones dropped) and the
-    keys deleted since, with their ID-map rows (from ``ids``, the system's part of the ID map).
+    intents: Sequence[Intent] = (),
+) -> ReadSummary:
+    """Stage the records changed since ``cursor`` (echoes and unchanged ones told apart) and
+    the keys deleted since, with their ID-map rows (from ``ids``, the system's part of the
+    ID map), in ``staged``; return what the read came to.
 
     Deletions come from the system's change feed where it has one. Otherwise the keys the
     ID map holds as live are compared with the keys a full read returned or, after an
     incremental read, with the system's key list (hard deletes), unless the system's count
     of keys is just what the ID map and this read account for. ``reread`` are keys to read
-    again whatever their cursor (records parked before they were linked).
+    again whatever their cursor (records parked before they were linked); ``intents`` are
+    the open intents of crashed runs, whose records must fall in their links' buckets.
     """
-    read = _Read(definition, system, ids, cursor)
-    reported: set[str] = set()
+    read = _Read(definition, system, ids, staged, cursor, intents)
     requests = 0
     last = ChangeSet(records=[], cursor=cursor)  # a read of no page changes nothing
     pages = endpoint.read_pages(cursor)
     for page in read_ahead(pages) if endpoint.reads_ahead() else pages:
         read.page(page.records, page.deleted)
         page.records = []
-        reported.update(page.deleted)
         requests += page.requests
         last = page
-    again = [k for k in dict.fromkeys(reread) if k not in read.outcome]
+    wanted = list(dict.fromkeys(reread))
+    again = [k for k in wanted if k not in staged.has(wanted)]
     if again:
         read.page(endpoint.read(again))
-    deleted = set(read.deleted)
     # the keys the system holds: a full read's own, else its key list when the count is off
     listed = None if last.full or read.accounts_for(endpoint) else endpoint.list_keys()
     if last.full or listed is not None:
         live = ids.live_keys()
-        deleted |= live - (read.outcome.keys() if last.full else listed)  # type: ignore[operator]
-        deleted &= live | reported
-    hard = [k for k in deleted if k not in read.members]
-    if hard:
-        read.members.update(ids.members(hard))
-    changed: list[Observed] = []
-    parked = list(read.unkeyed)
-    echo = unchanged = overlap = 0
-    for key, result in read.outcome.items():
-        if isinstance(result, Observed):
-            changed.append(result)
-        elif isinstance(result, list):
-            parked += result
-        elif key in read.overlap:
-            overlap += 1
-        elif result == ECHO:
-            echo += 1
-        elif result == UNCHANGED:
-            unchanged += 1
-    wanted = {r.key for r in changed} | deleted
-    return Filtered(
+        present = staged.present_of(live) if last.full else listed
+        missing = [k for k in live if k not in present]  # type: ignore[operator]
+        if missing:
+            read.page([], missing)
+    counts = staged.counts()
+    overlap = staged.overlap_counts()
+    return ReadSummary(
         system=system,
-        changed=changed,
-        deleted=deleted,
+        path=staged.path,
         cursor=last.cursor,
         full=last.full,
         requests=requests,
-        extracted=len(read.outcome) + len(read.unkeyed),
-        echo_skipped=echo,
-        unchanged=unchanged,
-        reread=overlap,
-        parked=parked,
-        members={k: m for k, m in read.members.items() if k in wanted},
-        refreshed={k: m for k, m in read.refreshed.items() if k not in deleted},
+        extracted=sum(n for s, n in counts.items() if s != DELETED),
+        changed=counts.get(CHANGED, 0),
+        echo_skipped=counts.get(ECHO, 0) - overlap.get(ECHO, 0),
+        unchanged=counts.get(UNCHANGED, 0) - overlap.get(UNCHANGED, 0),
+        reread=overlap.get(ECHO, 0) + overlap.get(UNCHANGED, 0),
+        parked=counts.get(PARKED, 0) + counts[-1],
+        merges=list(staged.merges),
     )
 
 
 def extract_apart(
-    definition: Definition, system: str, cursor: str | None, reread: Sequence[str] = ()
-) -> Filtered:
+    definition: Definition,
+    system: str,
+    cursor: str | None,
+    staged_path: str,
+    reread: Sequence[str] = (),
+    intents: Sequence[Intent] = (),
+) -> ReadSummary:
     """:func:`extract_changes` in a process of its own, with its own connections to the
-    system and the state store: a full read is CPU-bound (canonical values, hashes), so
-    the reads of several systems run at once only on several cores.
+    system and the state store, staging into the file ``staged_path``: a full read is
+    CPU-bound (canonical values, hashes), so the reads of several systems run at once only
+    on several cores.
 
     The process is a fresh ``python -m tasks.extract`` (not a multiprocessing child, which
-    would import the caller's main script again); the job and its outcome, a result or the
+    would import the caller's main script again); the job and its outcome, a summary or the
     error it raised, cross its standard input and output pickled."""
-    job = pickle.dumps((definition, system, cursor, list(reread)))
+    job = pickle.dumps((definition, system, cursor, staged_path, list(reread), list(intents)))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
     done = subprocess.run(
         [sys.executable, "-m", "tasks.extract"], input=job, capture_output=True, env=env
@@ -221,16 +282,20 @@ def _extract_alone() -> None:
     from twoway.connectors import open_endpoint
     from twoway.state import StateStore
 
-    definition, system, cursor, reread = pickle.loads(sys.stdin.buffer.read())
-    gc.disable()  # as the run does: millions of live objects, no cycles worth a pass
+    definition, system, cursor, path, reread, intents = pickle.loads(sys.stdin.buffer.read())
+    gc.disable()  # as the run does: many live objects, no cycles worth a pass
     store = StateStore(definition.state or "")
+    staged = StagedRead(path)
     try:
         with open_endpoint(definition, system) as endpoint:
             ids = store.system_ids(definition.name, system)
-            outcome: object = extract_changes(definition, system, endpoint, cursor, ids, reread)
+            outcome: object = extract_changes(
+                definition, system, endpoint, cursor, ids, staged, reread, intents
+            )
     except Exception as exc:  # handed to the caller, which raises it in the run
         outcome = exc
     finally:
+        staged.close()
         store.close()
     sys.stdout.buffer.write(pickle.dumps(outcome))
 

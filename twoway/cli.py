@@ -461,7 +461,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     from twoway.engine import run_sync
-    from twoway.report import counts_table, plan_rows, text_table
+    from twoway.report import counts_table, text_table
 
     definition = _load(args.path)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
@@ -469,12 +469,16 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if report.status != "completed":
         print(f"error: {report.error}", file=sys.stderr)
         return EXIT_FAILED
-    rows = plan_rows(report.plan) if report.plan else []
-    print(f"{definition.name}: plan ({len(rows)} field changes, {report.conflicts} conflicts)")
+    rows = report.changes
+    print(
+        f"{definition.name}: plan ({report.change_rows} field changes, {report.conflicts} conflicts)"
+    )
     print(counts_table(report))
     if rows:
         print()
         print(text_table(rows, ["system", "action", "record", "field", "before", "after"]))
+        if report.change_rows > len(rows):
+            print(f"(the first {len(rows)} of {report.change_rows} field changes)")
     for c in report.conflict_list:
         values = ", ".join(f"{s}={v!r}" for s, v in sorted(c["candidates"].items()))
         kept = c["winner"] or "held for a person"

@@ -7,9 +7,13 @@ clock, random source, sleep and connectors.
 from __future__ import annotations
 
 import contextvars
+import dataclasses
+import functools
 import gc
 import logging
+import os
 import random
+import tempfile
 import threading
 import time
 import traceback
@@ -21,19 +25,20 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from tasks.commit import commit_state, commit_state_task, settle
-from tasks.common import Filtered
-from tasks.delta import Plan, compute_deltas, compute_deltas_task
-from tasks.extract import extract_apart, extract_apart_task, extract_changes, extract_changes_task
-from tasks.idmap import map_ids, map_ids_task
-from tasks.load import confirm_unknown_creates, load_changes, load_changes_task
+from tasks.commit import commit_state, settle
+from tasks.delta import Plan, compute_deltas
+from tasks.extract import extract_apart, extract_changes
+from tasks.idmap import map_ids
+from tasks.load import confirm_unknown_creates, load_changes
 from twoway.connectors import open_endpoint
 from twoway.contract import Create, Delete, Endpoint, Update
 from twoway.definition import Definition
 from twoway.errors import AlreadyRunning, MassChangeRefused, SyncError, TwowayError, redact
+from twoway.report import TABLE_CAP, count_plan_rows, plan_rows, refused_writes
 from twoway.retry import RetryPolicy
 from twoway.review import applied_decisions, decision_line
-from twoway.state import Intent, Member, StateChanges, StateStore
+from twoway.staging import ReadSummary, StagedRead, bucket_of, chunks_of
+from twoway.state import Intent, StateChanges, StateStore
 from twoway.uuid7 import TimeOrderedIds
 from twoway.values import values_hash
 
@@ -44,38 +49,82 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-class Steps:
-    """Runs each step either as a plain function or as a Prefect task (inside a flow)."""
+@dataclass
+class StepSet:
+    """The steps of a run, called in the order of the design: plain functions (the harness,
+    tests, a dry run from the CLI) or the Prefect tasks that wrap them (the flows)."""
 
-    def __init__(self, prefect: bool = False):
-        self.prefect = prefect
+    extract: Callable[..., ReadSummary] = extract_changes
+    extract_apart: Callable[..., ReadSummary] = extract_apart
+    map_ids: Callable[..., Any] = map_ids
+    compute_deltas: Callable[..., Plan] = compute_deltas
+    load: Callable[..., Any] = load_changes
+    commit: Callable[..., None] = commit_state
 
-    def __call__(self, plain: Callable, wrapped: Any, name: str, *args: Any, **kwargs: Any) -> Any:
-        try:
-            if not self.prefect:
-                return plain(*args, **kwargs)
-            from prefect.utilities.annotations import quote
 
-            return wrapped.with_options(task_run_name=name)(
-                *[quote(a) for a in args], **{k: quote(v) for k, v in kwargs.items()}
-            )
-        except SyncError as exc:  # the step of one system ("extract crm"): say which
-            verb, _, system = name.partition(" ")
-            if exc.system is None and verb in ("extract", "load"):
-                exc.system = system
-            raise
+#: the plain steps (a run given no others takes these)
+PLAIN = StepSet()
 
-    def together(self, calls: list[tuple[Callable, Any, str, tuple[Any, ...]]]) -> list[Any]:
-        """Run several steps at once, each on a thread of its own (under Prefect, as task
-        runs of the same flow run: each thread gets a copy of the caller's context), and
-        return their results in order; the first error is raised once all have ended."""
-        with ThreadPoolExecutor(max_workers=len(calls)) as pool:
-            futures = [
-                pool.submit(contextvars.copy_context().run, self, plain, wrapped, name, *args)
-                for plain, wrapped, name, args in calls
-            ]
-            wait(futures)
-        return [f.result() for f in futures]
+class _StepName(threading.local):
+    """The step a call belongs to ("load crm"), for the task-run name the Prefect steps
+    give it: per thread (steps that run together run on threads of their own), and not a
+    context variable, which a task runner would try to ship with the task's context."""
+
+    value = "step"
+
+    def __reduce__(self) -> tuple[Callable[[], _StepName], tuple[()]]:
+        # a task runner that ships a function by value ships this module's globals: each
+        # process has its own, so it travels as a reference to it
+        return _step_name, ()
+
+
+def _step_name() -> _StepName:
+    return STEP_NAME
+
+
+STEP_NAME = _StepName()
+
+
+class Observer:
+    """Told of a run's progress: each step as it starts and ends, each chunk, each write
+    batch. Progress bars and tests listen; the run does not depend on them."""
+
+    def step(self, name: str, ended: bool) -> None:
+        """A step starts (``ended`` False) or has ended."""
+
+    def chunk(self, index: int, total: int, writes: int) -> None:
+        """Chunk ``index`` (from 0) of ``total`` is planned, with ``writes`` writes."""
+
+    def wrote(self, system: str, done: int, total: int) -> None:
+        """A load of this chunk has written ``done`` of ``total``."""
+
+
+def _call(rt: Runtime, name: str, step: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Call one step of the run, its observer told before and after; a failure of the step
+    of one system ("extract crm") names that system."""
+    rt.observer.step(name, False)
+    outer, STEP_NAME.value = STEP_NAME.value, name
+    try:
+        out = step(*args, **kwargs)
+    except SyncError as exc:
+        verb, _, system = name.partition(" ")
+        if exc.system is None and verb in ("extract", "load"):
+            exc.system = system
+        raise
+    finally:
+        STEP_NAME.value = outer
+    rt.observer.step(name, True)
+    return out
+
+
+def together(calls: list[Callable[[], Any]]) -> list[Any]:
+    """Run several calls at once, each on a thread of its own (under Prefect, as task runs
+    of the same flow run: each thread gets a copy of the caller's context), and return
+    their results in order; the first error is raised once all have ended."""
+    with ThreadPoolExecutor(max_workers=max(1, len(calls))) as pool:
+        futures = [pool.submit(contextvars.copy_context().run, c) for c in calls]
+        wait(futures)
+    return [f.result() for f in futures]
 
 
 @dataclass
@@ -87,10 +136,16 @@ class Runtime:
     sleep: Callable[[float], Any] = time.sleep
     endpoints: dict[str, Endpoint] | None = None
     store: StateStore | None = None
-    steps: Steps = field(default_factory=Steps)
+    steps: StepSet = field(default_factory=lambda: PLAIN)
+    observer: Observer = field(default_factory=Observer)
     logger: logging.Logger | logging.LoggerAdapter | None = None
-    on_progress: Callable[[str, int, int], Any] | None = None  # (system, done, total)
     lease_ttl: float = 60.0
+    #: records (changes, deletions) a chunk holds about: each chunk is planned, written and
+    #: committed before the next one is read back from the staging files
+    chunk_size: int = 50_000
+    #: a full read of several systems reads each in a process of its own (the flows set it;
+    #: a run given its own endpoints reads in this process)
+    read_apart: bool = False
 
 
 @dataclass
@@ -104,7 +159,10 @@ class RunReport:
     conflicts: int = 0
     systems: dict[str, dict[str, int]] = field(default_factory=dict)
     error: str | None = None
-    plan: Plan | None = None
+    changes: list[dict[str, Any]] = field(default_factory=list)  # field changes, capped
+    change_rows: int = 0  # field changes in all (the table shows TABLE_CAP at most)
+    planned: dict[str, int] = field(default_factory=dict)  # writes planned per system
+    chunks: int = 0
     conflict_list: list[dict[str, Any]] = field(default_factory=list)
     failures: list[dict[str, Any]] = field(default_factory=list)
     decisions: list[dict[str, Any]] = field(default_factory=list)  # people's, this run wrote
@@ -324,12 +382,73 @@ def _run(
     allow_mass_change: bool,
     log: Any,
 ) -> None:
+    """Read every source into its staging file, then work chunk by chunk: map IDs, compute
+    deltas, load, commit. Each chunk's state is committed in one transaction; the cursors
+    move with the last chunk, so a run that dies between chunks reads its changes again and
+    finds the committed ones settled (echoes or unchanged: a no-op)."""
+    with tempfile.TemporaryDirectory(prefix="twoway-run-") as staging:
+        staged = {s: StagedRead(os.path.join(staging, f"{s}.sqlite")) for s in sorted(sources)}
+        try:
+            _work(
+                definition,
+                rt,
+                store,
+                endpoints,
+                report,
+                sources,
+                targets,
+                scope,
+                full,
+                allow_mass_change,
+                log,
+                staged,
+            )
+        finally:
+            for read in staged.values():
+                read.close()
+
+
+@dataclass
+class _Run:
+    """What every chunk of a run shares."""
+
+    definition: Definition
+    rt: Runtime
+    store: StateStore
+    endpoints: dict[str, Endpoint]
+    report: RunReport
+    sources: set[str]
+    targets: set[str]
+    scope: str
+    staged: dict[str, StagedRead]
+    reads: dict[str, ReadSummary]
+    due: list[dict[str, Any]]
+    decided: list[dict[str, Any]]
+    intents: list[Intent]
+    pending: set[str]
+    new_link: Callable[[], str]
+    done: StateChanges = field(default_factory=StateChanges)  # what the chunks committed
+
+
+def _work(
+    definition: Definition,
+    rt: Runtime,
+    store: StateStore,
+    endpoints: dict[str, Endpoint],
+    report: RunReport,
+    sources: set[str],
+    targets: set[str],
+    scope: str,
+    full: bool,
+    allow_mass_change: bool,
+    log: Any,
+    staged: dict[str, StagedRead],
+) -> None:
     sync = definition.name
     steps = rt.steps
     due = store.due_dead_letters(sync)
-    filtered: dict[str, Filtered] = {}
-    known: dict[str, dict[str, Member]] = {}
-    reads = []
+    intents = store.open_intents(sync)
+    jobs = []
     for system in sorted(sources):
         cursor = None if full else store.cursor(sync, system, scope)
         # records parked before they were linked (ambiguous matches) are read again
@@ -338,30 +457,46 @@ def _run(
             for d in due
             if d["link_id"] is None and d["external_id"] and d["system"] == system
         ]
-        reads.append((system, cursor, reread))
-    if full and len(reads) > 1 and rt.endpoints is None and rt.clock is utcnow:
-        # a full reconciliation reads every system whole: one process per system (a run
-        # given its own endpoints or clock, as tests give it, reads in this process)
+        jobs.append((system, cursor, reread))
+    reads: dict[str, ReadSummary] = {}
+    if full and len(jobs) > 1 and rt.read_apart:
+        # a full reconciliation reads every system whole: one process per system
+        for read in staged.values():
+            read.close()  # each process writes its own file; it is opened again after
         calls = [
-            (extract_apart, extract_apart_task, f"extract {s}", (definition, s, c, rr))
-            for s, c, rr in reads
+            functools.partial(
+                _call,
+                rt,
+                f"extract {s}",
+                steps.extract_apart,
+                definition,
+                s,
+                c,
+                staged[s].path,
+                rr,
+                intents,
+            )
+            for s, c, rr in jobs
         ]
-        filtered.update(zip([s for s, _, _ in reads], steps.together(calls), strict=True))
+        reads.update(zip([s for s, _, _ in jobs], together(calls), strict=True))
+        for system in staged:
+            staged[system] = StagedRead(staged[system].path)
     else:
-        for system, cursor, reread in reads:
-            filtered[system] = steps(
-                extract_changes,
-                extract_changes_task,
+        for system, cursor, reread in jobs:
+            reads[system] = _call(
+                rt,
                 f"extract {system}",
+                steps.extract,
                 definition,
                 system,
                 endpoints[system],
                 cursor,
                 store.system_ids(sync, system),
+                staged[system],
                 reread,
+                intents,
             )
-    for system, read in filtered.items():
-        known[system] = read.members
+    for system, read in reads.items():
         counts = report.systems[system]
         counts["extracted"] = read.extracted
         counts["echo_skipped"] = read.echo_skipped
@@ -369,46 +504,127 @@ def _run(
 
     decided = store.decided_conflicts(sync)
     pending = {d["link_id"] for d in due if d["link_id"]} | {c["link_id"] for c in decided}
-    new_link = TimeOrderedIds(rt.clock, rt.rng)  # appended at the end of the ID map's indexes
-    mapping = steps(
-        map_ids,
-        map_ids_task,
-        "map IDs",
+    run = _Run(
         definition,
+        rt,
+        store,
+        endpoints,
+        report,
+        sources,
+        targets,
+        scope,
+        staged,
+        reads,
+        due,
+        decided,
+        intents,
+        pending,
+        TimeOrderedIds(rt.clock, rt.rng),  # appended at the end of the ID map's indexes
+    )
+    sizes = [read.bucket_sizes() for read in staged.values()]
+    sizes.append(dict.fromkeys((bucket_of(link) for link in pending), 1))
+    merges = [m for read in reads.values() for m in read.merges]
+    plan_of = chunks_of(sizes, merges, rt.chunk_size)
+    report.chunks = len(plan_of)
+    if not allow_mass_change and len(plan_of) > 1:
+        _guard_mass_change(definition, store, _measure(run, plan_of))
+    for index, buckets in enumerate(plan_of):
+        final = index == len(plan_of) - 1
+        _chunk(run, index, len(plan_of), buckets, final, allow_mass_change or len(plan_of) > 1)
+    if not plan_of and not report.dry_run:  # nothing to work on: the cursors still move
+        _call(rt, "commit state", steps.commit, store, sync, _cursors(run), report.run_id)
+    report.decisions = applied_decisions(decided, due, run.done)
+    for decision in report.decisions:
+        log.info("%s: %s", sync, decision_line(decision))
+    log.info("%s: %s; %d conflicts", sync, counts_line(report.systems), report.conflicts)
+
+
+def _cursors(run: _Run) -> StateChanges:
+    return StateChanges(
+        cursors={(system, run.scope): read.cursor for system, read in run.reads.items()}
+    )
+
+
+def _plan_chunk(
+    run: _Run, buckets: list[int], new_link: Callable[[], str]
+) -> tuple[dict[str, Any], Any, Plan]:
+    """Map IDs and compute deltas for the records of ``buckets``."""
+    rt, store, sync = run.rt, run.store, run.definition.name
+    inside = set(buckets)
+    filtered = {s: read.filtered(s, buckets) for s, read in run.staged.items()}
+    known = {s: f.members for s, f in filtered.items()}
+    pending = {link for link in run.pending if bucket_of(link) in inside}
+    intents = [i for i in run.intents if bucket_of(i.link_id) in inside]
+    mapping = _call(
+        rt,
+        "map IDs",
+        rt.steps.map_ids,
+        run.definition,
         filtered,
         known,
         store,
         new_link,
         pending,
-        store.open_intents(sync),
+        intents,
     )
     for batch in filtered.values():  # records no key identifies wait as dead letters
         mapping.parked.extend(batch.parked)
     open_conflicts = {
         (c["link_id"], c["field"]) for c in store.open_conflicts(sync, mapping.observed.keys())
     }
-    plan = steps(
-        compute_deltas,
-        compute_deltas_task,
+    decided = [c for c in run.decided if bucket_of(c["link_id"]) in inside]
+    plan = _call(
+        rt,
         "compute field deltas",
-        definition,
+        rt.steps.compute_deltas,
+        run.definition,
         mapping,
-        sources=sources,
-        targets=targets,
+        sources=run.sources,
+        targets=run.targets,
         open_conflicts=open_conflicts,
         decisions={(c["link_id"], c["field"]): (c["id"], c["chosen"]) for c in decided},
     )
-    report.plan = plan
-    report.conflicts = len(plan.conflicts)
-    report.conflict_list = plan.conflicts
-    if not allow_mass_change:
-        _guard_mass_change(definition, store, plan)
+    return filtered, mapping, plan
+
+
+def _measure(run: _Run, plan_of: list[list[int]]) -> dict[str, list[int]]:
+    """What the whole run would delete and overwrite, planned chunk by chunk before any
+    write (link ids drawn here are thrown away): the mass-change guard judges the run."""
+    throwaway = TimeOrderedIds(run.rt.clock, random.Random(0))
+    quiet = dataclasses.replace(run.rt, observer=Observer())
+    probe = dataclasses.replace(run, rt=quiet)
+    total: dict[str, list[int]] = {}
+    for buckets in plan_of:
+        _, _, plan = _plan_chunk(probe, buckets, throwaway)
+        for system, size in _sizes(run.definition, plan).items():
+            total[system] = [a + b for a, b in zip(total.get(system, [0, 0, 0]), size, strict=True)]
+    return total
+
+
+def _chunk(
+    run: _Run, index: int, total: int, buckets: list[int], final: bool, guarded: bool
+) -> None:
+    """One chunk: plan it, write it, commit its state (the cursors with the last chunk)."""
+    definition, rt, store, report = run.definition, run.rt, run.store, run.report
+    sync = definition.name
+    filtered, mapping, plan = _plan_chunk(run, buckets, run.new_link)
+    report.conflicts += len(plan.conflicts)
+    report.conflict_list.extend(plan.conflicts)
+    for system, planned in plan.ops.items():
+        report.planned[system] = report.planned.get(system, 0) + len(planned)
+    if not guarded:
+        _guard_mass_change(definition, store, _sizes(definition, plan))
+    rt.observer.chunk(index, total, sum(len(ops) for ops in plan.ops.values()))
+    log = rt.logger or logging.getLogger("twoway")
     log.debug(
-        "%s: planned %s",
+        "%s: chunk %d of %d: planned %s",
         sync,
+        index + 1,
+        total,
         ", ".join(f"{s}: {len(ops)} writes" for s, ops in sorted(plan.ops.items())),
     )
     if report.dry_run:
+        _note_changes(report, plan, set())
         for system, planned in plan.ops.items():
             counts = report.systems[system]
             for p in planned:
@@ -438,55 +654,61 @@ def _run(
     ]
     store.record_intents(sync, report.run_id, _intents(definition, mapping, plan), fresh)
     results = {}
-    policy_for = {
-        s: RetryPolicy(attempts=definition.systems[s].retry_attempts) for s in definition.systems
-    }
     for system, planned in plan.ops.items():
         if not planned:
             continue
-        total = len(planned)
-        progress = (
-            (lambda done, s=system, t=total: rt.on_progress(s, done, t)) if rt.on_progress else None
-        )
-        results[system] = steps(
-            load_changes,
-            load_changes_task,
+        count = len(planned)
+        results[system] = _call(
+            rt,
             f"load {system}",
-            endpoints[system],
+            rt.steps.load,
+            run.endpoints[system],
             planned,
-            policy_for[system],
+            RetryPolicy(attempts=definition.systems[system].retry_attempts),
             rt.sleep,
             rt.rng,
-            progress,
+            lambda done, s=system, t=count: rt.observer.wrote(s, done, t),
             definition.systems[system].batch_size,
         )
-        if system in filtered:
+        if system in run.reads:
             results[system] = confirm_unknown_creates(
                 definition,
                 system,
-                endpoints[system],
-                filtered[system].cursor,
+                run.endpoints[system],
+                run.reads[system].cursor,
                 planned,
                 results[system],
                 lambda keys, system=system: set(store.members_by_key(sync, system, keys)),
             )
-    changes, counts = settle(definition, mapping, plan, results, filtered, due, scope, store.now())
+    changes, counts = settle(
+        definition, mapping, plan, results, filtered, run.due, run.scope, store.now()
+    )
+    changes.cursors = _cursors(run).cursors if final else {}
     for system, c in counts.items():
-        report.systems[system].update(c)
+        for kind, n in c.items():
+            report.systems[system][kind] += n
     for letter in mapping.parked:  # records parked before any write: failures of their system
         report.systems[letter["system"]]["failed"] += 1
-    report.failures = [
+    failures = [
         {
             **{k: v for k, v in letter.items() if k != "payload"},
             "match": _match_value(definition, letter.get("payload")),
         }
         for letter in changes.dead_letters
     ]
-    steps(commit_state, commit_state_task, "commit state", store, sync, changes, report.run_id)
-    report.decisions = applied_decisions(decided, due, changes)
-    for decision in report.decisions:
-        log.info("%s: %s", sync, decision_line(decision))
-    log.info("%s: %s; %d conflicts", sync, counts_line(report.systems), report.conflicts)
+    report.failures.extend(failures)
+    _note_changes(report, plan, refused_writes(failures))
+    _call(rt, "commit state", rt.steps.commit, store, sync, changes, report.run_id)
+    run.done.resolved_conflicts.extend(changes.resolved_conflicts)
+    run.done.resolved_dead_letters.extend(changes.resolved_dead_letters)
+
+
+def _note_changes(report: RunReport, plan: Plan, refused: set[tuple[str, str]]) -> None:
+    """Keep the first rows of the run's field-change table and count the rest."""
+    room = TABLE_CAP - len(report.changes)
+    if room > 0:
+        report.changes.extend(plan_rows(plan, limit=room, refused=refused))
+    report.change_rows += count_plan_rows(plan, refused)
 
 
 def counts_line(systems: dict[str, dict[str, int]]) -> str:
@@ -524,20 +746,10 @@ def _intents(definition: Definition, mapping: Any, plan: Plan) -> list[Intent]:
     return out
 
 
-def _guard_mass_change(definition: Definition, store: StateStore, plan: Plan) -> None:
-    """Refuse a run that would delete or overwrite too much of a system before it writes.
-
-    Three signs of a fault rather than of people's edits, each checked per system with at
-    least 10 linked records (below that a share says little): the system returned none of the records we
-    know (an empty extract: a wrong table, a filter, an outage answering "nothing"), more
-    than ``mass_change_limit`` of its records would be deleted, or more than that share of
-    its converged records would have values overwritten (first-time links do not count).
-    ``--allow-mass-change`` skips the guard.
-    """
-    floor = 10
-    limit = definition.mass_change_limit
-    override = "If that is intended, run again with --allow-mass-change"
-    sizes = {}
+def _sizes(definition: Definition, plan: Plan) -> dict[str, list[int]]:
+    """Per system: records found deleted, deletions planned, values of converged records
+    planned to be overwritten (first-time links do not count)."""
+    out = {}
     for system in sorted(definition.systems):
         vanished = sum(system in lp.deleted_now for lp in plan.links.values())
         deletes = plan.count(system, Delete)
@@ -549,7 +761,25 @@ def _guard_mass_change(definition: Definition, store: StateStore, plan: Plan) ->
             and plan.links[p.link_id].base
             and any(p.before.get(f) is not None for f in p.fields)
         )
-        sizes[system] = (vanished, deletes, overwrites)
+        out[system] = [vanished, deletes, overwrites]
+    return out
+
+
+def _guard_mass_change(
+    definition: Definition, store: StateStore, sizes: dict[str, list[int]]
+) -> None:
+    """Refuse a run that would delete or overwrite too much of a system before it writes.
+
+    Three signs of a fault rather than of people's edits, each checked per system with at
+    least 10 linked records (below that a share says little): the system returned none of
+    the records we know (an empty extract: a wrong table, a filter, an outage answering
+    "nothing"), more than ``mass_change_limit`` of its records would be deleted, or more
+    than that share of its converged records would have values overwritten. ``sizes`` is
+    what :func:`_sizes` counts over the whole run. ``--allow-mass-change`` skips the guard.
+    """
+    floor = 10
+    limit = definition.mass_change_limit
+    override = "If that is intended, run again with --allow-mass-change"
     if all(max(size) < floor for size in sizes.values()):
         return  # below the floor nothing can trip the guard: skip counting the linked records
     linked = store.counts(definition.name)["linked"]

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tasks.delta import Plan
 from twoway.contract import Create, Delete, Update
-from twoway.engine import RunReport
+
+if TYPE_CHECKING:
+    from tasks.delta import Plan
+    from twoway.engine import RunReport
 
 COUNT_COLUMNS = (
     "extracted",

@@ -2,9 +2,9 @@
 task runner (a Dask cluster in production), with each system's API quota shared through a
 Prefect global concurrency limit.
 
-Only the load step is sharded. Extract, echo filtering, ID mapping, deltas and the state
-commit still run once, in the flow run's own process: they read and write the state store
-in one transaction and are rarely what makes a large sync slow. Loads are, because every
+Only the load step is sharded. Extract, echo filtering, ID mapping, deltas and each chunk's
+state commit run in the flow run's own process: they read and write the state store and
+are rarely what makes a large sync slow. Loads are, because every
 write is an API call (or a database round trip) of the target system.
 
 How a load is sharded:
@@ -25,7 +25,6 @@ How a load is sharded:
 from __future__ import annotations
 
 import hashlib
-import inspect
 import math
 import random
 import time
@@ -40,7 +39,6 @@ from tasks.load import load_changes
 from twoway.connectors import open_endpoint
 from twoway.contract import ChangeSet, Endpoint, Op, RawRecord, WriteResult
 from twoway.definition import Definition
-from twoway.engine import Steps
 from twoway.retry import RetryPolicy
 
 if TYPE_CHECKING:
@@ -233,16 +231,14 @@ load_shard_task = task(
     **{**TASK_OPTIONS, "retries": 0, "retry_condition_fn": None},
 )
 
-_LOAD_SIGNATURE = inspect.signature(load_changes)
 
-
-class ShardedSteps(Steps):
-    """Steps that run like :class:`~twoway.engine.Steps`, except the load step: its
-    planned writes are split into shards by link-id hash and each shard becomes one task
-    run, submitted to ``runner`` (a started Prefect task runner, e.g. a ``DaskTaskRunner``)
-    or, when ``runner`` is None, to the flow's own task runner. With ``prefect=False`` the
-    shards run one after another in this process, with no limit (tests, and a check of the
-    split with no Prefect API).
+class ShardedLoad:
+    """The load step, sharded: the same arguments and the same result as
+    :func:`tasks.load.load_changes`, its planned writes split into shards by link-id hash,
+    each shard one task run submitted to ``runner`` (a started Prefect task runner, e.g. a
+    ``DaskTaskRunner``) or, when ``runner`` is None, to the flow's own task runner. With
+    ``prefect=False`` the shards run one after another in this process, with no limit
+    (tests, and a check of the split with no Prefect API).
 
     ``quota`` set: each shard's batches take slots of the limit :func:`limit_name` names,
     created first when missing and ``quota.create`` is set.
@@ -258,25 +254,18 @@ class ShardedSteps(Steps):
         quota: ApiQuota | None = None,
         min_shard_size: int = MIN_SHARD_SIZE,
     ):
-        super().__init__(prefect=prefect)
         if shards < 1:
             raise ValueError(f"shards must be at least 1, not {shards}")
+        self.prefect = prefect
         self.definition = definition
         self.shards = shards
         self.runner = runner
         self.quota = quota
         self.min_shard_size = min_shard_size
-        #: per load: system -> list of shard sizes (what the last run split, for reports)
+        #: per system: the shard sizes of every load of the run, one list per chunk
         self.sizes: dict[str, list[int]] = {}
 
-    def __call__(self, plain: Callable, wrapped: Any, name: str, *args: Any, **kwargs: Any) -> Any:
-        if plain is not load_changes:
-            return super().__call__(plain, wrapped, name, *args, **kwargs)
-        call = _LOAD_SIGNATURE.bind(*args, **kwargs)
-        call.apply_defaults()
-        return self.load(**call.arguments)
-
-    def load(
+    def __call__(
         self,
         endpoint: Endpoint,
         planned: list[PlannedOp],
@@ -286,8 +275,7 @@ class ShardedSteps(Steps):
         on_progress: Callable[[int], Any] | None = None,
         batch_size: int | None = None,
     ) -> list[WriteResult]:
-        """The load step, sharded: same arguments and same result as
-        :func:`tasks.load.load_changes`. ``endpoint`` is not used: each shard opens its own."""
+        """``endpoint`` is not used: each shard opens its own."""
         if not planned:
             return []
         systems = {p.system for p in planned}
@@ -296,7 +284,7 @@ class ShardedSteps(Steps):
         system = systems.pop()
         k = shard_count(len(planned), self.shards, self.min_shard_size)
         groups = [g for g in split(planned, k) if g]
-        self.sizes[system] = [len(g) for g in groups]
+        self.sizes.setdefault(system, []).extend(len(g) for g in groups)
         limit = None
         if self.quota is not None and self.prefect:
             limit = limit_name(self.definition.name, system)

@@ -15,7 +15,6 @@ from tests.sqlrig import POSTGRES_URL, server_url
 from twoway import cli
 from twoway.engine import Runtime, run_sync
 from twoway.errors import redact
-from twoway.report import plan_rows
 
 PASSWORD = "pw-Zq81-leak-canary"
 DEAD_PASSWORD = "pw-Xk42-dead-canary"
@@ -57,7 +56,7 @@ def test_no_secret_in_logs_outputs_reports_artifacts_or_state(tmp_path, capfd, m
         assert report.status == "completed" and report.systems["b"]["failed"] == 1
         outputs.append(json.dumps(report.as_json()))
         outputs.append(summary_line(report))
-        rows = plan_rows(report.plan) if report.plan else []
+        rows = report.changes
         outputs.append(json.dumps(rows, default=str))
         outputs.append(report_markdown(report, _store_details(definition, report), len(rows), "k"))
         for command in (["check"], ["plan"], ["status", "--json"], ["status"]):

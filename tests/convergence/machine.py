@@ -28,8 +28,9 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant
 from hypothesis.stateful import initialize as hypothesis_initialize
 from hypothesis.stateful import rule as hypothesis_rule
 
-from tests.convergence.world import FIELDS, Crash, Faults, PostgresSide, Side, SqlSide, World
-from twoway.engine import RunReport, Runtime, Steps, run_sync
+from tests.convergence.world import FIELDS, Faults, PostgresSide, Side, SqlSide, World
+from tests.crash import Crash, CrashAt
+from twoway.engine import RunReport, Runtime, run_sync
 from twoway.errors import AlreadyRunning
 from twoway.state import conflicts
 
@@ -45,20 +46,29 @@ RUN_STEPS = [
 QUIESCE_RUNS = 5
 
 
-class CrashingSteps(Steps):
-    """Plain steps that die right before, or right after, one named step."""
+class RunWatch(CrashAt):
+    """What the harness learns of a run as it goes: each chunk's commit (its creates are
+    known from then on), and whether the last one was committed; dies at a chosen point
+    when ``at`` is given."""
 
-    def __init__(self, at: str, after: bool):
-        super().__init__(prefect=False)
-        self.at, self.after = at, after
+    def __init__(self, world: World, at: str = "", after: bool = False, nth: int = 1):
+        super().__init__(at, after, nth)
+        self.world = world
+        self.total = 0
+        self.commits = 0
 
-    def __call__(self, plain, wrapped, name, *args, **kwargs):
-        if name == self.at and not self.after:
-            raise Crash(name)
-        out = super().__call__(plain, wrapped, name, *args, **kwargs)
-        if name == self.at:
-            raise Crash(name)
-        return out
+    def chunk(self, index: int, total: int, writes: int) -> None:
+        self.total = total
+
+    def step(self, name: str, ended: bool) -> None:
+        if name == "commit state" and ended:
+            self.commits += 1
+            self.world.chunk_committed()
+        super().step(name, ended)
+
+    @property
+    def all_committed(self) -> bool:
+        return self.commits >= max(1, self.total)
 
 
 fault_rates = st.sampled_from([0.0, 0.0, 0.1, 0.3])
@@ -103,6 +113,7 @@ class SyncMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.world: World | None = None
+        self.chunk_size = 3  # records of a chunk: most runs commit in several
         self.prev_start: dict[str, datetime] = {}
         self.steps: list[str] = []
 
@@ -207,7 +218,7 @@ class SyncMachine(RuleBasedStateMachine):
         self.world.faults = Faults(**rates)
 
     def _run(
-        self, steps: Steps | None = None, direction: tuple[str, str] | None = None
+        self, watch: RunWatch | None = None, direction: tuple[str, str] | None = None
     ) -> RunReport | None:
         """A run (of one direction, ``(source, target)``, when given: it reads and moves the
         source's cursor of that direction only, so the extraction check follows two-way runs)."""
@@ -219,8 +230,10 @@ class SyncMachine(RuleBasedStateMachine):
             sleep=lambda seconds: world.clock.advance(seconds),
             endpoints=world.endpoints,
             store=world.store,
-            steps=steps or Steps(),
+            observer=watch or RunWatch(world),
+            chunk_size=self.chunk_size,
         )
+        watch = runtime.observer
         starts = {}
         for endpoint in world.endpoints.values():
             endpoint.arm()
@@ -228,7 +241,7 @@ class SyncMachine(RuleBasedStateMachine):
         try:
             report = run_sync(world.definition, runtime, **one_way)
         except Crash:
-            if isinstance(steps, CrashingSteps) and steps.at == "commit state" and steps.after:
+            if watch.all_committed:
                 # died after its state was committed: for the state, the run is done
                 world.committed()
                 for name, endpoint in world.endpoints.items():
@@ -269,14 +282,14 @@ class SyncMachine(RuleBasedStateMachine):
     @rule(step=st.sampled_from(RUN_STEPS), after=st.booleans())
     def crash_run(self, step: str, after: bool) -> None:
         with contextlib.suppress(Crash):
-            self._run(CrashingSteps(step, after))
+            self._run(RunWatch(self.world, step, after))
 
     @rule(step=st.sampled_from(["load s0", "load s1", "commit state"]))
     def crash_after_write(self, step: str) -> None:
         """Faults and crashes get a rule of their own: the bugs hide there."""
         self.world.faults = Faults(applied_then_timeout=0.3, partial=0.2)
         with contextlib.suppress(Crash):
-            self._run(CrashingSteps(step, after=True))
+            self._run(RunWatch(self.world, step, after=True))
 
     @rule(batches=st.integers(1, 3))
     def crash_mid_load(self, batches: int) -> None:
@@ -288,6 +301,18 @@ class SyncMachine(RuleBasedStateMachine):
                 self._run()
         finally:
             self.world.crash_after_batches = None
+
+    @rule(size=st.sampled_from([1, 3, 50_000]))
+    def chunk_size_is(self, size: int) -> None:
+        """How many records a run's chunks hold: one, a few, or all of them."""
+        self.chunk_size = size
+
+    @rule(nth=st.integers(1, 3))
+    def crash_between_chunks(self, nth: int) -> None:
+        """The process dies right after the state of chunk ``nth`` was committed: the
+        chunks before are settled, the cursors have not moved."""
+        with contextlib.suppress(Crash):
+            self._run(RunWatch(self.world, "commit state", after=True, nth=nth))
 
     @rule()
     def two_runs_race(self) -> None:
@@ -301,19 +326,21 @@ class SyncMachine(RuleBasedStateMachine):
         refused: list[str] = []
         machine = self
 
-        class SecondRunMidway(Steps):
-            def __call__(self, plain, wrapped, name, *args, **kwargs):
-                if name == "map IDs" and not refused:
+        class SecondRunMidway(RunWatch):
+            def step(self, name: str, ended: bool) -> None:
+                # the first step after the reads (a run with nothing to work on commits
+                # its cursors only)
+                if name in ("map IDs", "commit state") and not ended and not refused:
                     try:
                         run_sync(world.definition, machine._quiet_runtime())
                         refused.append("ran")
                     except AlreadyRunning:
                         refused.append("already running")
-                return super().__call__(plain, wrapped, name, *args, **kwargs)
+                super().step(name, ended)
 
-        report = self._run(SecondRunMidway())
+        report = self._run(SecondRunMidway(world))
         assert report is not None and report.status in ("completed", "failed")
-        # a completed run passed "map IDs": its race ran there and was refused; a failed one
+        # a completed run passed its reads: its race ran there and was refused; a failed one
         # may have stopped before it (a read that failed)
         expected = (
             [["already running"]] if report.status == "completed" else [[], ["already running"]]

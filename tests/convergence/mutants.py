@@ -200,14 +200,14 @@ MUTANTS: dict[str, Mutant] = {
     ),
     # a create sent again: two copies, or one left after a person deleted its twin
     "create without idempotency": Mutant(
-        lambda: mock.patch.object(engine, "load_changes", _resend_on_timeout(engine.load_changes)),
+        lambda: mock.patch.object(engine.PLAIN, "load", _resend_on_timeout(engine.load_changes)),
         (DUPLICATE, RESURRECTED),
     ),
     # the newest record overwrites the other whole: the other side's fields are written back
     # as they are (no-op writes), or its edit of another field is lost
     "newest wins on the whole record": Mutant(
         lambda: mock.patch.object(
-            engine, "compute_deltas", _newest_record_wins(engine.compute_deltas)
+            engine.PLAIN, "compute_deltas", _newest_record_wins(engine.compute_deltas)
         ),
         (NO_OP, LOST, APART),
     ),
@@ -217,7 +217,7 @@ MUTANTS: dict[str, Mutant] = {
     # the cursor passes changes a crashed run never applied: they are never read again
     "cursor committed before the load": Mutant(
         lambda: mock.patch.object(
-            engine, "extract_changes", _cursor_before_load(engine.extract_changes)
+            engine.PLAIN, "extract", _cursor_before_load(engine.extract_changes)
         ),
         (UNREAD, LOST, APART),
     ),
@@ -232,19 +232,23 @@ MUTANTS: dict[str, Mutant] = {
     ),
     "deleted record re-created": Mutant(
         lambda: mock.patch.object(
-            engine, "compute_deltas", _before_deltas(_recreate_what_is_missing)
+            engine.PLAIN, "compute_deltas", _before_deltas(_recreate_what_is_missing)
         ),
         (RESURRECTED, DUPLICATE),  # re-created run after run: copies of it, too
     ),
     "conflict loser dropped": Mutant(
-        lambda: mock.patch.object(engine, "compute_deltas", _after_deltas(_drop_conflict_log)),
+        lambda: mock.patch.object(
+            engine.PLAIN, "compute_deltas", _after_deltas(_drop_conflict_log)
+        ),
         (LOST,),
     ),
     # the base moves past values a third system never got: its old values count as new
     # edits and overwrite the change; a deletion is settled while the third system still
     # holds the record, which then comes back
     "one-way run settles all systems": Mutant(
-        lambda: mock.patch.object(engine, "compute_deltas", _after_deltas(_forget_left_behind)),
+        lambda: mock.patch.object(
+            engine.PLAIN, "compute_deltas", _after_deltas(_forget_left_behind)
+        ),
         (LOST, APART, RESURRECTED),
         OneWayRuns,
     ),

@@ -24,6 +24,7 @@ import yaml
 from pydantic import SecretStr
 
 from blocks.sql import SqlTable
+from tests.crash import Crash
 from twoway.contract import ChangeSet, Create, Delete, Endpoint, Op, Update, WriteResult
 from twoway.definition import load_definition
 from twoway.errors import Retriable, Skippable
@@ -73,10 +74,6 @@ class Deletion:
     values: dict[str, str]
     link_id: str | None
     unconfirmed_copy: bool = False  # it, or a copy of it, came from a create whose answer was lost
-
-
-class Crash(BaseException):
-    """The process dies: nothing the engine may catch or clean up after."""
 
 
 @dataclass
@@ -600,6 +597,14 @@ class World:
         kept = {k for k in self.unsure if read is not None and k[0] not in read}
         self.unsure, self.unsure_now = kept | self.unsure_now, set()
         self.written_this_run.clear()
+
+    def chunk_committed(self) -> None:
+        """A chunk of the running run committed its state: the creates it applied and
+        linked are known from now on (a person touching one edits a known record)."""
+        linked = {(r.system, r.external_id) for r in self.id_rows() if r.deleted_at is None}
+        for copy in [c for c in self.uncommitted if c in linked]:
+            del self.uncommitted[copy]
+            self.touched.pop(copy, None)
 
     def crashed(self) -> None:
         """A run died, or failed, before committing its state: the creates it applied are

@@ -14,7 +14,6 @@ import pytest
 import sqlalchemy as sa
 
 from tasks.common import PlannedOp
-from tasks.load import load_changes, load_changes_task
 from tests.flows.runs import task_runs
 from tests.syncrig import sync_rig
 from twoway.contract import Create, Endpoint, Update, WriteResult
@@ -22,7 +21,7 @@ from twoway.errors import Fatal
 from twoway.retry import RetryPolicy
 from twoway.shards import (
     ApiQuota,
-    ShardedSteps,
+    ShardedLoad,
     ensure_limit,
     limit_name,
     merge,
@@ -151,12 +150,9 @@ def test_merge_refuses_a_shard_with_the_wrong_number_of_results():
         merge(groups, results, 10)
 
 
-def _load(steps: ShardedSteps, planned: list[PlannedOp], seed: int, batch: int, progress=None):
-    """The load step of system ``s1`` through ``steps`` (the arguments the engine passes)."""
-    return steps(
-        load_changes,
-        load_changes_task,
-        "load s1",
+def _load(load: ShardedLoad, planned: list[PlannedOp], seed: int, batch: int, progress=None):
+    """The load step of system ``s1`` through ``load`` (the arguments the engine passes)."""
+    return load(
         None,
         planned,
         RetryPolicy(),
@@ -174,7 +170,7 @@ def _load_in_a_flow(definition, planned: list[PlannedOp], seed: int, batch: int,
 
     @flow(task_runner=ThreadPoolTaskRunner(max_workers=4))
     def load_in_shards() -> list[WriteResult]:
-        return _load(ShardedSteps(definition, shards=4, **sharding), planned, seed, batch)
+        return _load(ShardedLoad(definition, shards=4, **sharding), planned, seed, batch)
 
     return load_in_shards(return_state=True)
 
@@ -184,7 +180,7 @@ def test_sharded_load_returns_results_in_plan_order(tmp_path, fake_endpoints):
         definition = rig.definition
     planned = _planned(1000)
     done: list[int] = []
-    steps = ShardedSteps(definition, shards=4, prefect=False)
+    steps = ShardedLoad(definition, shards=4, prefect=False)
     results = _load(steps, planned, 1, 64, done.append)
     assert [r.op for r in results] == [p.op for p in planned]
     assert len(fake_endpoints.opened) == 4 and all(e.closed for e in fake_endpoints.opened)

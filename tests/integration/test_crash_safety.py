@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from tests.crash import Crash, CrashAt
 from tests.syncrig import sync_rig
 from twoway.contract import WriteResult
-from twoway.engine import Runtime, Steps
+from twoway.engine import Runtime
 from twoway.errors import Retriable
 from twoway.state import StateStore
 
@@ -19,26 +20,6 @@ STEPS = [
     "load s1",
     "commit state",
 ]
-
-
-class Crash(BaseException):
-    """A process dying: not an error the engine may catch."""
-
-
-class CrashingSteps(Steps):
-    """Plain steps that die right before (or right after) the named step."""
-
-    def __init__(self, at: str, after: bool = False):
-        super().__init__(prefect=False)
-        self.at, self.after = at, after
-
-    def __call__(self, plain, wrapped, name, *args, **kwargs):
-        if name == self.at and not self.after:
-            raise Crash(name)
-        out = super().__call__(plain, wrapped, name, *args, **kwargs)
-        if name == self.at:
-            raise Crash(name)
-        return out
 
 
 @pytest.mark.parametrize("after", [False, True])
@@ -54,7 +35,7 @@ def test_crash_at_any_step_then_rerun_converges_without_duplicates(tmp_path, ste
         rig.edit("s0", "old@example.com", first_name="Changed")
         rig.edit("s1", "old@example.com", last_name="Both")
         with pytest.raises(Crash):
-            rig.run(runtime=Runtime(steps=CrashingSteps(step, after)))
+            rig.run(runtime=Runtime(observer=CrashAt(step, after)))
         # the crash landed mid-run: its run row is left unfinished, and from the writes'
         # intents until the state commit, the intents stay open
         store = StateStore(rig.doc["state"])

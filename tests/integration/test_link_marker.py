@@ -11,26 +11,12 @@ import pytest
 import sqlalchemy as sa
 import yaml
 
+from tests.crash import Crash as Died
+from tests.crash import CrashAt
 from tests.syncrig import sync_rig
-from twoway.engine import Runtime, Steps
+from twoway.engine import Runtime
 
 BACKENDS = ["sqlite", "postgres", "mariadb"]
-
-
-class Died(BaseException):
-    """The process dies right after a step: nothing is cleaned up or committed."""
-
-
-class DieAfter(Steps):
-    def __init__(self, step: str):
-        super().__init__(prefect=False)
-        self.step = step
-
-    def __call__(self, plain, wrapped, name, *args, **kwargs):
-        out = super().__call__(plain, wrapped, name, *args, **kwargs)
-        if name == self.step:
-            raise Died(name)
-        return out
 
 
 def twoway(*args: str) -> subprocess.CompletedProcess:
@@ -83,7 +69,7 @@ def test_a_lost_create_edited_by_a_person_is_found_by_its_marker(tmp_path, backe
         rig.add("s0", "ann@example.com", "Ann", "Lee", "1")
         rig.add("s0", "bo@example.com", "Bo", "Day", "2")
         with pytest.raises(Died):  # the creates reached s1, the state never heard of them
-            rig.run(runtime=Runtime(steps=DieAfter("load s1")))
+            rig.run(runtime=Runtime(observer=CrashAt("load s1", after=True)))
         table = sa.Table(rig.tables["s1"].name, sa.MetaData(), autoload_with=rig.engines["s1"])
         with rig.engines["s1"].connect() as conn:
             marks = conn.execute(sa.select(table.c.twoway_link)).scalars().all()
@@ -107,7 +93,7 @@ def test_a_directus_collection_gets_its_link_field_from_init_and_finds_a_lost_cr
         rig.add("s1", "ann@example.com", "Ann", "Lee", "1")
         rig.add("s1", "bo@example.com", "Bo", "Day", "2")
         with pytest.raises(Died):  # the creates reached Directus, the state never heard of them
-            rig.run(runtime=Runtime(steps=DieAfter("load s0")))
+            rig.run(runtime=Runtime(observer=CrashAt("load s0", after=True)))
         server, collection = rig.directus["s0"]
         items = server.api("GET", f"/items/{collection}", params={"limit": "-1"})
         marks = [item["twoway_link"] for item in items]

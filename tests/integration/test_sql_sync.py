@@ -4,14 +4,16 @@ scenarios with a collection of a real Directus server as the first system."""
 from __future__ import annotations
 
 import gc
+from dataclasses import replace
 
 import pytest
 import sqlalchemy as sa
 import yaml
 
 from blocks.sql import SqlTable
+from tasks.extract import extract_changes
 from tests.syncrig import sync_rig
-from twoway.engine import Runtime, Steps, open_store
+from twoway.engine import PLAIN, Observer, Runtime, open_store
 
 BACKENDS = ["sqlite", "postgres", "mariadb", "directus"]
 
@@ -374,15 +376,14 @@ def test_creates_with_and_without_optional_values_in_one_batch(tmp_path, backend
 def test_a_run_pauses_the_garbage_collector_and_restores_it(tmp_path):
     seen: list[bool] = []
 
-    class Watching(Steps):
-        def __call__(self, plain, wrapped, name, *args, **kwargs):
+    class Watching(Observer):
+        def step(self, name, ended):
             seen.append(gc.isenabled())
-            return super().__call__(plain, wrapped, name, *args, **kwargs)
 
     with sync_rig(tmp_path) as rig:
         rig.add("s0", "gc@example.com")
         assert gc.isenabled()
-        report = rig.run(runtime=Runtime(steps=Watching()))
+        report = rig.run(runtime=Runtime(observer=Watching()))
         assert report.status == "completed" and report.seconds > 0
         assert seen and not any(seen)  # paused for every step
         assert gc.isenabled()  # and back on after the run
@@ -397,12 +398,10 @@ def test_a_full_read_keeps_only_each_systems_changes(tmp_path):
     what each extract step hands on is its system's changes, not its read."""
     extracts = {}
 
-    class Watching(Steps):
-        def __call__(self, plain, wrapped, name, *args, **kwargs):
-            result = super().__call__(plain, wrapped, name, *args, **kwargs)
-            if name.startswith("extract "):
-                extracts[result.system] = result
-            return result
+    def watching(*args, **kwargs):
+        result = extract_changes(*args, **kwargs)
+        extracts[result.system] = result
+        return result
 
     with sync_rig(tmp_path) as rig:
         for n in range(30):
@@ -410,9 +409,9 @@ def test_a_full_read_keeps_only_each_systems_changes(tmp_path):
         rig.run()
         rig.run()  # the echoes of the first run's writes are read back
         rig.edit("s0", "p3@example.com", first_name="Changed")
-        report = rig.run(full=True, runtime=Runtime(steps=Watching()))
+        report = rig.run(full=True, runtime=Runtime(steps=replace(PLAIN, extract=watching)))
     assert report.status == "completed"
     assert report.systems["s0"]["extracted"] == 30 and report.systems["s1"]["extracted"] == 30
     assert report.systems["s1"]["updated"] == 1
-    assert {s: len(e.changed) for s, e in extracts.items()} == {"s0": 1, "s1": 0}
+    assert {s: e.changed for s, e in extracts.items()} == {"s0": 1, "s1": 0}
     assert {s: e.unchanged + e.echo_skipped for s, e in extracts.items()} == {"s0": 29, "s1": 30}

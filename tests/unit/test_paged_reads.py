@@ -1,5 +1,5 @@
-"""A read arrives a page at a time: later pages win, and the extract step keeps a read's
-changes, never the whole read (tasks/extract.py, twoway/contract.py ``fold_pages``)."""
+"""A read arrives a page at a time: later pages win, and the extract step stages each page
+as it arrives, never holding the whole read (tasks/extract.py, twoway/contract.py ``fold_pages``)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from tasks.extract import canonicalise, extract_changes
 from twoway.contract import ChangeSet, Endpoint, RawRecord, fold_pages, read_ahead
 from twoway.definition import load_definition
 from twoway.errors import Retriable
+from twoway.staging import StagedRead
 from twoway.state import Member
 
 DEFINITION = """\
@@ -24,6 +25,13 @@ systems:
 fields:
   email: {a: email, b: email}
 """
+
+
+def extract(definition, system, endpoint, cursor, ids):
+    """A read staged in memory: what it came to, and everything it staged."""
+    staged = StagedRead(":memory:")
+    summary = extract_changes(definition, system, endpoint, cursor, ids, staged)
+    return summary, staged.filtered(system)
 
 
 def record(key: str, email: str, by: str = "person") -> RawRecord:
@@ -136,15 +144,15 @@ def test_the_extract_keeps_only_changes_and_asks_the_store_page_by_page(tmp_path
             ),
         ]
     )
-    result = extract_changes(definition, "a", endpoint, None, ids)
+    summary, result = extract(definition, "a", endpoint, None, ids)
 
     assert endpoint.held == [0, 0, 0]  # each page's records were let go of before the next
     assert ids.asked[:3] == [["1", "2", "3"], ["2", "4", "5"], ["", "6", "6"]]
     assert sorted(r.key for r in result.changed) == ["4", "5"]
     assert result.deleted == {"9"} and set(result.members) == {"4", "9"}
-    assert (result.extracted, result.echo_skipped, result.unchanged) == (7, 1, 2)
+    assert (summary.extracted, summary.echo_skipped, summary.unchanged) == (7, 1, 2)
     assert sorted(p["external_id"] for p in result.parked) == ["", "6", "6"]
-    assert (result.cursor, result.full) == ("c", True)
+    assert (summary.cursor, summary.full) == ("c", True)
 
 
 def incremental(tmp_path, table: set[str], read: list[RawRecord]):
@@ -155,7 +163,7 @@ def incremental(tmp_path, table: set[str], read: list[RawRecord]):
     definition = load_definition(path)
     ids = Ids(stored(definition, "a", record("1", "x"), record("2", "y")))
     endpoint = Paged([ChangeSet(read, cursor="c")], keys=table)
-    return endpoint, extract_changes(definition, "a", endpoint, "c0", ids)
+    return endpoint, extract(definition, "a", endpoint, "c0", ids)[1]
 
 
 def test_an_incremental_read_lists_no_keys_when_the_count_is_what_the_id_map_expects(tmp_path):

@@ -1,4 +1,4 @@
-"""Steps run together (twoway/engine.py ``Steps.together``): at once, results in order."""
+"""Steps run together (twoway/engine.py ``together``): at once, results in order."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from twoway.engine import Steps
+from twoway.engine import together
 
 
 def test_steps_together_run_at_once_and_return_in_order():
@@ -16,8 +16,7 @@ def test_steps_together_run_at_once_and_return_in_order():
         barrier.wait()
         return n * 10
 
-    calls = [(step, None, f"step {n}", (n,)) for n in (1, 2)]
-    assert Steps().together(calls) == [10, 20]
+    assert together([lambda n=n: step(n) for n in (1, 2)]) == [10, 20]
 
 
 def test_a_failing_step_fails_them_once_the_others_have_ended():
@@ -32,5 +31,5 @@ def test_a_failing_step_fails_them_once_the_others_have_ended():
         raise ValueError("no")
 
     with pytest.raises(ValueError, match="no"):
-        Steps().together([(broken, None, "broken", ()), (slow, None, "slow", ())])
+        together([broken, slow])
     assert ended == ["slow"]
