@@ -65,6 +65,7 @@ class StepSet:
 #: the plain steps (a run given no others takes these)
 PLAIN = StepSet()
 
+
 class _StepName(threading.local):
     """The step a call belongs to ("load crm"), for the task-run name the Prefect steps
     give it: per thread (steps that run together run on threads of their own), and not a

@@ -128,7 +128,9 @@ class StagedRead:
 
     def counts(self) -> dict[int, int]:
         """Keys per status, and (under -1) the records with no key."""
-        out = dict(self.db.execute("SELECT status, count(*) FROM staged GROUP BY status").fetchall())
+        out = dict(
+            self.db.execute("SELECT status, count(*) FROM staged GROUP BY status").fetchall()
+        )
         out[-1] = self.db.execute("SELECT count(*) FROM unkeyed").fetchone()[0]
         return out
 
