@@ -1202,16 +1202,18 @@ class SalesforceState:
         self,
         sobject: str,
         record_id: str,
-        values: Mapping[str, Any],
+        values: Mapping[str, Any] | None,
         user: str = "Alice",
         nth: int = 1,
     ) -> None:
-        """A person's edit that lands right after the ``nth`` collection retrieve naming
-        the record has been answered (GET or POST on ``/composite/sobjects/X``): a client
-        that checks versions with a retrieve and then writes meets it in between."""
+        """A person's edit (a delete when ``values`` is None) that lands right after the
+        ``nth`` collection retrieve naming the record has been answered (GET or POST on
+        ``/composite/sobjects/X``): a client that checks versions with a retrieve and then
+        writes meets it in between."""
         with self._lock:
             rid = self._find(self.sobject(sobject), record_id)["Id"]
-            self._after_read.append([sobject, rid, dict(values), user, nth])
+            edit = None if values is None else dict(values)
+            self._after_read.append([sobject, rid, edit, user, nth])
 
     def _read_answered(self, ids: Iterable[str]) -> None:
         """A retrieve naming ``ids`` was answered: apply the edits waiting for it."""
@@ -1230,7 +1232,10 @@ class SalesforceState:
         for pending in due:
             self._after_read.remove(pending)
             sobject, rid, values, user, _ = pending
-            self.user_update(sobject, rid, values, user=user)
+            if values is None:
+                self.user_delete(sobject, rid, user=user)
+            else:
+                self.user_update(sobject, rid, values, user=user)
 
     def user_delete(self, sobject: str, record_id: str, user: str = "Alice") -> None:
         """Delete a record as the User called ``user``."""
