@@ -1171,7 +1171,7 @@ class SalesforceState:
 
     def system_bump(self, sobject: str, record_ids: Iterable[str]) -> datetime:
         """A system process touches records without editing them (a roll-up summary
-        recalculated, a formula's parent changed, an automated process): SystemModstamp
+        recalculated, a sharing recalculation, an automated process): SystemModstamp
         moves to now, LastModifiedDate and LastModifiedById stay. One DML call; its stamp."""
         with self.dml() as stamp:
             obj = self.sobject(sobject)
