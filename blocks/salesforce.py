@@ -1,17 +1,39 @@
 """The Salesforce-object endpoint block: one sObject of an org through the REST API.
 
 Reads run SOQL ordered by ``(SystemModstamp, Id)`` from the cursor minus an overlap window,
-paging with ``nextRecordsUrl``; deletions come from ``/sobjects/X/deleted/``. Writes use
-sObject Collections (at most 200 records a call) and check every item's result, since a
-200 answer can hold failed items. A create with ``external_id_field`` set is an upsert
-keyed by the link id, so a retried create never duplicates. Updates and deletes that carry
-a version are checked first: sObject Collections take no per-record precondition, so the
-block reads the batch's SystemModstamps (one collection retrieve) and refuses, as
-PreconditionFailed, the records that changed since they were read. A change landing
-between that check and the write is not detected (Salesforce offers no atomic check).
-The collections' write answers carry ids only, so the new SystemModstamps (the versions
-the next read will show) are read back once per ``write()`` call: a collection retrieve
-sent by POST, the ids in the body, up to 2,000 records a call.
+paging with ``nextRecordsUrl``; deletions come from ``/sobjects/X/deleted/``. One DML call
+stamps all its records with one SystemModstamp, so many records share a stamp: the query
+takes ``>=`` the cursor, and the cursor is never past a record not yet read (the server's
+clock when the read began, held under getDeleted's ``latestDateCovered``), so records
+tied at a page or cursor boundary are read again rather than missed.
+
+A record's version is its SystemModstamp (the stamp the cursor follows); when it was last
+*edited* is its LastModifiedDate (``edited_at``). The two part when a system process
+touches a record without editing it (a roll-up summary recalculated, an automated
+process): SystemModstamp moves, LastModifiedDate and LastModifiedById stay. Such a record
+is read again once (its values unchanged, the run writes nothing for it); conflicts
+compare LastModifiedDate, so a bump never makes an old edit look new, and the version
+check below takes only an edit for a change.
+
+Writes use sObject Collections (at most 200 records a call) and check every item's
+result, since a 200 answer can hold failed items. A create with ``external_id_field`` set
+is an upsert keyed by the link id, so a retried create never duplicates. Updates and
+deletes that carry a version are checked first: the block reads the batch's stamps (one
+collection retrieve) and refuses, as PreconditionFailed, the records edited since they
+were read (LastModifiedDate past the version read). sObject Collections take no
+per-record precondition, so an edit landing between that check and a collections write
+would be overwritten. With ``guarded_updates`` (the default) the updates that carry a
+version are sent instead as sObject Rows PATCHes with ``If-Unmodified-Since``, 25 to a
+composite call: the org refuses, with 412, a record edited after the version read, and
+the run defers it. The cost: one API call per 25 such updates instead of one per 200
+(creates, unversioned updates and deletes stay in collections); an org short of API calls
+can turn it off and keep the check-then-write window (docs/operations.md, "Salesforce").
+What the header cannot see: it has whole seconds, so an edit made after the check and in
+the same second as the version read still goes unseen; deletes take no condition at all.
+
+The write answers carry ids only, so the new SystemModstamps (the versions the next read
+will show) are read back once per ``write()`` call: a collection retrieve sent by POST,
+the ids in the body, up to 2,000 records a call.
 
 The integration account is the integration user's 18-character User Id. Left empty, it is
 taken from the OAuth token response's ``id`` URL (``.../id/<orgId>/<userId>``); an admin
@@ -24,7 +46,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
-from email.utils import parsedate_to_datetime
+from email.utils import format_datetime, parsedate_to_datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -61,6 +83,7 @@ from twoway.values import canonical, parse_timestamp
 logger = logging.getLogger("twoway.salesforce")
 
 COLLECTION_LIMIT = 200  # records per sObject Collections write
+COMPOSITE_LIMIT = 25  # subrequests per composite call (guarded sObject Rows PATCHes)
 READ_CHUNK = 200  # ids per collection GET (keeps the URL short)
 RETRIEVE_LIMIT = 2000  # ids per collection retrieve sent by POST (ids in the body)
 SOQL_STAMP = "%Y-%m-%dT%H:%M:%S.%fZ"
@@ -95,6 +118,11 @@ class SalesforceObject(HttpEndpointBlock):
     )
     key: str = Field("Id", description="Field holding the record's id")
     modified_at: str = Field("SystemModstamp", description="Field holding the last change time")
+    edited_at: str | None = Field(
+        "LastModifiedDate",
+        description="Field holding when the record was last edited (not moved by system-only "
+        "changes); conflicts and version checks compare it. Empty: modified_at",
+    )
     modified_by: str = Field(
         "LastModifiedById", description="Field holding the last modifier's User Id"
     )
@@ -110,6 +138,12 @@ class SalesforceObject(HttpEndpointBlock):
         None, description="Connected app's client id and secret (client credentials flow)"
     )
     batch_size: int = Field(1000, ge=1, description="Most operations one write() call should carry")
+    guarded_updates: bool = Field(
+        True,
+        description="Send updates that carry a version as sObject Rows PATCHes with "
+        "If-Unmodified-Since (25 a call) so an edit made meanwhile is refused, not "
+        "overwritten; off: sObject Collections (200 a call), checked just before",
+    )
     writes_in_flight: int = Field(
         2, ge=1, le=8, description="write() calls sent at once; 1 sends them one after another"
     )
@@ -196,6 +230,8 @@ class SalesforceObject(HttpEndpointBlock):
 
     def _fields(self) -> list[str]:
         names = [self.key, *self.columns_to_sync, self.modified_at, self.modified_by]
+        if self.edited_at:
+            names.append(self.edited_at)
         if self.external_id_field:  # the link marker of the records twoway created
             names.append(self.external_id_field)
         return list(dict.fromkeys(names))
@@ -206,12 +242,13 @@ class SalesforceObject(HttpEndpointBlock):
             raise Fatal(f"a {self.object} record has no {self.key!r}")
         values = {c: item.get(c) for c in self.columns_to_sync}
         stamp = item.get(self.modified_at)
+        edited = item.get(self.edited_at) if self.edited_at else None
         by = item.get(self.modified_by)
         return RawRecord(
             # an id that is not a Salesforce id identifies nothing: the run parks that record
             key=sfid.to18(key) if sfid.is_valid(key, strict=False) else "",
             values=values,
-            modified_at=parse_timestamp(stamp),
+            modified_at=parse_timestamp(edited if edited is not None else stamp),
             modified_by=sfid.to18(by)
             if isinstance(by, str) and sfid.is_valid(by, strict=False)
             else by,
@@ -271,10 +308,9 @@ class SalesforceObject(HttpEndpointBlock):
                 record = self._record(item)
                 latest.pop(record.key, None)
                 latest[record.key] = record
-                if record.modified_at is not None and (
-                    newest is None or record.modified_at > newest
-                ):
-                    newest = record.modified_at
+                stamped = parse_timestamp(record.version)  # SystemModstamp, as the cursor
+                if stamped is not None and (newest is None or stamped > newest):
+                    newest = stamped
             if since is not None:
                 read.update(latest)
             next_url = body.get("nextRecordsUrl")
@@ -443,7 +479,7 @@ class SalesforceObject(HttpEndpointBlock):
         if checked:
             current = self._get_many(
                 [keyed[i] for i, _ in checked if i in keyed],
-                [self.key, self.modified_at],
+                self._stamp_fields(),
                 post=True,
             )
             for i, op in checked:
@@ -459,7 +495,7 @@ class SalesforceObject(HttpEndpointBlock):
                         )
                     )
                     results[i] = WriteResult(op=op, key=keyed[i], error=error)
-                elif parse_timestamp(record.get(self.modified_at)) != parse_timestamp(op.version):
+                elif self._edited_since(record, op.version):
                     results[i] = WriteResult(
                         op=op,
                         key=keyed[i],
@@ -471,6 +507,13 @@ class SalesforceObject(HttpEndpointBlock):
         keyed = {i: k for i, k in keyed.items() if i not in results}
         creates = [(i, op) for i, op in todo if isinstance(op, Create)]
         updates = [(i, op) for i, op in todo if isinstance(op, Update)]
+        guarded = [
+            (i, op)
+            for i, op in updates
+            if self.guarded_updates and parse_timestamp(op.version) is not None
+        ]
+        taken = {i for i, _ in guarded}
+        updates = [(i, op) for i, op in updates if i not in taken]
         deletes = [(i, op) for i, op in todo if isinstance(op, Delete)]
         for group, build in (
             (creates, self._create_call),
@@ -479,6 +522,30 @@ class SalesforceObject(HttpEndpointBlock):
         ):
             if group:
                 self._send_items(group, build, keyed, results, sent)
+        for start in range(0, len(guarded), COMPOSITE_LIMIT):
+            self._send_items(
+                guarded[start : start + COMPOSITE_LIMIT],
+                self._guarded_call,
+                keyed,
+                results,
+                sent,
+                unpack=_composite_answers,
+                judge=self._sub_result,
+            )
+
+    def _stamp_fields(self) -> list[str]:
+        """The fields a version check reads: the id, the version and the edit time."""
+        return list(dict.fromkeys(f for f in (self.key, self.modified_at, self.edited_at) if f))
+
+    def _edited_since(self, record: dict[str, Any], version: str | None) -> bool:
+        """Whether ``record`` (as read now) was edited after ``version`` was read: its
+        LastModifiedDate is past that version (a system-only bump moves SystemModstamp
+        alone, and is no edit); without ``edited_at``, whether SystemModstamp moved."""
+        read = parse_timestamp(version)
+        edited = parse_timestamp(record.get(self.edited_at)) if self.edited_at else None
+        if edited is not None and read is not None:
+            return edited > read
+        return parse_timestamp(record.get(self.modified_at)) != read
 
     def _create_call(
         self, items: list[tuple[int, Op]], keyed: dict[int, str]
@@ -511,6 +578,56 @@ class SalesforceObject(HttpEndpointBlock):
             {"allOrNone": False, "records": records},
         )
 
+    def _guarded_call(
+        self, items: list[tuple[int, Op]], keyed: dict[int, str]
+    ) -> tuple[str, str, dict[str, str] | None, Any]:
+        """A composite call of sObject Rows PATCHes, each refused by the org (412) when the
+        record's LastModifiedDate is past the version read. The header has whole seconds:
+        the version's second, so an edit in any later second is refused."""
+        subrequests = []
+        for i, op in items:
+            read = parse_timestamp(op.version)
+            if read is None:
+                raise Fatal(f"{self.object} {keyed[i]}: a guarded update without a version")
+            subrequests.append(
+                {
+                    "method": "PATCH",
+                    "url": self._data_path(f"/sobjects/{self.object}/{keyed[i]}"),
+                    "referenceId": f"u{i}",
+                    "body": canonical(op.values),  # type: ignore[union-attr]
+                    "httpHeaders": {
+                        "If-Unmodified-Since": format_datetime(
+                            read.astimezone(UTC).replace(microsecond=0), usegmt=True
+                        )
+                    },
+                }
+            )
+        body = {"allOrNone": False, "compositeRequest": subrequests}
+        return "POST", self._data_path("/composite"), None, body
+
+    def _sub_result(self, op: Op, key: str | None, item: Any, where: str) -> WriteResult:
+        """One guarded PATCH's outcome from its composite subrequest answer."""
+        if not isinstance(item, dict) or not isinstance(item.get("httpStatusCode"), int):
+            raise Fatal(f"{where}: a subrequest answer has no httpStatusCode")
+        status = item["httpStatusCode"]
+        if 200 <= status < 300:
+            return WriteResult(op=op, key=key)
+        code, text = error_of(item.get("body"))
+        message = f"{self.object} {key}: {status} {code or ''}: {(text or '')[:300]}"
+        if status == 412:
+            return WriteResult(
+                op=op,
+                key=key,
+                error=PreconditionFailed(
+                    f"{self.object} {key} was edited since it was read (412)", status=412
+                ),
+            )
+        if self._codes.get(code or "") is Retriable or status in self.http().retriable:
+            return WriteResult(op=op, key=key, error=Retriable(message, status=status))
+        if status == 404 or code in GONE_CODES:
+            message = f"{self.object} {key} does not exist (deleted since it was read)"
+        return WriteResult(op=op, key=key, error=Skippable(message, status=status))
+
     def _delete_call(
         self, items: list[tuple[int, Op]], keyed: dict[int, str]
     ) -> tuple[str, str, dict[str, str] | None, Any]:
@@ -524,17 +641,23 @@ class SalesforceObject(HttpEndpointBlock):
         keyed: dict[int, str],
         results: dict[int, WriteResult],
         sent: list[bool],
+        *,
+        unpack: Callable[[Any], Any] = lambda body: body,
+        judge: Callable[..., WriteResult] | None = None,
     ) -> None:
-        """Send one collection call; items refused with UNABLE_TO_LOCK_ROW are sent again
-        (only them) with backoff; those still locked come back as Retriable errors. Each
+        """Send one collection (or composite) call; items refused with UNABLE_TO_LOCK_ROW
+        are sent again (only them) with backoff; those still locked come back as Retriable
+        errors. ``unpack`` finds the item answers in the body, ``judge`` reads one. Each
         call that may have been applied adds to ``sent``."""
         ops = dict(items)
+        judge = judge or self._item_result
 
         def send(pending: list[int]) -> dict[int, Retriable]:
             part = [(i, ops[i]) for i in pending]
             method, path, params, body = build(part, keyed)
             try:
-                # a create is sent once (an upsert by external ID may be sent again)
+                # a create is sent once (an upsert by external ID may be sent again), and so
+                # is a guarded PATCH: sent again after it applied, it would meet its own edit
                 reply = self._request(
                     method, path, ok=None, params=params, json=body, once=method == "POST"
                 )
@@ -543,14 +666,15 @@ class SalesforceObject(HttpEndpointBlock):
                     sent.append(True)  # no answer: it may have been applied
                 raise
             sent.append(True)
-            answer = reply.body
+            answer = unpack(reply.body) if reply.status == 200 else reply.body
             if reply.status != 200 or not isinstance(answer, list) or len(answer) != len(part):
                 raise Fatal(
-                    f"{method} {path}: answered {reply.status}{reason(answer)}", status=reply.status
+                    f"{method} {path}: answered {reply.status}{reason(reply.body)}",
+                    status=reply.status,
                 )
             locked: dict[int, Retriable] = {}
             for (i, op), item in zip(part, answer, strict=True):
-                results[i] = self._item_result(op, keyed.get(i), item, f"{method} {path}")
+                results[i] = judge(op, keyed.get(i), item, f"{method} {path}")
                 if isinstance(results[i].error, Retriable):
                     locked[i] = results[i].error  # type: ignore[assignment]
             return locked
@@ -577,6 +701,11 @@ class SalesforceObject(HttpEndpointBlock):
 
 
 # -- helpers ------------------------------------------------------------------------------
+
+
+def _composite_answers(body: Any) -> Any:
+    """The subrequest answers of a composite call (None when the body has none)."""
+    return body.get("compositeResponse") if isinstance(body, dict) else None
 
 
 def _server_time(headers: httpx.Headers) -> datetime | None:

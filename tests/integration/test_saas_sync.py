@@ -541,3 +541,155 @@ def test_rest_collection_and_sqlite_table_converge(tmp_path):
         assert row(api, "a3@example.com") is None and row(db, "d4@example.com") is None
 
         assert written(completed(run_sync(definition))) == 0
+
+
+# -- Salesforce <-> SQLite on the org's own clock: shared stamps, bumps, racing edits -------
+
+
+class OrgClock:
+    """A Salesforce simulator's clock that stands still until a test moves it on, starting
+    on a whole second of ours (a run within one tick stamps everything alike)."""
+
+    def __init__(self) -> None:
+        self.now = datetime.now(UTC).replace(microsecond=0)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def tick(self, seconds: float = 1.0) -> datetime:
+        self.now += timedelta(seconds=seconds)
+        return self.now
+
+
+@contextmanager
+def crm_and_table(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[Definition, OrgClock, SalesforceSide, SqlSide]]:
+    """Contacts of an org simulator on an :class:`OrgClock` and a SQLite table, kept in
+    step by a definition with no overlap window on the org (each read starts where the
+    last one began, so what a run reads again is what changed, or tied, since)."""
+    clock = OrgClock()
+    db_url = f"sqlite:///{tmp_path / 'contacts.db'}"
+    with (
+        salesforce_server(clock=clock) as (state, server),
+        fresh_table(db_url, table="contacts") as (engine, table),
+    ):
+        monkeypatch.setenv("T_SF_SECRET", SF_CLIENT[1])
+        doc = {
+            "name": "crm-table",
+            "state": f"sqlite:///{tmp_path / 'state.db'}",
+            "systems": {
+                "crm": {
+                    "kind": "salesforce",
+                    "instance_url": server.url,
+                    "client_id": SF_CLIENT[0],
+                    "client_secret": "${T_SF_SECRET}",
+                    "object": "Contact",
+                    "overlap_seconds": 0,
+                },
+                "db": {
+                    "kind": "sql",
+                    "url": db_url,
+                    "table": "contacts",
+                    "key": "id",
+                    "modified_at": "updated_at",
+                    "modified_by": "updated_by",
+                    "integration_account": "svc-sync",
+                },
+            },
+            "fields": {
+                canonical: {"crm": SF_COLUMNS[f], "db": SQL_COLUMNS[f]}
+                for canonical, f in CANONICAL.items()
+            },
+            "match_on": ["email"],
+            "conflicts": "last_writer_wins",
+            "deletes": "propagate",
+        }
+        definition = parse_definition(doc, tmp_path / "crm-table.sync.yaml")
+        yield definition, clock, SalesforceSide(state), SqlSide(engine, table)
+
+
+def test_records_one_salesforce_call_stamps_alike_all_reach_the_table(tmp_path, monkeypatch):
+    """250 contacts written in one millisecond of the org's clock: the run's read begins on
+    that very millisecond and 250 more come after it, stamped alike; the next run still
+    brings every one of them across (a tie at the cursor is read again, never skipped)."""
+    with crm_and_table(tmp_path, monkeypatch) as (definition, clock, crm, db):
+        for i in range(250):
+            crm.add(email=f"a{i}@example.com", first="A", last=f"Tie{i}")
+        completed(run_sync(definition))  # reads at the stamp's own instant
+        for i in range(250):
+            crm.add(email=f"b{i}@example.com", first="B", last=f"Tie{i}")
+        stamps = {r["SystemModstamp"] for r in crm.state.records("Contact")}
+        assert len(stamps) == 1
+        clock.tick()
+        second = completed(run_sync(definition))
+        assert second.systems["db"]["created"] == 250
+        assert len(assert_converged(crm, db)) == 500
+
+
+def test_system_only_bumps_write_nothing_and_are_read_once(tmp_path, monkeypatch):
+    """A roll-up summary or automated process moves SystemModstamp alone: the next run reads
+    those records once and writes nothing, the run after reads none; and a bump after a
+    person's edit does not make that edit win a conflict against a later one."""
+    with crm_and_table(tmp_path, monkeypatch) as (definition, clock, crm, db):
+        for i in range(6):
+            crm.add(email=f"c{i}@example.com", first=f"C{i}", last="Crm")
+        for i in range(3):
+            db.add(email=f"d{i}@example.com", first=f"D{i}", last="Db")
+        clock.tick()
+        completed(run_sync(definition))
+        assert len(assert_converged(crm, db)) == 9
+        clock.tick()
+        completed(run_sync(definition))  # the echoes of the first run's creates
+        clock.tick()
+        quiet = completed(run_sync(definition))
+        assert quiet.systems["crm"]["extracted"] == 0 and written(quiet) == 0
+
+        bumped = [key_of(crm, f"c{i}@example.com") for i in range(4)]
+        clock.tick()
+        crm.state.system_bump("Contact", bumped)
+        clock.tick()
+        after = completed(run_sync(definition))
+        assert after.systems["crm"]["extracted"] == 4 and written(after) == 0
+        clock.tick()
+        settled = completed(run_sync(definition))
+        assert settled.systems["crm"]["extracted"] == 0 and written(settled) == 0
+
+        # the org's edit is older than the table's; a bump after both must not reverse that
+        crm.edit("c5@example.com", phone="+1 555 0001")  # at the org's now
+        db.edit("c5@example.com", phone="+1 555 0002", at=clock.now + timedelta(seconds=1))
+        clock.tick(2)
+        crm.state.system_bump("Contact", [key_of(crm, "c5@example.com")])
+        clock.tick()
+        decided = completed(run_sync(definition))
+        assert decided.conflicts == 1
+        assert row(crm, "c5@example.com")["phone"] == row(db, "c5@example.com")["phone"]
+        assert row(crm, "c5@example.com")["phone"] == "+1 555 0002"
+
+
+def test_an_edit_landing_between_the_check_and_the_write_is_deferred_then_merged(
+    tmp_path, monkeypatch
+):
+    """A person edits a contact in the org right after the run's version check and before
+    its write: the guarded update is refused (412), the run defers it, the edit stays; the
+    next run merges both sides' changes (the later phone wins, the table's name comes)."""
+    with crm_and_table(tmp_path, monkeypatch) as (definition, clock, crm, db):
+        crm.add(email="ann@example.com", first="Ann", last="Lee", phone="+1 555 0100")
+        clock.tick()
+        completed(run_sync(definition))
+        assert len(assert_converged(crm, db)) == 1
+        clock.tick()
+        db.edit("ann@example.com", first="Anna", phone="+1 555 0199", at=clock.now)
+        clock.tick()
+        key = key_of(crm, "ann@example.com")
+        crm.state.edit_after_read("Contact", key, {"Phone": "+1 555 0142"}, user=crm.person)
+        raced = run_sync(definition)
+        assert raced.systems["crm"]["deferred"] == 1, raced.systems
+        assert row(crm, "ann@example.com")["phone"] == "+1 555 0142"  # not overwritten
+        assert row(crm, "ann@example.com")["first"] == "Ann"
+        clock.tick()
+        completed(run_sync(definition))
+        merged = assert_converged(crm, db)
+        assert merged == [("ann@example.com", "Anna", "Lee", "+1 555 0142")]
+        clock.tick()
+        assert written(completed(run_sync(definition))) == 0

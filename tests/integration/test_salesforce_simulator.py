@@ -168,9 +168,9 @@ def test_errors_have_salesforce_shapes_and_limits_header(api):
 def test_query_filters_by_datetime_and_id(api):
     state, client, _ = api
     a = state.user_create("Contact", {"LastName": "Old"})
-    # stamps strictly increase by at least 1 ms: b's is at or after a's + 1 ms
     (a_stamp,) = [r["SystemModstamp"] for r in state.records("Contact") if r["Id"] == a]
     mark = parse_timestamp(a_stamp) + timedelta(milliseconds=1)
+    time.sleep(0.005)  # stamps are the clock's milliseconds: b's comes a few later
     b = state.user_create("Contact", {"LastName": "New"})
     stamp = mark.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
     q = f"SELECT Id, SystemModstamp, LastModifiedById FROM Contact WHERE SystemModstamp >= {stamp}"
@@ -568,3 +568,153 @@ def test_simple_salesforce_meets_the_replication_limits(org):
     state.id_limit = 0
     with pytest.raises(SalesforceMalformedRequest, match="EXCEEDED_ID_LIMIT"):
         sf.Contact.updated(now - timedelta(days=16), now + timedelta(minutes=1))
+
+
+# -- stamps, system-only bumps, composite and interleaved edits -------------------------------
+
+
+def _stamps(state: SalesforceState, field: str = "SystemModstamp") -> dict[str, str]:
+    return {r["Id"]: r[field] for r in state.records("Contact")}
+
+
+def test_one_dml_call_gives_every_record_one_stamp_from_the_clock():
+    """Records written by one call share SystemModstamp and LastModifiedDate; separate
+    calls in the same millisecond share it too: stamps never run ahead of the clock."""
+    when = datetime(2031, 5, 6, 7, 8, 9, 250_000, tzinfo=UTC)
+    state = SalesforceState(clock=lambda: when)
+    state.add_client("sync", "sync-secret", "Integration User")
+    with BackgroundServer(create_app(state)) as server:
+        token = _token(server.url)["access_token"]
+        with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {token}"}) as c:
+            records = [{"attributes": {"type": "Contact"}, "LastName": f"B{i}"} for i in range(200)]
+            made = c.post(f"{V}/composite/sobjects", json={"records": records}).json()
+            assert all(item["success"] for item in made)
+            single = c.post(f"{V}/sobjects/Contact", json={"LastName": "Single"}).json()["id"]
+            ids = [item["id"] for item in made]
+            update = [{"attributes": {"type": "Contact"}, "id": i, "Title": "T"} for i in ids[:50]]
+            assert c.patch(f"{V}/composite/sobjects", json={"records": update}).status_code == 200
+    stamps, edited = _stamps(state), _stamps(state, "LastModifiedDate")
+    assert set(stamps.values()) == set(edited.values()) == {"2031-05-06T07:08:09.250+0000"}
+    assert len(stamps) == 201 and single in stamps
+
+
+def test_stamps_of_bulk_writes_stay_on_the_clock(api):
+    """200 records written in one call, then 200 more one at a time: no stamp is later
+    than the clock was when the writes ended."""
+    state, client, _ = api
+    records = [{"attributes": {"type": "Contact"}, "LastName": f"B{i}"} for i in range(200)]
+    made = client.post(f"{V}/composite/sobjects", json={"records": records}).json()
+    ids = [item["id"] for item in made]
+    assert len({_stamps(state)[i] for i in ids}) == 1
+    for i in ids:
+        state.update("Contact", i, {"Title": "T"}, state.user_id("Alice"))
+    done = datetime.now(UTC)
+    assert max(parse_timestamp(s) for s in _stamps(state).values()) <= done
+
+
+def test_a_system_bump_moves_system_modstamp_only(api):
+    state, client, _ = api
+    alice = state.user_id("Alice")
+    a = state.user_create("Contact", {"LastName": "Rollup"})
+    b = state.user_create("Contact", {"LastName": "Other"})
+    before = state.get("Contact", a)
+    time.sleep(0.01)
+    stamp = state.system_bump("Contact", [a])
+    after = state.get("Contact", a)
+    assert (
+        parse_timestamp(after["SystemModstamp"])
+        == stamp
+        > parse_timestamp(before["SystemModstamp"])
+    )
+    assert after["LastModifiedDate"] == before["LastModifiedDate"]
+    assert after["LastModifiedById"] == before["LastModifiedById"] == alice
+    since = before["SystemModstamp"].replace("+0000", "Z")
+    q = f"SELECT Id FROM Contact WHERE SystemModstamp > {since}"
+    assert [r["Id"] for r in client.get(f"{V}/query", params={"q": q}).json()["records"]] == [a]
+    # the bump fault: a request goes through, and a system process touched a record first
+    stamps = _stamps(state)
+    state.faults.set(bump=1.0)
+    assert client.get(f"{V}/sobjects/Contact/{b}").status_code == 200
+    state.faults.set()
+    moved = [k for k, v in _stamps(state).items() if v != stamps[k]]
+    assert len(moved) == 1 and state.faults.counts["bump"] == 1
+    assert _stamps(state, "LastModifiedById") == {a: alice, b: alice}
+
+
+def test_composite_sends_guarded_sobject_rows_patches_in_one_call(api):
+    state, client, _ = api
+    ok, stale = (
+        state.user_create("Contact", {"LastName": "Ok"}),
+        state.user_create("Contact", {"LastName": "Stale"}),
+    )
+    future = (datetime.now(UTC) + timedelta(hours=1)).strftime("%a, %d %b %Y %H:%M:%S GMT")
+    past = "Mon, 01 Jan 2024 00:00:00 GMT"
+
+    def patch(rid: str, since: str, ref: str) -> dict:
+        return {
+            "method": "PATCH",
+            "url": f"{V}/sobjects/Contact/{rid}",
+            "referenceId": ref,
+            "body": {"Title": "new"},
+            "httpHeaders": {"If-Unmodified-Since": since},
+        }
+
+    used = state.api_usage
+    answer = client.post(
+        f"{V}/composite",
+        json={
+            "allOrNone": False,
+            "compositeRequest": [patch(ok, future, "a"), patch(stale, past, "b")],
+        },
+    )
+    assert answer.status_code == 200 and state.api_usage == used + 1
+    first, second = answer.json()["compositeResponse"]
+    assert (first["referenceId"], first["httpStatusCode"], first["body"]) == ("a", 204, None)
+    assert second["httpStatusCode"] == 412
+    assert second["body"][0]["errorCode"] == "PRECONDITION_FAILED"
+    assert (
+        state.get("Contact", ok)["Title"] == "new" and state.get("Contact", stale)["Title"] is None
+    )
+    # all or none: the passing subrequest is rolled back with the failing one
+    rolled = client.post(
+        f"{V}/composite",
+        json={
+            "allOrNone": True,
+            "compositeRequest": [patch(stale, future, "c"), patch(ok, past, "d")],
+        },
+    ).json()["compositeResponse"]
+    assert [r["httpStatusCode"] for r in rolled] == [400, 412]
+    assert state.get("Contact", stale)["Title"] is None
+    # a lock fault hits subrequests, not the call
+    state.faults.set(lock=1.0)
+    locked = client.post(
+        f"{V}/composite", json={"compositeRequest": [patch(ok, future, "e")]}
+    ).json()["compositeResponse"]
+    state.faults.set()
+    assert locked[0]["httpStatusCode"] == 400
+    assert locked[0]["body"][0]["errorCode"] == "UNABLE_TO_LOCK_ROW"
+    refused = client.post(
+        f"{V}/composite",
+        json={"compositeRequest": [dict(patch(ok, future, "f"), httpHeaders={"Accept": "x"})]},
+    )
+    assert refused.status_code == 400
+    too_many = [patch(ok, future, f"r{i}") for i in range(26)]
+    assert client.post(f"{V}/composite", json={"compositeRequest": too_many}).status_code == 400
+
+
+def test_an_edit_can_land_right_after_a_retrieve_names_its_record(api):
+    state, client, _ = api
+    rid = state.user_create("Contact", {"LastName": "Read", "Title": "before"})
+    other = state.user_create("Contact", {"LastName": "Else"})
+    state.edit_after_read("Contact", rid, {"Title": "edited"}, user="Bob", nth=2)
+    body = {"ids": [other], "fields": ["Id", "Title"]}
+    client.post(f"{V}/composite/sobjects/Contact", json=body)  # names another record
+    body = {"ids": [rid], "fields": ["Id", "Title"]}
+    first = client.post(f"{V}/composite/sobjects/Contact", json=body).json()
+    assert first[0]["Title"] == "before" and state.get("Contact", rid)["Title"] == "before"
+    second = client.get(
+        f"{V}/composite/sobjects/Contact", params={"ids": rid, "fields": "Id,Title"}
+    ).json()
+    assert second[0]["Title"] == "before"  # answered first, then the edit lands
+    landed = state.get("Contact", rid)
+    assert landed["Title"] == "edited" and landed["LastModifiedById"] == state.user_id("Bob")

@@ -22,6 +22,7 @@ from twoway.errors import Fatal, PreconditionFailed, Retriable, Skippable
 from twoway.retry import RetryPolicy
 from twoway.simulators.salesforce import SalesforceState, create_app
 from twoway.simulators.server import BackgroundServer
+from twoway.values import parse_timestamp
 
 SECRET = "very-secret-value"
 
@@ -429,3 +430,131 @@ def test_a_change_in_a_long_transaction_is_read_once_it_commits(clocked):
     at(700)  # the transaction has ended
     after = block.read_changes(during.cursor)
     assert {r.key: r.values["LastName"] for r in after.records}.get(key) == "Committed late"
+
+
+# -- shared stamps, system-only bumps, guarded updates ---------------------------------------
+
+
+@pytest.fixture
+def frozen():
+    """An org whose clock stands on a whole second until the test moves it:
+    (state, url, set_time)."""
+    start = (datetime.now(UTC) - timedelta(hours=1)).replace(microsecond=0)
+    now = [start]
+    state = SalesforceState(clock=lambda: now[0])
+    state.add_client("sync", SECRET, "Integration User")
+
+    def at(seconds: float) -> None:
+        now[0] = start + timedelta(seconds=seconds)
+
+    with BackgroundServer(create_app(state)) as server:
+        yield state, server.url, at
+
+
+def test_records_sharing_one_stamp_across_the_cursor_are_all_read(frozen):
+    """300 records stamped in one millisecond are read over two pages; 250 more written in
+    that same millisecond after the read began (the cursor's own instant) come in the next
+    read: a tie at the cursor is read again, never skipped."""
+    state, url, at = frozen
+    block = _block(url, page_size=200, overlap_seconds=0)
+    first = [
+        state.user_create("Contact", {"LastName": f"Tie{i}"}, user="Loader") for i in range(300)
+    ]
+    pages = list(block.read_pages(None))
+    assert len(pages) == 2 and sum(len(p.records) for p in pages) == 300
+    cursor = pages[-1].cursor
+    stamps = {r["SystemModstamp"] for r in state.records("Contact")}
+    assert len(stamps) == 1 and parse_timestamp(stamps.pop()) == parse_timestamp(cursor)
+    later = [
+        state.user_create("Contact", {"LastName": f"Late{i}"}, user="Loader") for i in range(250)
+    ]
+    again = list(block.read_pages(cursor))
+    read = {r.key for p in again for r in p.records}
+    assert set(later) <= read and set(first) <= read  # the tie is read again, not missed
+    at(1)
+    assert {r.key for r in block.read_changes(again[-1].cursor).records} == set(first + later)
+    at(2)
+    assert block.read_changes(block.read_changes(None).cursor).records == []
+
+
+def test_a_system_bump_is_no_edit(frozen):
+    """A bump moves the version (SystemModstamp) but not the edit time a conflict compares,
+    and a version check does not take it for an edit."""
+    state, url, at = frozen
+    key = state.user_create("Contact", {"LastName": "Rolled"})
+    for guarded in (True, False):
+        edited, editor = (
+            state.get("Contact", key)[f] for f in ("LastModifiedDate", "LastModifiedById")
+        )
+        block = _block(url, guarded_updates=guarded)
+        (record,) = block.read([key])
+        at(10 if guarded else 20)
+        bumped = state.system_bump("Contact", [key])
+        (after,) = block.read([key])
+        assert parse_timestamp(after.version) == bumped > parse_timestamp(record.version)
+        assert after.modified_at == parse_timestamp(edited)  # the last edit, not the bump
+        assert after.modified_by == editor  # Alice, then the sync's own write
+        (result,) = block.write([Update(key=key, values={"Title": "T"}, version=record.version)])
+        assert result.ok, result.error
+
+
+def test_guarded_updates_go_25_to_a_composite_call(org):
+    state, url = org
+    keys = [state.user_create("Contact", {"LastName": f"G{i}"}) for i in range(60)]
+    for guarded, calls in ((True, 1 + 3 + 1), (False, 1 + 1 + 1)):
+        block = _block(url, guarded_updates=guarded)
+        versions = {r.key: r.version for r in block.read(keys)}
+        block.columns()  # authenticated first
+        before = state.api_usage
+        ops = [Update(key=k, values={"Title": f"{guarded}"}, version=versions[k]) for k in keys]
+        results = block.write(ops)
+        assert all(r.ok for r in results), [r.error for r in results if not r.ok]
+        # a version check, the writes (3 composite calls of 25 or 1 collection), the versions
+        assert state.api_usage - before == calls
+        assert {r["Title"] for r in state.records("Contact")} == {f"{guarded}"}
+        assert {r.key: r.version for r in results} == {r.key: r.version for r in block.read(keys)}
+
+
+def test_an_edit_between_the_check_and_the_write_is_refused_not_overwritten(frozen):
+    """A person's edit lands right after the version check's retrieve: a guarded update is
+    refused (412, PreconditionFailed) and the edit stays; through sObject Collections,
+    which take no precondition, it would be overwritten."""
+    state, url, at = frozen
+    key = state.user_create("Contact", {"LastName": "Race", "Title": "first"})
+    other = state.user_create("Contact", {"LastName": "Calm"})
+    block = _block(url)
+    versions = {r.key: r.version for r in block.read([key, other])}
+    at(5)
+    state.edit_after_read("Contact", key, {"Title": "person"}, user="Bob")
+    raced, calm = block.write(
+        [
+            Update(key=key, values={"Title": "sync"}, version=versions[key]),
+            Update(key=other, values={"Title": "sync"}, version=versions[other]),
+        ]
+    )
+    assert isinstance(raced.error, PreconditionFailed) and raced.error.status == 412
+    assert calm.ok
+    assert state.get("Contact", key)["Title"] == "person"
+    assert state.get("Contact", key)["LastModifiedById"] == state.user_id("Bob")
+    # the same interleaving on the collections path: the window the guard closes
+    unguarded = _block(url, guarded_updates=False)
+    (fresh,) = unguarded.read([key])
+    at(10)
+    state.edit_after_read("Contact", key, {"Title": "person again"}, user="Bob")
+    (lost,) = unguarded.write([Update(key=key, values={"Title": "sync"}, version=fresh.version)])
+    assert lost.ok and state.get("Contact", key)["Title"] == "sync"
+
+
+def test_a_guarded_update_of_a_deleted_or_locked_record(org):
+    state, url = org
+    block = _block(url, retry_attempts=2)
+    gone, stuck = (state.user_create("Contact", {"LastName": n}) for n in ("Gone", "Stuck"))
+    versions = {r.key: r.version for r in block.read([gone, stuck])}
+    block.columns()
+    state.faults.set(lock=1.0)
+    (locked,) = block.write([Update(key=stuck, values={"Title": "T"}, version=versions[stuck])])
+    state.faults.set()
+    assert isinstance(locked.error, Retriable) and "UNABLE_TO_LOCK_ROW" in str(locked.error)
+    state.edit_after_read("Contact", gone, None, user="Bob")  # deleted after the check
+    (result,) = block.write([Update(key=gone, values={"Title": "T"}, version=versions[gone])])
+    assert isinstance(result.error, Skippable) and "does not exist" in str(result.error)

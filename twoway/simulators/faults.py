@@ -3,8 +3,11 @@
 A fault is decided before a request touches any data, so a faulted write is never half
 applied: it is refused whole (``lock``, ``throttle``, ``unavailable``, ``timeout``), slowed
 (``slow``), or applied whole with its answer lost (``lost``: a gateway timeout after the
-change was made, the case that duplicates creates sent again). Each simulator turns a
-fault kind into its own protocol's answer.
+change was made, the case that duplicates creates sent again). ``bump`` refuses nothing:
+before the request is answered, a system process touches one record without editing it
+(in the Salesforce simulator: SystemModstamp moves, LastModifiedDate and LastModifiedById
+stay, as after a roll-up summary's recalculation); the other simulators answer as usual.
+Each simulator turns a fault kind into its own protocol's answer.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import random
 import threading
 from dataclasses import dataclass, field
 
-FAULT_KINDS = ("lock", "throttle", "unavailable", "timeout", "slow", "lost")
+FAULT_KINDS = ("lock", "throttle", "unavailable", "timeout", "slow", "lost", "bump")
 
 
 @dataclass

@@ -31,7 +31,8 @@ import re
 import secrets
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -54,6 +55,7 @@ DEFAULT_VERSION = "60.0"
 API_LIMIT = 15_000
 COLLECTION_LIMIT = 200
 COLLECTION_GET_LIMIT = 2000
+COMPOSITE_LIMIT = 25  # subrequests per composite call
 DEFAULT_BATCH_SIZE = 2000
 SESSION_SECONDS = 2 * 3600
 #: how long a query locator stays open (Salesforce keeps them two days, uncapped in number)
@@ -315,8 +317,11 @@ class _Cursor:
 class SalesforceState:
     """One org in memory, thread-safe (one lock around every operation).
 
-    ``clock`` gives write times (tests may pass a virtual clock); stamps are milliseconds
-    and strictly increase from write to write, as SystemModstamp does in an org.
+    ``clock`` gives write times (tests may pass a virtual clock). Stamps are milliseconds
+    of that clock, taken once per DML call, as in an org: every record one call writes (an
+    sObject Collections request, one sObject Rows POST, PATCH or DELETE, one composite
+    subrequest) shares one SystemModstamp and LastModifiedDate, and writes in the same
+    millisecond share it too; stamps never go back and never run ahead of the clock.
     """
 
     def __init__(
@@ -346,6 +351,10 @@ class SalesforceState:
         self.objects: dict[str, SObjectType] = {}
         self._serials: dict[str, itertools.count[int]] = {}
         self._last_stamp: datetime | None = None
+        self._dml_stamp: datetime | None = None  # the stamp of the DML call under way
+        #: people's edits that land right after a retrieve names their record:
+        #: [sObject, id, values, user, retrieves still to come before it lands]
+        self._after_read: list[list[Any]] = []
         self._clients: dict[str, _Client] = {}
         self._usernames: dict[str, str] = {}  # username -> user id
         self._sessions: dict[str, _Session] = {}
@@ -368,12 +377,29 @@ class SalesforceState:
     # -- bookkeeping ------------------------------------------------------------------
 
     def _stamp(self) -> datetime:
+        """The SystemModstamp of a write: the DML call's own when one is under way, else
+        the clock's millisecond (never before a stamp already given)."""
+        if self._dml_stamp is not None:
+            return self._dml_stamp
         now = self._clock().astimezone(UTC)
         now = now.replace(microsecond=now.microsecond // 1000 * 1000)
-        if self._last_stamp is not None and now <= self._last_stamp:
-            now = self._last_stamp + timedelta(milliseconds=1)
+        if self._last_stamp is not None and now < self._last_stamp:
+            now = self._last_stamp  # a clock stepped back: ties rather than goes back
         self._last_stamp = now
         return now
+
+    @contextmanager
+    def dml(self) -> Iterator[datetime]:
+        """One DML call: every record written inside shares the stamp taken on entry."""
+        with self._lock:
+            if self._dml_stamp is not None:  # a call within a call is the same call
+                yield self._dml_stamp
+                return
+            self._dml_stamp = self._stamp()
+            try:
+                yield self._dml_stamp
+            finally:
+                self._dml_stamp = None
 
     def now(self) -> datetime:
         """The org's current time."""
@@ -1048,10 +1074,11 @@ class SalesforceState:
         all_or_none: bool,
         locked: frozenset[int] | set[int] = frozenset(),
     ) -> list[dict[str, Any]]:
-        """Run each item (a function returning its success result, raising SfError); with
-        ``all_or_none`` every change is rolled back when one item fails. ``locked`` items
-        fail with UNABLE_TO_LOCK_ROW before touching data."""
-        with self._lock:
+        """Run each item (a function returning its success result, raising SfError) as one
+        DML call (one stamp for every record it writes); with ``all_or_none`` every change
+        is rolled back when one item fails. ``locked`` items fail with UNABLE_TO_LOCK_ROW
+        before touching data."""
+        with self.dml():
             self._journal = [] if all_or_none else None
             results: list[dict[str, Any]] = []
             failed = False
@@ -1141,6 +1168,74 @@ class SalesforceState:
         """``latestDateCovered``: ``finish``, held below the oldest open transaction."""
         pending = [c["SystemModstamp"] for _, _, _, c in self._uncommitted]
         return min([finish, *(p - timedelta(milliseconds=1) for p in pending)])
+
+    def system_bump(self, sobject: str, record_ids: Iterable[str]) -> datetime:
+        """A system process touches records without editing them (a roll-up summary
+        recalculated, a sharing recalculation, an automated process): SystemModstamp
+        moves to now, LastModifiedDate and LastModifiedById stay. One DML call; its stamp."""
+        with self.dml() as stamp:
+            obj = self.sobject(sobject)
+            for rid in record_ids:
+                record = self._find(obj, rid)
+                before = record["SystemModstamp"]
+                record["SystemModstamp"] = stamp
+                self._remember(lambda r=record, b=before: r.update(SystemModstamp=b))
+            return stamp
+
+    def bump_any(self) -> str | None:
+        """The ``bump`` fault: a system-only bump of one live record, drawn from every
+        sObject but User; its id (None when the org holds no such record)."""
+        with self._lock:
+            pool = [
+                (obj.name, rid)
+                for obj in self.objects.values()
+                if obj.name != "User"
+                for rid in obj.records
+            ]
+            if not pool:
+                return None
+            sobject, rid = pool[self._rng.randrange(len(pool))]
+            self.system_bump(sobject, [rid])
+            return rid
+
+    def edit_after_read(
+        self,
+        sobject: str,
+        record_id: str,
+        values: Mapping[str, Any] | None,
+        user: str = "Alice",
+        nth: int = 1,
+    ) -> None:
+        """A person's edit (a delete when ``values`` is None) that lands right after the
+        ``nth`` collection retrieve naming the record has been answered (GET or POST on
+        ``/composite/sobjects/X``): a client that checks versions with a retrieve and then
+        writes meets it in between."""
+        with self._lock:
+            rid = self._find(self.sobject(sobject), record_id)["Id"]
+            edit = None if values is None else dict(values)
+            self._after_read.append([sobject, rid, edit, user, nth])
+
+    def _read_answered(self, ids: Iterable[str]) -> None:
+        """A retrieve naming ``ids`` was answered: apply the edits waiting for it."""
+        named = set()
+        for rid in ids:
+            try:
+                named.add(sfid.to18(rid))
+            except ValueError:
+                continue
+        due = []
+        for pending in self._after_read:
+            if pending[1] in named:
+                pending[4] -= 1
+                if pending[4] <= 0:
+                    due.append(pending)
+        for pending in due:
+            self._after_read.remove(pending)
+            sobject, rid, values, user, _ = pending
+            if values is None:
+                self.user_delete(sobject, rid, user=user)
+            else:
+                self.user_update(sobject, rid, values, user=user)
 
     def user_delete(self, sobject: str, record_id: str, user: str = "Alice") -> None:
         """Delete a record as the User called ``user``."""
@@ -1315,6 +1410,8 @@ class SalesforceApp:
             return _too_long()
         if fault == "slow":
             await asyncio.sleep(state.faults.slow_seconds)
+        if fault == "bump":  # a system process touched a record; the request goes on
+            state.bump_any()
         retry_after = {"Retry-After": str(state.faults.retry_after)}
         if fault == "throttle":
             return _json(
@@ -1468,6 +1565,8 @@ class SalesforceApp:
                 return _json(state.query(text, head == "queryAll", _batch_size(request), version))
         if head == "sobjects":
             return self._sobjects(method, parts[1:], query, body, user, version, locked, request)
+        if head == "composite" and len(parts) == 1 and method == "POST":
+            return self._composite(body, user, base, locked)
         if head == "composite" and len(parts) >= 2 and parts[1] == "sobjects":
             return self._collections(method, parts[2:], query, body, user, version, locked)
         if head == "limits" and method == "GET":
@@ -1652,6 +1751,7 @@ class SalesforceApp:
                         if not sfid.is_valid(rid, strict=False):
                             raise SfError(400, "MALFORMED_ID", f"malformed id {rid}") from None
                         out.append(None)
+                state._read_answered(ids)
             return _json(out)
         if method == "DELETE":
             if parts:
@@ -1714,6 +1814,91 @@ class SalesforceApp:
                 self._update_item(t.name, rec, user) for t, rec in zip(types, records, strict=True)
             ]
         return _json(state.collection(items, all_or_none, self._locked_items(len(items), locked)))
+
+    def _composite(self, body: Any, user: str, base: str, locked: bool) -> Response:
+        """``POST /composite``: up to 25 subrequests in one API call, each answered with its
+        own status, headers and body. A subrequest may carry ``httpHeaders`` (an sObject
+        Rows PATCH its ``If-Unmodified-Since``) but not Accept, Authorization or
+        Content-Type. Each subrequest is its own DML call; with ``allOrNone`` a failing one
+        rolls every change back. A lock fault hits some of the writing subrequests.
+        Simplification: references between subrequests (``@{ref.id}``) are refused."""
+        state = self.state
+        if not isinstance(body, dict) or not isinstance(body.get("compositeRequest"), list):
+            raise SfError(400, "JSON_PARSER_ERROR", "the body needs a 'compositeRequest' list")
+        subs = body["compositeRequest"]
+        if not subs or len(subs) > COMPOSITE_LIMIT:
+            raise SfError(
+                400,
+                "INVALID_API_INPUT",
+                f"a composite request holds 1 to {COMPOSITE_LIMIT} subrequests, not {len(subs)}",
+            )
+        all_or_none = bool(body.get("allOrNone", False))
+        parsed = []
+        for sub in subs:
+            if not isinstance(sub, dict) or not all(
+                isinstance(sub.get(k), str) for k in ("method", "url", "referenceId")
+            ):
+                raise SfError(
+                    400, "JSON_PARSER_ERROR", "each subrequest needs method, url and referenceId"
+                )
+            headers = sub.get("httpHeaders") or {}
+            if not isinstance(headers, dict):
+                raise SfError(400, "JSON_PARSER_ERROR", "httpHeaders must be an object")
+            lowered = {str(k).lower(): str(v) for k, v in headers.items()}
+            if lowered.keys() & {"accept", "authorization", "content-type"}:
+                raise SfError(
+                    400,
+                    "INVALID_API_INPUT",
+                    "a subrequest may not set Accept, Authorization or Content-Type",
+                )
+            if "@{" in sub["url"] or "@{" in json.dumps(sub.get("body")):
+                raise SfError(
+                    400, "INVALID_API_INPUT", "references between subrequests are not simulated"
+                )
+            parsed.append((sub, lowered))
+        writing = [i for i, (sub, _) in enumerate(parsed) if sub["method"] != "GET"]
+        hit = {writing[i] for i in self._locked_items(len(writing), locked)}
+        answers: list[dict[str, Any]] = []
+        with state._lock:
+            state._journal = [] if all_or_none else None
+            failed = False
+            try:
+                for index, (sub, headers) in enumerate(parsed):
+                    if failed and all_or_none:
+                        answers.append(_sub_answer(sub, 400, _halted().body()))
+                        continue
+                    path, _, query_text = sub["url"].partition("?")
+                    request = _Subrequest(sub["method"], headers, query_text)
+                    try:
+                        if index in hit:
+                            self._lock_fault(True)
+                        with state.dml():
+                            response = self.route(
+                                request, path, sub.get("body"), user, base, locked=False
+                            )
+                    except SfError as exc:
+                        failed = True
+                        answers.append(_sub_answer(sub, exc.status, exc.body()))
+                        continue
+                    raw = bytes(response.body)
+                    answers.append(
+                        _sub_answer(
+                            sub,
+                            response.status_code,
+                            json.loads(raw) if raw.strip() else None,
+                            {k: v for k, v in response.headers.items() if k.lower() == "location"},
+                        )
+                    )
+                if failed and all_or_none:
+                    for undo in reversed(state._journal or []):
+                        undo()
+                    answers = [
+                        a if a["httpStatusCode"] >= 300 else {**a, **_rolled_back()}
+                        for a in answers
+                    ]
+            finally:
+                state._journal = None
+        return _json({"compositeResponse": answers})
 
     def _locked_items(self, count: int, locked: bool) -> set[int]:
         """Which items a lock fault hits: a random non-empty subset."""
@@ -1789,6 +1974,40 @@ def _item_error(exc: SfError, rid: str) -> SfError:
     if exc.code == "ENTITY_IS_DELETED":
         return SfError(400, "ENTITY_IS_DELETED", "entity is deleted")
     return exc
+
+
+@dataclass
+class _Subrequest:
+    """A composite subrequest as the router reads a request: method, headers, query."""
+
+    method: str
+    headers: dict[str, str]
+    query: str = ""
+
+    @property
+    def query_params(self) -> dict[str, str]:
+        return {k: v[0] for k, v in parse_qs(self.query).items()}
+
+
+def _sub_answer(
+    sub: dict[str, Any], status: int, body: Any, headers: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    return {
+        "body": body,
+        "httpHeaders": dict(headers or {}),
+        "httpStatusCode": status,
+        "referenceId": sub["referenceId"],
+    }
+
+
+def _halted() -> SfError:
+    return SfError(
+        400, "PROCESSING_HALTED", "The transaction was rolled back since another operation failed"
+    )
+
+
+def _rolled_back() -> dict[str, Any]:
+    return {"httpStatusCode": 400, "body": _halted().body(), "httpHeaders": {}}
 
 
 def _too_long() -> Response:
