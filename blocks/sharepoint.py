@@ -2,10 +2,12 @@
 
 Reads follow the list's delta feed: the cursor is the ``@odata.deltaLink``; deletions come
 from the feed itself, and ``410 Gone`` starts a full read over (after
-``resyncChangesUploadDifferences`` one that infers no deletion: the list may lack items). The delta feed does not
-carry ``lastModifiedBy``, so changed items are read again through ``$batch`` (20 a call)
-to learn who changed them; that is what lets the sync tell its own echoes from people's
-edits. Writes go through ``$batch`` too, updates with ``If-Match`` on the eTag read, and
+``resyncChangesUploadDifferences`` one that infers no deletion: the list may lack items).
+Records are made from the feed's own items (read with ``$expand=fields``): values, eTag,
+change time, and who changed them when ``modified_by`` names a column. Graph's feed leaves
+out the ``lastModifiedBy`` item property, so an item that comes without it is read again
+through ``$batch`` (20 a call) to learn who changed it; that is what lets the sync tell its
+own echoes from people's edits. Writes go through ``$batch`` too, updates with ``If-Match`` on the eTag read, and
 only the sub-requests that failed transiently are retried, honouring ``Retry-After``.
 """
 
@@ -109,8 +111,9 @@ class SharePointList(HttpEndpointBlock):
     retry_attempts: int = Field(5, ge=1, le=50, description="Tries per request or batch")
     read_modifiers: bool = Field(
         True,
-        description="Read changed items again to learn lastModifiedBy (the delta feed omits "
-        "it); when off, echoes are caught by the values hash only",
+        description="Read changed items again ($batch, 20 a call) when the delta feed does "
+        "not carry who changed them (Graph's leaves out lastModifiedBy); when off, echoes are "
+        "caught by the values hash only",
     )
     timeout_seconds: float = Field(30.0, gt=0, description="Timeout of one HTTP request")
     credentials: IntegrationAccountCredentials | None = Field(
@@ -341,6 +344,20 @@ class SharePointList(HttpEndpointBlock):
             link=fields.get(self.link_column) if self.link_column else None,
         )
 
+    def _complete(self, item: dict[str, Any]) -> bool:
+        """Whether a delta item carries all a record needs: its fields (the feed is read
+        with ``$expand=fields``) and who changed it. The modifier comes with the fields
+        when ``modified_by`` names a column; an item property (``lastModifiedBy``) only
+        when the feed holds it, which Graph's does not: such items are read again. With
+        ``read_modifiers`` off, the feed's item is taken as it is."""
+        if not self.read_modifiers:
+            return True
+        if not isinstance(item.get("fields"), dict):
+            return False
+        if not self.modified_by or self.modified_by not in _ITEM_PROPERTIES:
+            return True
+        return _display_name(item.get(self.modified_by)) is not None
+
     def columns(self) -> set[str]:
         """The list's columns, plus the item properties records are read from (``id``,
         ``lastModifiedDateTime``, ``lastModifiedBy``, ...): ``twoway check`` looks for the
@@ -446,13 +463,15 @@ class SharePointList(HttpEndpointBlock):
             delta_link = page.get("@odata.deltaLink")
             if not following and not delta_link:
                 raise Fatal(f"{self._where()}: a delta page had neither nextLink nor deltaLink")
-            if self.read_modifiers and latest:
-                # the feed leaves out lastModifiedBy: read the changed items again, 20 a call;
+            carried = {k: self._record(i) for k, i in latest.items() if self._complete(i)}
+            missing = [k for k in latest if k not in carried]
+            if missing:
+                # Graph's feed leaves out lastModifiedBy: read those items again, 20 a call;
                 # an item gone meanwhile is reported deleted by the next round of the feed
-                records, calls = self._read_items(builtins.list(latest))
+                fetched, calls = self._read_items(missing)
                 requests += calls
-            else:
-                records = [self._record(item) for item in latest.values()]
+                carried |= {r.key: r for r in fetched}
+            records = [carried[k] for k in latest if k in carried]
             yield ChangeSet(
                 records=records,
                 deleted=builtins.list(deleted) if cursor is not None else [],

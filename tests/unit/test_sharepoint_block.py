@@ -489,3 +489,108 @@ def test_items_repeated_across_delta_pages_come_once(env):
     finally:
         state.repeat_delta_items = False
     assert sorted(r.key for r in later.records) == sorted(keys)
+
+
+def _changes_read(block: SharePointList, state: GraphState, recorder: Recorder, cursor: str):
+    """Read the changes since ``cursor``; the change set, the HTTP calls it made (method,
+    path) and the requests the simulator served for it (``$batch`` sub-requests included)."""
+    sent, served = len(recorder.sent), state.requests
+    changes = block.read_changes(cursor)
+    calls = [(method, path) for method, path, _ in recorder.sent[sent:]]
+    return changes, calls, state.requests - served
+
+
+def test_a_read_of_changed_items_asks_graph_for_modifiers_twenty_a_batch_not_per_item(env):
+    state, block, recorder, _ = env
+    block.page_size = 50
+    first = block.read_changes(None)
+    keys = [state.user_create("Contacts", {"Title": f"N{i}"}, user="Nina") for i in range(45)]
+    changes, calls, served = _changes_read(block, state, recorder, first.cursor)
+    assert sorted(r.key for r in changes.records) == sorted(keys)
+    assert {r.modified_by for r in changes.records} == {"Nina"}
+    # one delta page; Graph's feed leaves out lastModifiedBy, so the 45 items are read
+    # again in three $batch calls of 20, 20 and 5: four calls, none per item
+    assert [path.rsplit("/", 1)[-1] for _, path in calls] == ["delta"] + ["$batch"] * 3
+    assert [len(b["requests"]) for b in recorder.paths("$batch")[-3:]] == [20, 20, 5]
+    assert changes.requests == 4 and served == 1 + 45
+
+
+def test_a_modifier_column_comes_with_the_delta_page_and_nothing_is_read_again():
+    state = GraphState(client_id="app", client_secret=SECRET)
+    state.add_list("Contacts", {"ChangedBy": "text"})
+    with BackgroundServer(create_app(state)) as server:
+        recorder = Recorder()
+        block = SharePointList(
+            graph_url=server.url,
+            token_url=f"{server.url}/{state.tenant_id}/oauth2/v2.0/token",
+            columns_to_sync=["Title"],
+            modified_by="ChangedBy",
+            integration_account="twoway-sync",
+            page_size=20,
+            credentials=IntegrationAccountCredentials(
+                client_id="app", client_secret=SecretStr(SECRET)
+            ),
+        )
+        block.use_transport(recorder)
+        first = block.read_changes(None)
+        for i in range(45):
+            state.user_create("Contacts", {"Title": f"C{i}", "ChangedBy": f"P{i % 3}"})
+        changes, calls, served = _changes_read(block, state, recorder, first.cursor)
+        block.close()
+    state.close()
+    assert len(changes.records) == 45
+    assert {r.modified_by for r in changes.records} == {"P0", "P1", "P2"}
+    assert {r.values["Title"] for r in changes.records} == {f"C{i}" for i in range(45)}
+    # three delta pages (20, 20, 5) carry values and modifier: three calls, not 45 reads
+    assert [path.rsplit("/", 1)[-1] for _, path in calls] == ["delta"] * 3
+    assert changes.requests == 3 and served == 3
+
+
+def test_items_the_delta_page_carries_fully_are_not_read_again():
+    """A feed whose items hold ``lastModifiedBy`` (the item property) spares the re-read of
+    those; the rest of the page is read through $batch, 20 a call."""
+    batches: list[list[str]] = []
+
+    def item(n: int, by: str | None) -> dict:
+        body = {
+            "id": str(n),
+            "eTag": f'"g{n},2"',
+            "lastModifiedDateTime": "2026-01-05T09:00:00Z",
+            "fields": {"Title": f"T{n}", "@odata.etag": f'"g{n},2"'},
+        }
+        if by:
+            body["lastModifiedBy"] = {"user": {"displayName": by, "id": "u"}}
+        return body
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/token"):
+            return httpx.Response(200, json={"access_token": "t", "expires_in": 3599})
+        if request.url.path.endswith("$batch"):
+            subs = json.loads(request.content)["requests"]
+            batches.append([s["url"].split("/items/")[1].split("?")[0] for s in subs])
+            answers = []
+            for s in subs:
+                n = int(batches[-1][len(answers)])
+                answers.append({"id": s["id"], "status": 200, "body": item(n, "R")})
+            return httpx.Response(200, json={"responses": answers})
+        page = [item(n, None if n % 8 == 0 else "Carried") for n in range(1, 26)]
+        return httpx.Response(
+            200, json={"value": page, "@odata.deltaLink": "https://graph.example/v1.0/next?token=b"}
+        )
+
+    block = SharePointList(
+        graph_url="https://graph.example",
+        tenant="contoso",
+        columns_to_sync=["Title"],
+        credentials=IntegrationAccountCredentials(client_id="a", client_secret=SecretStr("b")),
+    )
+    block.use_transport(httpx.MockTransport(handler))
+    changes = block.read_changes(
+        "https://graph.example/v1.0/sites/root/lists/x/items/delta?token=a"
+    )
+    assert batches == [["8", "16", "24"]]  # only the three the page did not carry fully
+    assert changes.requests == 2
+    by = {r.key: r.modified_by for r in changes.records}
+    assert [r.key for r in changes.records] == [str(n) for n in range(1, 26)]  # page order
+    assert {k for k, v in by.items() if v == "R"} == {"8", "16", "24"}
+    assert {v for k, v in by.items() if k not in ("8", "16", "24")} == {"Carried"}
