@@ -260,12 +260,7 @@ class SharePointList(HttpEndpointBlock):
 
         Microsoft Graph calls only public HTTPS URLs back, so against its own hosts a
         plain-HTTP or loopback ``notification_url`` is refused before any request."""
-        if _graph_host(self.graph_url) and not is_public_https(notification_url):
-            raise DefinitionError(
-                f"notification URL {safe_url(notification_url)}: Microsoft Graph "
-                f"({safe_url(self.graph_url)}) calls only public HTTPS URLs back; give the "
-                "receiver's public https:// address"
-            )
+        check_notification_url(self.graph_url, notification_url)
         site = self._call("GET", self._api(f"sites/{quote(self.site, safe=',')}")).body
         path = f"sites/{quote(site['id'], safe=',')}/lists/{quote(self.list, safe='')}"
         lst = self._call("GET", self._api(path)).body
@@ -622,6 +617,18 @@ GRAPH_HOSTS = frozenset(
 def _graph_host(url: str) -> bool:
     """True when ``url`` is on one of Microsoft Graph's own hosts."""
     return httpx.URL(url).host.lower() in GRAPH_HOSTS
+
+
+def check_notification_url(graph_url: str, notification_url: str) -> None:
+    """Refuse, in one line, a ``notification_url`` that Microsoft Graph at ``graph_url``
+    cannot call back: against Graph's own hosts only a public HTTPS URL will do (plain HTTP
+    and loopback are refused); a simulator may call what it likes."""
+    if _graph_host(graph_url) and not is_public_https(notification_url):
+        raise DefinitionError(
+            f"notification URL {safe_url(notification_url)}: Microsoft Graph "
+            f"({safe_url(graph_url)}) calls only public HTTPS URLs back; give the "
+            "receiver's public https:// address"
+        )
 
 
 _ITEM_PROPERTIES = (
