@@ -335,7 +335,7 @@ class SharePointList(HttpEndpointBlock):
             values={c: fields.get(c) for c in self.columns_to_sync},
             modified_at=parse_timestamp(stamp),
             modified_by=by,
-            version=item.get("eTag") or fields.get("@odata.etag"),
+            version=_etag(item),
             link=fields.get(self.link_column) if self.link_column else None,
         )
 
@@ -434,6 +434,7 @@ class SharePointList(HttpEndpointBlock):
         else:
             url, params = cursor, None
         seen: set[str] = set()
+        read_again: dict[str, RawRecord] = {}  # items of this read fetched through $batch
         while True:
             if url in seen:
                 raise Fatal(f"{self._where()}: the delta feed repeats a next link")
@@ -459,12 +460,17 @@ class SharePointList(HttpEndpointBlock):
             if not following and not delta_link:
                 raise Fatal(f"{self._where()}: a delta page had neither nextLink nor deltaLink")
             carried = {k: self._record(i) for k, i in latest.items() if self._complete(i)}
+            for key, item in latest.items():
+                known = read_again.get(key)
+                if key not in carried and known and known.version == _etag(item):
+                    carried[key] = known  # repeated from an earlier page, unchanged
             missing = [k for k in latest if k not in carried]
             if missing:
                 # Graph's feed leaves out lastModifiedBy: read those items again, 20 a call;
                 # an item gone meanwhile is reported deleted by the next round of the feed
                 fetched, calls = self._read_items(missing)
                 requests += calls
+                read_again |= {r.key: r for r in fetched}
                 carried |= {r.key: r for r in fetched}
             records = [carried[k] for k in latest if k in carried]
             yield ChangeSet(
@@ -638,6 +644,11 @@ _ITEM_PROPERTIES = (
     "createdBy",
     "eTag",
 )
+
+
+def _etag(item: dict[str, Any]) -> str | None:
+    """A listItem's eTag: the item's own, else its fields' ``@odata.etag``."""
+    return item.get("eTag") or (item.get("fields") or {}).get("@odata.etag")
 
 
 def _display_name(value: Any) -> str | None:

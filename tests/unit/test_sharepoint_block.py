@@ -22,7 +22,7 @@ from blocks.credentials import IntegrationAccountCredentials
 from blocks.sharepoint import SharePointList
 from tasks.common import PlannedOp
 from tasks.load import load_changes
-from twoway.contract import Create, Delete, Update
+from twoway.contract import Create, Delete, Update, fold_pages
 from twoway.definition import load_definition
 from twoway.errors import DefinitionError, Fatal, PreconditionFailed, Retriable, Skippable
 from twoway.retry import RetryPolicy
@@ -594,3 +594,72 @@ def test_items_the_delta_page_carries_fully_are_not_read_again():
     assert [r.key for r in changes.records] == [str(n) for n in range(1, 26)]  # page order
     assert {k for k, v in by.items() if v == "R"} == {"8", "16", "24"}
     assert {v for k, v in by.items() if k not in ("8", "16", "24")} == {"Carried"}
+
+
+def test_an_item_changed_between_the_pages_that_repeat_it_is_taken_from_the_later_one(env):
+    state, block, _, _ = env
+    block.read_modifiers = False  # the initial enumeration pages the delta feed itself
+    for key in [str(i["id"]) for i in state.items("Contacts")]:
+        state.user_delete("Contacts", key)
+    keys = [state.user_create("Contacts", {"Title": f"P{i}"}) for i in range(10)]
+    state.repeat_delta_items = True
+    try:
+        pages = block.read_pages(None)
+        first = next(pages)
+        repeated = first.records[-1].key  # Graph shows it again at the top of the next page
+        state.user_update("Contacts", repeated, {"Title": "changed between pages"})
+        read = fold_pages([first, *pages])
+    finally:
+        state.repeat_delta_items = False
+    titles = {r.key: r.values["Title"] for r in read.records}
+    assert sorted(r.key for r in read.records) == sorted(keys)  # each item once
+    assert titles[repeated] == "changed between pages"  # its last occurrence
+
+
+def test_an_item_repeated_within_a_delta_page_is_taken_from_its_last_occurrence():
+    def live(n: int, title: str) -> dict:
+        return {"id": str(n), "eTag": f'"g{n},1"', "fields": {"Title": title}}
+
+    page = [
+        live(5, "first"),
+        live(6, "alive"),
+        {"id": "7", "deleted": {"state": "deleted"}},
+        live(5, "last"),
+        {"id": "6", "deleted": {"state": "deleted"}},
+        live(7, "back"),
+    ]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/token"):
+            return httpx.Response(200, json={"access_token": "t", "expires_in": 3599})
+        return httpx.Response(200, json={"value": page, "@odata.deltaLink": f"{request.url}b"})
+
+    block = SharePointList(
+        graph_url="https://graph.example",
+        tenant="contoso",
+        columns_to_sync=["Title"],
+        read_modifiers=False,
+        credentials=IntegrationAccountCredentials(client_id="a", client_secret=SecretStr("b")),
+    )
+    block.use_transport(httpx.MockTransport(handler))
+    read = block.read_changes("https://graph.example/v1.0/sites/root/lists/x/items/delta?token=a")
+    assert {r.key: r.values["Title"] for r in read.records} == {"5": "last", "7": "back"}
+    assert read.deleted == ["6"]
+
+
+def test_an_item_repeated_on_the_next_delta_page_unchanged_is_not_read_again(env):
+    state, block, recorder, _ = env
+    first = block.read_changes(None)
+    keys = [state.user_create("Contacts", {"Title": f"Q{i}"}, user="Quinn") for i in range(9)]
+    state.repeat_delta_items = True  # pages of 4: each next page repeats the last item
+    try:
+        changes, calls, served = _changes_read(block, state, recorder, first.cursor)
+    finally:
+        state.repeat_delta_items = False
+    assert sorted(r.key for r in changes.records) == sorted(keys)
+    assert {r.modified_by for r in changes.records} == {"Quinn"}
+    pages = [c for c in calls if c[1].endswith("/delta")]
+    assert len(pages) == 3  # 4, then 1 repeated + 3, then 1 repeated + 2
+    read_again = [r["url"] for b in recorder.paths("$batch")[-3:] for r in b["requests"]]
+    assert len(read_again) == 9  # each item once, not the repeats again
+    assert served == len(pages) + 9
