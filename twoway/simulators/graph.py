@@ -316,8 +316,10 @@ class GraphState:
         #: take an item's last occurrence, not count it twice
         self.repeat_delta_items = False
         self.subscriptions_page_size = 100  # subscriptions per GET /subscriptions page
-        #: the app's resource units per minute (None: no budget); a request costs one, a
-        #: $batch one per sub-request; past the budget Graph answers 429 until the minute ends
+        #: the app's resource units per minute (None: no budget; SharePoint gives an app of
+        #: a tenant with up to 1,000 licences 1,200). Each request costs what
+        #: :func:`resource_units` says, a $batch the sum of its sub-requests, a refused
+        #: request too; past the budget Graph answers 429 until the minute ends
         self.resource_units_per_minute: int | None = None
         self._units = (0, 0)  # (minute, units spent in it)
         #: refuse notification URLs real Graph cannot reach (plain HTTP, loopback); the
@@ -876,8 +878,7 @@ class GraphState:
         with self._lock:
             spent = self._units[1] if self._units[0] == minute else 0
             over = spent + units > budget
-            if not over:
-                spent += units
+            spent = min(budget, spent + units) if over else spent + units  # refused ones count
             self._units = (minute, spent)
         reset = max(1, int((minute + 1) * 60 - now + 0.999))
         headers = {}
@@ -1405,6 +1406,32 @@ def _expiration(value: Any) -> datetime:
     return when
 
 
+def resource_units(method: str, path: str, query: dict[str, str]) -> int:
+    """What a Graph request costs in SharePoint's resource units, as SharePoint documents:
+    1 for a single item (an item, a list, a site) and a delta with a token; 2 for a query of
+    several items (items, columns, lists, subscriptions, a delta without a token) and for
+    every create, update and delete; 5 with ``$expand=permissions``."""
+    if "permissions" in query.get("$expand", query.get("expand", "")):
+        return 5
+    if method != "GET":
+        return 2
+    name = next((n for pattern, n in ROUTES if pattern.match(path.strip("/"))), None)
+    if name == "delta":
+        return 1 if "token" in query or "$skiptoken" in query else 2
+    return 2 if name in ("items", "columns", "lists", "subscriptions") else 1
+
+
+def _batch_units(body: Any) -> int:
+    """The resource units of a $batch: its sub-requests one by one (at least one)."""
+    subs = body.get("requests") if isinstance(body, dict) else None
+    units = 0
+    for req in subs if isinstance(subs, list) else []:
+        if isinstance(req, dict) and isinstance(req.get("url"), str):
+            path, query = _split_url(req["url"].lstrip("/"))
+            units += resource_units(str(req.get("method", "GET")).upper(), path, query)
+    return max(units, 1)
+
+
 def _json_response(answer: Answer) -> Response:
     headers = {"request-id": str(uuid.uuid4()), **answer.headers}
     if answer.body is None:
@@ -1456,8 +1483,8 @@ def create_app(state: GraphState | None = None) -> Starlette:
                 )
         query = {k: v for k, v in request.query_params.items()}
         method = request.method.upper()
-        subs = body.get("requests") if path == "$batch" and isinstance(body, dict) else None
-        throttled, limits = graph.charge(len(subs) if isinstance(subs, list) else 1)
+        units = _batch_units(body) if path == "$batch" else resource_units(method, path, query)
+        throttled, limits = graph.charge(units)
         if throttled is not None:
             return _json_response(throttled)
         if path == "$batch":
