@@ -174,6 +174,17 @@ class SharePointList(HttpEndpointBlock):
             scope=f"{self.graph_url.rstrip('/')}/.default",
         )
 
+    def _note(self, reply: Reply) -> str:
+        """The app's resource units, from the RateLimit headers SharePoint adds once 80% of
+        the minute's budget is spent (a throttled answer says why it came)."""
+        limit = reply.headers.get("ratelimit-limit")
+        remaining = reply.headers.get("ratelimit-remaining")
+        if limit is None or remaining is None:
+            return ""
+        reset = reply.headers.get("ratelimit-reset")
+        resets = f", the budget renews in {reset} s" if reset else ""
+        return f" (the app's resource units this minute: {remaining} of {limit} left{resets})"
+
     def _api(self, path: str) -> str:
         return f"{self.graph_url.rstrip('/')}/v1.0/{path.lstrip('/')}"
 

@@ -663,3 +663,77 @@ def test_an_item_repeated_on_the_next_delta_page_unchanged_is_not_read_again(env
     read_again = [r["url"] for b in recorder.paths("$batch")[-3:] for r in b["requests"]]
     assert len(read_again) == 9  # each item once, not the repeats again
     assert served == len(pages) + 9
+
+
+def test_a_throttled_answer_says_how_much_of_the_resource_unit_budget_is_left():
+    now = [datetime(2026, 1, 5, 9, 0, 20, tzinfo=UTC)]
+    state = GraphState(client_id="app", client_secret=SECRET, clock=lambda: now[0])
+    state.resource_units_per_minute = 5
+    with BackgroundServer(create_app(state)) as server:
+        block = SharePointList(
+            graph_url=server.url,
+            token_url=f"{server.url}/{state.tenant_id}/oauth2/v2.0/token",
+            retry_attempts=1,
+            credentials=IntegrationAccountCredentials(
+                client_id="app", client_secret=SecretStr(SECRET)
+            ),
+        )
+        for _ in range(2):
+            block.columns()  # a list of columns: 2 units each
+        with pytest.raises(Retriable) as caught:
+            block.columns()
+        block.close()
+    state.close()
+    assert caught.value.status == 429 and caught.value.retry_after == 40.0
+    assert "resource units this minute: 0 of 5 left, the budget renews in 40 s" in str(caught.value)
+
+
+@pytest.mark.parametrize("status", [429, 503])
+def test_graph_asking_for_minutes_inside_a_batch_is_waited_out_up_to_the_definitions_deadline(
+    tmp_path: Path, status: int
+):
+    """Graph throttles with 429 or 503 and a Retry-After of minutes, for a whole call or
+    for one request inside a $batch; each wait is honoured in full while the run's waits
+    stay within the retry_deadline_seconds the definition sets, and past it the run stops."""
+    path = tmp_path / "sync.yaml"
+    path.write_text(
+        "name: contacts\n"
+        "systems:\n"
+        "  crm: {kind: sql, url: 'sqlite:///crm.db', table: contacts}\n"
+        "  sp: {kind: sharepoint, tenant: contoso, list: People, retry_deadline_seconds: 400}\n"
+        "fields:\n"
+        "  email: {crm: email, sp: Email}\n",
+        encoding="utf-8",
+    )
+    spec = load_definition(path).systems["sp"]
+    calls = 0
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal calls
+        if request.url.path.endswith("/token"):
+            return httpx.Response(200, json={"access_token": "t", "expires_in": 3599})
+        calls += 1
+        if calls == 1:
+            return httpx.Response(status, headers={"Retry-After": "150"}, json={"error": {}})
+        answers = []
+        for sub in json.loads(request.content)["requests"]:
+            if calls == 2 and sub["id"] == "1":
+                answers.append({"id": "1", "status": status, "headers": {"Retry-After": "200"}})
+            else:
+                key = sub["url"].split("/items/")[1].split("?")[0]
+                body = {"id": key, "eTag": '"g,1"', "fields": {"Email": f"{key}@x"}}
+                answers.append({"id": sub["id"], "status": 200, "body": body})
+        return httpx.Response(200, json={"responses": answers})
+
+    block = SharePointList.from_definition("sp", spec, ["Email"])
+    credentials = IntegrationAccountCredentials(client_id="a", client_secret=SecretStr("b"))
+    block.credentials = credentials
+    waits: list[float] = []
+    block.use_transport(httpx.MockTransport(handler))
+    block.use_retry_hooks(waits.append)
+    assert [r.key for r in block.read(["1", "2", "3"])] == ["1", "2", "3"]
+    assert waits == [150.0, 200.0]  # in full: no 30 s cap
+    calls = 0
+    with pytest.raises(Fatal, match=r"wait 150 s .* waited 350 s and may wait 400 s"):
+        block.read(["1"])  # 150 more would pass the deadline: the run stops
+    assert waits == [150.0, 200.0]
