@@ -185,6 +185,7 @@ def test_delta_initial_pages_changes_deletes_and_gone(graph):
         break
     assert [i["id"] for i in seen] == keys
     assert all("lastModifiedBy" not in i and i["eTag"] and i["fields"]["Title"] for i in seen)
+    assert {i["createdBy"]["user"]["displayName"] for i in seen} == {"Alice"}  # as documented
     assert "token=" in delta_link
 
     state.user_update("Contacts", keys[1], {"Title": "first"})
@@ -610,3 +611,32 @@ def test_delta_pages_may_repeat_an_item(graph):
         url, params = page.get("@odata.nextLink"), None
     assert sorted(set(seen)) == sorted(keys) and len(seen) > len(keys)
     state.repeat_delta_items = False
+
+
+def test_select_keeps_the_item_properties_named_and_the_delta_keeps_it_page_after_page(graph):
+    state, http, _ = graph
+    keys = [state.user_create("Contacts", {"Title": f"S{i}"}, user="Sam") for i in range(3)]
+    headers = auth(http, state)
+    listed = http.get(
+        ITEMS,
+        headers=headers,
+        params={"$select": "id,lastModifiedBy", "$expand": "fields($select=Title)"},
+    ).json()["value"]
+    assert {tuple(sorted(i)) for i in listed} == {("@odata.etag", "fields", "id", "lastModifiedBy")}
+    assert {i["lastModifiedBy"]["user"]["displayName"] for i in listed} == {"Sam"}
+    one = http.get(f"{ITEMS}/{keys[0]}", headers=headers, params={"$select": "eTag"}).json()
+    assert set(one) == {"@odata.etag", "id", "eTag"}
+
+    params: dict[str, str] | None = {"$select": "id,eTag,lastModifiedBy", "$top": "2"}
+    url, seen = f"{ITEMS}/delta", []
+    while url:
+        page = http.get(url, headers=headers, params=params).json()
+        seen += page["value"]
+        url, params = page.get("@odata.nextLink"), None
+        link = page.get("@odata.deltaLink")
+    # the token carries $select to the next pages; lastModifiedBy never comes in the feed
+    assert [i["id"] for i in seen] == keys and len(seen) == 3
+    assert all(set(i) == {"@odata.etag", "id", "eTag"} for i in seen)
+    state.user_update("Contacts", keys[1], {"Title": "changed"}, user="Sam")
+    (changed,) = http.get(link, headers=headers).json()["value"]
+    assert set(changed) == {"@odata.etag", "id", "eTag"} and changed["id"] == keys[1]
