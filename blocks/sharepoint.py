@@ -2,10 +2,12 @@
 
 Reads follow the list's delta feed: the cursor is the ``@odata.deltaLink``; deletions come
 from the feed itself, and ``410 Gone`` starts a full read over (after
-``resyncChangesUploadDifferences`` one that infers no deletion: the list may lack items). The delta feed does not
-carry ``lastModifiedBy``, so changed items are read again through ``$batch`` (20 a call)
-to learn who changed them; that is what lets the sync tell its own echoes from people's
-edits. Writes go through ``$batch`` too, updates with ``If-Match`` on the eTag read, and
+``resyncChangesUploadDifferences`` one that infers no deletion: the list may lack items).
+Records are made from the feed's own items (read with ``$expand=fields``): values, eTag,
+change time, and who changed them when ``modified_by`` names a column. Graph's feed leaves
+out the ``lastModifiedBy`` item property, so an item that comes without it is read again
+through ``$batch`` (20 a call) to learn who changed it; that is what lets the sync tell its
+own echoes from people's edits. Writes go through ``$batch`` too, updates with ``If-Match`` on the eTag read, and
 only the sub-requests that failed transiently are retried, honouring ``Retry-After``.
 """
 
@@ -109,8 +111,9 @@ class SharePointList(HttpEndpointBlock):
     retry_attempts: int = Field(5, ge=1, le=50, description="Tries per request or batch")
     read_modifiers: bool = Field(
         True,
-        description="Read changed items again to learn lastModifiedBy (the delta feed omits "
-        "it); when off, echoes are caught by the values hash only",
+        description="Read changed items again ($batch, 20 a call) when the delta feed does "
+        "not carry who changed them (Graph's leaves out lastModifiedBy); when off, echoes are "
+        "caught by the values hash only",
     )
     timeout_seconds: float = Field(30.0, gt=0, description="Timeout of one HTTP request")
     credentials: IntegrationAccountCredentials | None = Field(
@@ -170,6 +173,17 @@ class SharePointList(HttpEndpointBlock):
             creds.client_secret,
             scope=f"{self.graph_url.rstrip('/')}/.default",
         )
+
+    def _note(self, reply: Reply) -> str:
+        """The app's resource units, from the RateLimit headers SharePoint adds once 80% of
+        the minute's budget is spent (a throttled answer says why it came)."""
+        limit = reply.headers.get("ratelimit-limit")
+        remaining = reply.headers.get("ratelimit-remaining")
+        if limit is None or remaining is None:
+            return ""
+        reset = reply.headers.get("ratelimit-reset")
+        resets = f", the budget renews in {reset} s" if reset else ""
+        return f" (the app's resource units this minute: {remaining} of {limit} left{resets})"
 
     def _api(self, path: str) -> str:
         return f"{self.graph_url.rstrip('/')}/v1.0/{path.lstrip('/')}"
@@ -257,12 +271,7 @@ class SharePointList(HttpEndpointBlock):
 
         Microsoft Graph calls only public HTTPS URLs back, so against its own hosts a
         plain-HTTP or loopback ``notification_url`` is refused before any request."""
-        if _graph_host(self.graph_url) and not is_public_https(notification_url):
-            raise DefinitionError(
-                f"notification URL {safe_url(notification_url)}: Microsoft Graph "
-                f"({safe_url(self.graph_url)}) calls only public HTTPS URLs back; give the "
-                "receiver's public https:// address"
-            )
+        check_notification_url(self.graph_url, notification_url)
         site = self._call("GET", self._api(f"sites/{quote(self.site, safe=',')}")).body
         path = f"sites/{quote(site['id'], safe=',')}/lists/{quote(self.list, safe='')}"
         lst = self._call("GET", self._api(path)).body
@@ -337,9 +346,23 @@ class SharePointList(HttpEndpointBlock):
             values={c: fields.get(c) for c in self.columns_to_sync},
             modified_at=parse_timestamp(stamp),
             modified_by=by,
-            version=item.get("eTag") or fields.get("@odata.etag"),
+            version=_etag(item),
             link=fields.get(self.link_column) if self.link_column else None,
         )
+
+    def _complete(self, item: dict[str, Any]) -> bool:
+        """Whether a delta item carries all a record needs: its fields (the feed is read
+        with ``$expand=fields``) and who changed it. The modifier comes with the fields
+        when ``modified_by`` names a column; an item property (``lastModifiedBy``) only
+        when the feed holds it, which Graph's does not: such items are read again. With
+        ``read_modifiers`` off, the feed's item is taken as it is."""
+        if not self.read_modifiers:
+            return True
+        if not isinstance(item.get("fields"), dict):
+            return False
+        if not self.modified_by or self.modified_by not in _ITEM_PROPERTIES:
+            return True
+        return _display_name(item.get(self.modified_by)) is not None
 
     def columns(self) -> set[str]:
         """The list's columns, plus the item properties records are read from (``id``,
@@ -422,6 +445,7 @@ class SharePointList(HttpEndpointBlock):
         else:
             url, params = cursor, None
         seen: set[str] = set()
+        read_again: dict[str, RawRecord] = {}  # items of this read fetched through $batch
         while True:
             if url in seen:
                 raise Fatal(f"{self._where()}: the delta feed repeats a next link")
@@ -446,13 +470,20 @@ class SharePointList(HttpEndpointBlock):
             delta_link = page.get("@odata.deltaLink")
             if not following and not delta_link:
                 raise Fatal(f"{self._where()}: a delta page had neither nextLink nor deltaLink")
-            if self.read_modifiers and latest:
-                # the feed leaves out lastModifiedBy: read the changed items again, 20 a call;
+            carried = {k: self._record(i) for k, i in latest.items() if self._complete(i)}
+            for key, item in latest.items():
+                known = read_again.get(key)
+                if key not in carried and known and known.version == _etag(item):
+                    carried[key] = known  # repeated from an earlier page, unchanged
+            missing = [k for k in latest if k not in carried]
+            if missing:
+                # Graph's feed leaves out lastModifiedBy: read those items again, 20 a call;
                 # an item gone meanwhile is reported deleted by the next round of the feed
-                records, calls = self._read_items(builtins.list(latest))
+                fetched, calls = self._read_items(missing)
                 requests += calls
-            else:
-                records = [self._record(item) for item in latest.values()]
+                read_again |= {r.key: r for r in fetched}
+                carried |= {r.key: r for r in fetched}
+            records = [carried[k] for k in latest if k in carried]
             yield ChangeSet(
                 records=records,
                 deleted=builtins.list(deleted) if cursor is not None else [],
@@ -605,6 +636,18 @@ def _graph_host(url: str) -> bool:
     return httpx.URL(url).host.lower() in GRAPH_HOSTS
 
 
+def check_notification_url(graph_url: str, notification_url: str) -> None:
+    """Refuse, in one line, a ``notification_url`` that Microsoft Graph at ``graph_url``
+    cannot call back: against Graph's own hosts only a public HTTPS URL will do (plain HTTP
+    and loopback are refused); a simulator may call what it likes."""
+    if _graph_host(graph_url) and not is_public_https(notification_url):
+        raise DefinitionError(
+            f"notification URL {safe_url(notification_url)}: Microsoft Graph "
+            f"({safe_url(graph_url)}) calls only public HTTPS URLs back; give the "
+            "receiver's public https:// address"
+        )
+
+
 _ITEM_PROPERTIES = (
     "lastModifiedDateTime",
     "createdDateTime",
@@ -612,6 +655,11 @@ _ITEM_PROPERTIES = (
     "createdBy",
     "eTag",
 )
+
+
+def _etag(item: dict[str, Any]) -> str | None:
+    """A listItem's eTag: the item's own, else its fields' ``@odata.etag``."""
+    return item.get("eTag") or (item.get("fields") or {}).get("@odata.etag")
 
 
 def _display_name(value: Any) -> str | None:

@@ -68,6 +68,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from twoway import catalog
+from twoway.definition import Definition
 from twoway.errors import DefinitionError, Fatal, TwowayError
 
 log = logging.getLogger("twoway.webhooks")
@@ -190,10 +191,16 @@ def block_secret(sync: str, system: str) -> SecretStr | None:
 
     Raises DefinitionError when the sync or the system does not exist.
     """
-    definition = catalog.load(sync)
+    return system_secret(catalog.load(sync), system)
+
+
+def system_secret(definition: Definition, system: str) -> SecretStr | None:
+    """The webhook secret of a system of a loaded definition (see :func:`block_secret`)."""
     if system not in definition.systems:
         known = ", ".join(sorted(definition.systems))
-        raise DefinitionError(f"sync {sync!r} has no system {system!r} (its systems: {known})")
+        raise DefinitionError(
+            f"sync {definition.name!r} has no system {system!r} (its systems: {known})"
+        )
     own = getattr(definition.systems[system], "webhook_secret", None)
     if own is not None:
         return own
@@ -624,6 +631,7 @@ def subscribe(
     the receiver for the validation handshake while this waits, so the receiver must be
     serving at ``public_url``. Returns one summary per subscription (no secrets).
     """
+    from blocks.sharepoint import check_notification_url
     from twoway.connectors import open_endpoint
 
     definition = catalog.load(sync)
@@ -638,9 +646,15 @@ def subscribe(
         lists = list(systems)
     if not lists:
         raise DefinitionError(f"sync {definition.name!r} has no SharePoint list to subscribe to")
+    urls = {
+        system: f"{public_url.rstrip('/')}/graph/{quote(definition.name)}/{quote(system)}"
+        for system in lists
+    }
+    for system in lists:  # before any block is loaded or request sent
+        check_notification_url(definition.systems[system].graph_url, urls[system])
     out = []
     for system in lists:
-        secret = block_secret(definition.name, system)
+        secret = system_secret(definition, system)
         if secret is None:
             raise DefinitionError(
                 f"systems.{system}: the credentials block has no webhook_secret; Graph needs "
@@ -649,11 +663,7 @@ def subscribe(
         endpoint = open_endpoint(definition, system)
         try:
             out.append(
-                endpoint.subscribe(
-                    f"{public_url.rstrip('/')}/graph/{quote(definition.name)}/{quote(system)}",
-                    secret,
-                    minutes,
-                )
+                endpoint.subscribe(urls[system], secret, minutes)
                 | {"sync": definition.name, "system": system}
             )
         finally:

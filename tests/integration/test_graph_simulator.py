@@ -185,6 +185,7 @@ def test_delta_initial_pages_changes_deletes_and_gone(graph):
         break
     assert [i["id"] for i in seen] == keys
     assert all("lastModifiedBy" not in i and i["eTag"] and i["fields"]["Title"] for i in seen)
+    assert {i["createdBy"]["user"]["displayName"] for i in seen} == {"Alice"}  # as documented
     assert "token=" in delta_link
 
     state.user_update("Contacts", keys[1], {"Title": "first"})
@@ -549,17 +550,52 @@ def test_subscription_listing_pages_and_public_urls_only_when_set(graph):
 def test_resource_units_per_minute_throttle_with_retry_after_and_ratelimit_headers():
     now = [datetime(2026, 1, 5, 9, 0, 5, tzinfo=UTC)]
     state = GraphState(client_id=CLIENT_ID, client_secret=SECRET, clock=lambda: now[0])
-    state.resource_units_per_minute = 5
+    state.resource_units_per_minute = 10
     with BackgroundServer(create_app(state)) as server, httpx.Client(base_url=server.url) as http:
         headers = auth(http, state)
-        answers = [http.get(ITEMS, headers=headers) for _ in range(6)]
+        answers = [http.get(ITEMS, headers=headers) for _ in range(6)]  # 2 units each
         assert [a.status_code for a in answers] == [200] * 5 + [429]
-        assert "RateLimit-Limit" not in answers[2].headers
+        assert "RateLimit-Limit" not in answers[2].headers  # 6 of 10 spent
+        assert answers[3].headers["RateLimit-Remaining"] == "2"  # 80% spent: the headers
         assert answers[4].headers["RateLimit-Remaining"] == "0"
+        assert answers[4].headers["RateLimit-Limit"] == "10"
         assert answers[5].headers["Retry-After"] == "55"  # the rest of the minute
+        assert answers[5].headers["RateLimit-Reset"] == "55"
         assert answers[5].json()["error"]["code"] == "TooManyRequests"
         now[0] += timedelta(seconds=55)
         assert http.get(ITEMS, headers=headers).status_code == 200
+    state.close()
+
+
+def test_resource_units_cost_what_sharepoint_documents():
+    now = [datetime(2026, 1, 5, 9, 0, 0, tzinfo=UTC)]
+    state = GraphState(client_id=CLIENT_ID, client_secret=SECRET, clock=lambda: now[0])
+    key = state.user_create("Contacts", {"Title": "Cost"})
+    with BackgroundServer(create_app(state)) as server, httpx.Client(base_url=server.url) as http:
+        headers = auth(http, state)
+
+        def cost(method: str, url: str, **kw: Any) -> int:
+            state.resource_units_per_minute = 100  # a fresh budget, watched from 80 on
+            state._units = (int(now[0].timestamp() // 60), 80)
+            answer = http.request(method, url, headers=headers, **kw)
+            assert answer.status_code < 300, answer.text
+            return 100 - 80 - int(answer.headers["RateLimit-Remaining"])
+
+        assert cost("GET", f"{ITEMS}/{key}") == 1  # a single item
+        assert cost("GET", ITEMS) == 2  # several items
+        assert cost("GET", f"{ITEMS}/delta") == 2  # a delta without a token
+        link = http.get(f"{ITEMS}/delta", headers=headers).json()["@odata.deltaLink"]
+        assert cost("GET", link) == 1  # a delta with a token
+        assert cost("POST", ITEMS, json={"fields": {"Title": "n"}}) == 2  # a create
+        assert cost("PATCH", f"{ITEMS}/{key}/fields", json={"Title": "u"}) == 2  # an update
+        get = {"method": "GET", "url": f"/sites/root/lists/Contacts/items/{key}"}
+        batch = {"requests": [{"id": str(i), **get} for i in range(3)]}
+        assert cost("POST", "/v1.0/$batch", json=batch) == 3  # its requests one by one
+        state.resource_units_per_minute = 100
+        state._units = (int(now[0].timestamp() // 60), 99)
+        refused = http.post("/v1.0/$batch", headers=headers, json=batch)
+        assert refused.status_code == 429  # 3 units do not fit in the 1 left
+        assert http.get(f"{ITEMS}/{key}", headers=headers).status_code == 429  # it counted
     state.close()
 
 
@@ -575,3 +611,32 @@ def test_delta_pages_may_repeat_an_item(graph):
         url, params = page.get("@odata.nextLink"), None
     assert sorted(set(seen)) == sorted(keys) and len(seen) > len(keys)
     state.repeat_delta_items = False
+
+
+def test_select_keeps_the_item_properties_named_and_the_delta_keeps_it_page_after_page(graph):
+    state, http, _ = graph
+    keys = [state.user_create("Contacts", {"Title": f"S{i}"}, user="Sam") for i in range(3)]
+    headers = auth(http, state)
+    listed = http.get(
+        ITEMS,
+        headers=headers,
+        params={"$select": "id,lastModifiedBy", "$expand": "fields($select=Title)"},
+    ).json()["value"]
+    assert {tuple(sorted(i)) for i in listed} == {("@odata.etag", "fields", "id", "lastModifiedBy")}
+    assert {i["lastModifiedBy"]["user"]["displayName"] for i in listed} == {"Sam"}
+    one = http.get(f"{ITEMS}/{keys[0]}", headers=headers, params={"$select": "eTag"}).json()
+    assert set(one) == {"@odata.etag", "id", "eTag"}
+
+    params: dict[str, str] | None = {"$select": "id,eTag,lastModifiedBy", "$top": "2"}
+    url, seen = f"{ITEMS}/delta", []
+    while url:
+        page = http.get(url, headers=headers, params=params).json()
+        seen += page["value"]
+        url, params = page.get("@odata.nextLink"), None
+        link = page.get("@odata.deltaLink")
+    # the token carries $select to the next pages; lastModifiedBy never comes in the feed
+    assert [i["id"] for i in seen] == keys and len(seen) == 3
+    assert all(set(i) == {"@odata.etag", "id", "eTag"} for i in seen)
+    state.user_update("Contacts", keys[1], {"Title": "changed"}, user="Sam")
+    (changed,) = http.get(link, headers=headers).json()["value"]
+    assert set(changed) == {"@odata.etag", "id", "eTag"} and changed["id"] == keys[1]

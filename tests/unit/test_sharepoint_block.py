@@ -22,7 +22,7 @@ from blocks.credentials import IntegrationAccountCredentials
 from blocks.sharepoint import SharePointList
 from tasks.common import PlannedOp
 from tasks.load import load_changes
-from twoway.contract import Create, Delete, Update
+from twoway.contract import Create, Delete, Update, fold_pages
 from twoway.definition import load_definition
 from twoway.errors import DefinitionError, Fatal, PreconditionFailed, Retriable, Skippable
 from twoway.retry import RetryPolicy
@@ -489,3 +489,251 @@ def test_items_repeated_across_delta_pages_come_once(env):
     finally:
         state.repeat_delta_items = False
     assert sorted(r.key for r in later.records) == sorted(keys)
+
+
+def _changes_read(block: SharePointList, state: GraphState, recorder: Recorder, cursor: str):
+    """Read the changes since ``cursor``; the change set, the HTTP calls it made (method,
+    path) and the requests the simulator served for it (``$batch`` sub-requests included)."""
+    sent, served = len(recorder.sent), state.requests
+    changes = block.read_changes(cursor)
+    calls = [(method, path) for method, path, _ in recorder.sent[sent:]]
+    return changes, calls, state.requests - served
+
+
+def test_a_read_of_changed_items_asks_graph_for_modifiers_twenty_a_batch_not_per_item(env):
+    state, block, recorder, _ = env
+    block.page_size = 50
+    first = block.read_changes(None)
+    keys = [state.user_create("Contacts", {"Title": f"N{i}"}, user="Nina") for i in range(45)]
+    changes, calls, served = _changes_read(block, state, recorder, first.cursor)
+    assert sorted(r.key for r in changes.records) == sorted(keys)
+    assert {r.modified_by for r in changes.records} == {"Nina"}
+    # one delta page; Graph's feed leaves out lastModifiedBy, so the 45 items are read
+    # again in three $batch calls of 20, 20 and 5: four calls, none per item
+    assert [path.rsplit("/", 1)[-1] for _, path in calls] == ["delta"] + ["$batch"] * 3
+    assert [len(b["requests"]) for b in recorder.paths("$batch")[-3:]] == [20, 20, 5]
+    assert changes.requests == 4 and served == 1 + 45
+
+
+def test_a_modifier_column_comes_with_the_delta_page_and_nothing_is_read_again():
+    state = GraphState(client_id="app", client_secret=SECRET)
+    state.add_list("Contacts", {"ChangedBy": "text"})
+    with BackgroundServer(create_app(state)) as server:
+        recorder = Recorder()
+        block = SharePointList(
+            graph_url=server.url,
+            token_url=f"{server.url}/{state.tenant_id}/oauth2/v2.0/token",
+            columns_to_sync=["Title"],
+            modified_by="ChangedBy",
+            integration_account="twoway-sync",
+            page_size=20,
+            credentials=IntegrationAccountCredentials(
+                client_id="app", client_secret=SecretStr(SECRET)
+            ),
+        )
+        block.use_transport(recorder)
+        first = block.read_changes(None)
+        for i in range(45):
+            state.user_create("Contacts", {"Title": f"C{i}", "ChangedBy": f"P{i % 3}"})
+        changes, calls, served = _changes_read(block, state, recorder, first.cursor)
+        block.close()
+    state.close()
+    assert len(changes.records) == 45
+    assert {r.modified_by for r in changes.records} == {"P0", "P1", "P2"}
+    assert {r.values["Title"] for r in changes.records} == {f"C{i}" for i in range(45)}
+    # three delta pages (20, 20, 5) carry values and modifier: three calls, not 45 reads
+    assert [path.rsplit("/", 1)[-1] for _, path in calls] == ["delta"] * 3
+    assert changes.requests == 3 and served == 3
+
+
+def test_items_the_delta_page_carries_fully_are_not_read_again():
+    """A feed whose items hold ``lastModifiedBy`` (the item property) spares the re-read of
+    those; the rest of the page is read through $batch, 20 a call."""
+    batches: list[list[str]] = []
+
+    def item(n: int, by: str | None) -> dict:
+        body = {
+            "id": str(n),
+            "eTag": f'"g{n},2"',
+            "lastModifiedDateTime": "2026-01-05T09:00:00Z",
+            "fields": {"Title": f"T{n}", "@odata.etag": f'"g{n},2"'},
+        }
+        if by:
+            body["lastModifiedBy"] = {"user": {"displayName": by, "id": "u"}}
+        return body
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/token"):
+            return httpx.Response(200, json={"access_token": "t", "expires_in": 3599})
+        if request.url.path.endswith("$batch"):
+            subs = json.loads(request.content)["requests"]
+            batches.append([s["url"].split("/items/")[1].split("?")[0] for s in subs])
+            answers = []
+            for s in subs:
+                n = int(batches[-1][len(answers)])
+                answers.append({"id": s["id"], "status": 200, "body": item(n, "R")})
+            return httpx.Response(200, json={"responses": answers})
+        page = [item(n, None if n % 8 == 0 else "Carried") for n in range(1, 26)]
+        return httpx.Response(
+            200, json={"value": page, "@odata.deltaLink": "https://graph.example/v1.0/next?token=b"}
+        )
+
+    block = SharePointList(
+        graph_url="https://graph.example",
+        tenant="contoso",
+        columns_to_sync=["Title"],
+        credentials=IntegrationAccountCredentials(client_id="a", client_secret=SecretStr("b")),
+    )
+    block.use_transport(httpx.MockTransport(handler))
+    changes = block.read_changes(
+        "https://graph.example/v1.0/sites/root/lists/x/items/delta?token=a"
+    )
+    assert batches == [["8", "16", "24"]]  # only the three the page did not carry fully
+    assert changes.requests == 2
+    by = {r.key: r.modified_by for r in changes.records}
+    assert [r.key for r in changes.records] == [str(n) for n in range(1, 26)]  # page order
+    assert {k for k, v in by.items() if v == "R"} == {"8", "16", "24"}
+    assert {v for k, v in by.items() if k not in ("8", "16", "24")} == {"Carried"}
+
+
+def test_an_item_changed_between_the_pages_that_repeat_it_is_taken_from_the_later_one(env):
+    state, block, _, _ = env
+    block.read_modifiers = False  # the initial enumeration pages the delta feed itself
+    for key in [str(i["id"]) for i in state.items("Contacts")]:
+        state.user_delete("Contacts", key)
+    keys = [state.user_create("Contacts", {"Title": f"P{i}"}) for i in range(10)]
+    state.repeat_delta_items = True
+    try:
+        pages = block.read_pages(None)
+        first = next(pages)
+        repeated = first.records[-1].key  # Graph shows it again at the top of the next page
+        state.user_update("Contacts", repeated, {"Title": "changed between pages"})
+        read = fold_pages([first, *pages])
+    finally:
+        state.repeat_delta_items = False
+    titles = {r.key: r.values["Title"] for r in read.records}
+    assert sorted(r.key for r in read.records) == sorted(keys)  # each item once
+    assert titles[repeated] == "changed between pages"  # its last occurrence
+
+
+def test_an_item_repeated_within_a_delta_page_is_taken_from_its_last_occurrence():
+    def live(n: int, title: str) -> dict:
+        return {"id": str(n), "eTag": f'"g{n},1"', "fields": {"Title": title}}
+
+    page = [
+        live(5, "first"),
+        live(6, "alive"),
+        {"id": "7", "deleted": {"state": "deleted"}},
+        live(5, "last"),
+        {"id": "6", "deleted": {"state": "deleted"}},
+        live(7, "back"),
+    ]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/token"):
+            return httpx.Response(200, json={"access_token": "t", "expires_in": 3599})
+        return httpx.Response(200, json={"value": page, "@odata.deltaLink": f"{request.url}b"})
+
+    block = SharePointList(
+        graph_url="https://graph.example",
+        tenant="contoso",
+        columns_to_sync=["Title"],
+        read_modifiers=False,
+        credentials=IntegrationAccountCredentials(client_id="a", client_secret=SecretStr("b")),
+    )
+    block.use_transport(httpx.MockTransport(handler))
+    read = block.read_changes("https://graph.example/v1.0/sites/root/lists/x/items/delta?token=a")
+    assert {r.key: r.values["Title"] for r in read.records} == {"5": "last", "7": "back"}
+    assert read.deleted == ["6"]
+
+
+def test_an_item_repeated_on_the_next_delta_page_unchanged_is_not_read_again(env):
+    state, block, recorder, _ = env
+    first = block.read_changes(None)
+    keys = [state.user_create("Contacts", {"Title": f"Q{i}"}, user="Quinn") for i in range(9)]
+    state.repeat_delta_items = True  # pages of 4: each next page repeats the last item
+    try:
+        changes, calls, served = _changes_read(block, state, recorder, first.cursor)
+    finally:
+        state.repeat_delta_items = False
+    assert sorted(r.key for r in changes.records) == sorted(keys)
+    assert {r.modified_by for r in changes.records} == {"Quinn"}
+    pages = [c for c in calls if c[1].endswith("/delta")]
+    assert len(pages) == 3  # 4, then 1 repeated + 3, then 1 repeated + 2
+    read_again = [r["url"] for b in recorder.paths("$batch")[-3:] for r in b["requests"]]
+    assert len(read_again) == 9  # each item once, not the repeats again
+    assert served == len(pages) + 9
+
+
+def test_a_throttled_answer_says_how_much_of_the_resource_unit_budget_is_left():
+    now = [datetime(2026, 1, 5, 9, 0, 20, tzinfo=UTC)]
+    state = GraphState(client_id="app", client_secret=SECRET, clock=lambda: now[0])
+    state.resource_units_per_minute = 5
+    with BackgroundServer(create_app(state)) as server:
+        block = SharePointList(
+            graph_url=server.url,
+            token_url=f"{server.url}/{state.tenant_id}/oauth2/v2.0/token",
+            retry_attempts=1,
+            credentials=IntegrationAccountCredentials(
+                client_id="app", client_secret=SecretStr(SECRET)
+            ),
+        )
+        for _ in range(2):
+            block.columns()  # a list of columns: 2 units each
+        with pytest.raises(Retriable) as caught:
+            block.columns()
+        block.close()
+    state.close()
+    assert caught.value.status == 429 and caught.value.retry_after == 40.0
+    assert "resource units this minute: 0 of 5 left, the budget renews in 40 s" in str(caught.value)
+
+
+@pytest.mark.parametrize("status", [429, 503])
+def test_graph_asking_for_minutes_inside_a_batch_is_waited_out_up_to_the_definitions_deadline(
+    tmp_path: Path, status: int
+):
+    """Graph throttles with 429 or 503 and a Retry-After of minutes, for a whole call or
+    for one request inside a $batch; each wait is honoured in full while the run's waits
+    stay within the retry_deadline_seconds the definition sets, and past it the run stops."""
+    path = tmp_path / "sync.yaml"
+    path.write_text(
+        "name: contacts\n"
+        "systems:\n"
+        "  crm: {kind: sql, url: 'sqlite:///crm.db', table: contacts}\n"
+        "  sp: {kind: sharepoint, tenant: contoso, list: People, retry_deadline_seconds: 400}\n"
+        "fields:\n"
+        "  email: {crm: email, sp: Email}\n",
+        encoding="utf-8",
+    )
+    spec = load_definition(path).systems["sp"]
+    calls = 0
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal calls
+        if request.url.path.endswith("/token"):
+            return httpx.Response(200, json={"access_token": "t", "expires_in": 3599})
+        calls += 1
+        if calls == 1:
+            return httpx.Response(status, headers={"Retry-After": "150"}, json={"error": {}})
+        answers = []
+        for sub in json.loads(request.content)["requests"]:
+            if calls == 2 and sub["id"] == "1":
+                answers.append({"id": "1", "status": status, "headers": {"Retry-After": "200"}})
+            else:
+                key = sub["url"].split("/items/")[1].split("?")[0]
+                body = {"id": key, "eTag": '"g,1"', "fields": {"Email": f"{key}@x"}}
+                answers.append({"id": sub["id"], "status": 200, "body": body})
+        return httpx.Response(200, json={"responses": answers})
+
+    block = SharePointList.from_definition("sp", spec, ["Email"])
+    credentials = IntegrationAccountCredentials(client_id="a", client_secret=SecretStr("b"))
+    block.credentials = credentials
+    waits: list[float] = []
+    block.use_transport(httpx.MockTransport(handler))
+    block.use_retry_hooks(waits.append)
+    assert [r.key for r in block.read(["1", "2", "3"])] == ["1", "2", "3"]
+    assert waits == [150.0, 200.0]  # in full: no 30 s cap
+    calls = 0
+    with pytest.raises(Fatal, match=r"wait 150 s .* waited 350 s and may wait 400 s"):
+        block.read(["1"])  # 150 more would pass the deadline: the run stops
+    assert waits == [150.0, 200.0]

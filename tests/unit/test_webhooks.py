@@ -14,6 +14,7 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
+from twoway.errors import DefinitionError
 from twoway.webhooks import (
     SECRET_HEADER,
     SIGNATURE_HEADER,
@@ -325,3 +326,56 @@ def test_a_directus_body_that_is_no_item_event_gets_400(body):
     receiver, _, emitted = make()
     answer = directus_post(receiver, body, {SECRET_HEADER: SECRET.get_secret_value()})
     assert answer.status_code == 400 and emitted == []
+
+
+def _sharepoint_sync(tmp_path, graph_url: str | None = None) -> str:
+    """A definition file with one SharePoint list (on Graph itself unless ``graph_url``)."""
+    where = f", graph_url: '{graph_url}'" if graph_url else ""
+    path = tmp_path / "sp.sync.yaml"
+    path.write_text(
+        "name: sp-sync\n"
+        "systems:\n"
+        "  crm: {kind: sql, url: 'sqlite:///crm.db', table: contacts}\n"
+        f"  sp: {{kind: sharepoint, tenant: contoso, list: People, block: sp-creds{where}}}\n"
+        "fields:\n"
+        "  email: {crm: email, sp: Email}\n",
+        encoding="utf-8",
+    )
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "public_url", ["http://hooks.example.com", "https://127.0.0.1:8787", "https://localhost"]
+)
+def test_subscribing_on_graph_refuses_a_url_it_cannot_call_in_one_line_with_exit_2(
+    tmp_path, monkeypatch, capsys, public_url
+):
+    import blocks.base
+    from twoway import cli
+
+    def no_block(*args, **kwargs):
+        raise AssertionError("no block may be loaded before the URL is checked")
+
+    monkeypatch.setattr(blocks.base, "load_block", no_block)
+    path = _sharepoint_sync(tmp_path)
+    assert cli.main(["webhooks", "subscribe", path, "--public-url", public_url]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: notification URL ")
+    assert "public HTTPS" in err[0] and "graph.microsoft.com" in err[0]
+
+
+def test_subscribing_against_a_simulated_tenant_takes_a_loopback_url(tmp_path, monkeypatch):
+    import blocks.base
+    from twoway import webhooks
+
+    asked: list[str] = []
+
+    def no_secret(name, where):
+        asked.append(where)
+        return None
+
+    monkeypatch.setattr(blocks.base, "load_block", no_secret)
+    path = _sharepoint_sync(tmp_path, graph_url="http://127.0.0.1:8765")
+    with pytest.raises(DefinitionError, match="no webhook_secret"):
+        webhooks.subscribe(path, "http://127.0.0.1:8787")
+    assert asked == ["systems.sp"]  # the secret of the definition's own file, by its path

@@ -236,6 +236,7 @@ class DeltaPosition:
     expand_fields: bool
     select: tuple[str, ...] | None
     top: int
+    props: tuple[str, ...] | None = None  # the item properties $select keeps (None: all)
 
 
 @dataclass
@@ -316,8 +317,10 @@ class GraphState:
         #: take an item's last occurrence, not count it twice
         self.repeat_delta_items = False
         self.subscriptions_page_size = 100  # subscriptions per GET /subscriptions page
-        #: the app's resource units per minute (None: no budget); a request costs one, a
-        #: $batch one per sub-request; past the budget Graph answers 429 until the minute ends
+        #: the app's resource units per minute (None: no budget; SharePoint gives an app of
+        #: a tenant with up to 1,000 licences 1,200). Each request costs what
+        #: :func:`resource_units` says, a $batch the sum of its sub-requests, a refused
+        #: request too; past the budget Graph answers 429 until the minute ends
         self.resource_units_per_minute: int | None = None
         self._units = (0, 0)  # (minute, units spent in it)
         #: refuse notification URLs real Graph cannot reach (plain HTTP, loopback); the
@@ -664,6 +667,7 @@ class GraphState:
         fields: bool,
         select: tuple[str, ...] | None = None,
         delta: bool = False,
+        props: tuple[str, ...] | None = None,
     ) -> dict[str, Any]:
         body: dict[str, Any] = {
             "@odata.etag": item.etag,
@@ -673,8 +677,10 @@ class GraphState:
             "lastModifiedDateTime": iso(item.modified),
             "webUrl": f"https://{HOSTNAME}/Lists/{quote(lst.title)}/{item.id}_.000",
         }
-        if not delta:  # the delta feed leaves out who created and changed an item
-            body["createdBy"] = item.created_by.identity_set()
+        # the delta feed shows who created an item, as Graph's does, but not who changed
+        # it last: lastModifiedBy is never in it, even when $select names it
+        body["createdBy"] = item.created_by.identity_set()
+        if not delta:
             body["lastModifiedBy"] = item.modified_by.identity_set()
         body["parentReference"] = {"id": lst.id, "siteId": self.site_id}
         body["contentType"] = {
@@ -684,6 +690,9 @@ class GraphState:
         body["sharepointIds"] = {"listId": lst.id, "listItemId": str(item.id)}
         if fields:
             body["fields"] = self._fields_json(lst, item, select)
+        if props is not None:
+            kept = {"@odata.etag", "id", "fields", *props}
+            body = {k: v for k, v in body.items() if k in kept}
         return body
 
     def list_json(self, lst: GraphList) -> dict[str, Any]:
@@ -722,6 +731,7 @@ class GraphState:
     ) -> dict[str, Any]:
         """One page of ``GET .../items``, keyset-paged by item id with an opaque skiptoken."""
         expand, select = _parse_expand(query)
+        props = _parse_select(query)
         top = _parse_top(query)
         after = 0
         if "$skiptoken" in query:
@@ -738,7 +748,9 @@ class GraphState:
                 page.append(lst.items[item_id])
             body: dict[str, Any] = {
                 "@odata.context": f"{base}/v1.0/$metadata#sites('root')/lists('{lst.id}')/items",
-                "value": [self._item_json(lst, i, fields=expand, select=select) for i in page],
+                "value": [
+                    self._item_json(lst, i, fields=expand, select=select, props=props) for i in page
+                ],
             }
         if more:
             params = {k: v for k, v in query.items() if k != "$skiptoken"}
@@ -750,11 +762,12 @@ class GraphState:
         """One page of ``GET .../items/delta``: the initial enumeration or changes since a token."""
         expand, select = _parse_expand(query)
         explicit = "$expand" in query or "expand" in query
+        props = _parse_select(query)
         top = _parse_top(query)
         token = query.get("token")
         with self._lock:
             if token == "latest":
-                pos = DeltaPosition(lst.id, self._seq, None, 0, expand, select, top)
+                pos = DeltaPosition(lst.id, self._seq, None, 0, expand, select, top, props)
                 return {
                     "value": [],
                     "@odata.deltaLink": _link(base, path, {"token": self._keep(pos)}),
@@ -771,13 +784,14 @@ class GraphState:
                     expand if explicit else start.expand_fields,
                     select if explicit else start.select,
                     top if "$top" in query else start.top,
+                    props if "$select" in query or "select" in query else start.props,
                 )
             elif "$skiptoken" in query:
                 pos = self._delta_tokens.get(query["$skiptoken"])  # type: ignore[assignment]
                 if pos is None or pos.list_id != lst.id:
                     raise self._gone(base, path)
             else:
-                pos = DeltaPosition(lst.id, None, self._seq, 0, expand, select, top)
+                pos = DeltaPosition(lst.id, None, self._seq, 0, expand, select, top, props)
             value, last, more = self._delta_page(lst, pos)
             body: dict[str, Any] = {
                 "@odata.context": f"{base}/v1.0/$metadata#Collection(listItem)",
@@ -785,12 +799,19 @@ class GraphState:
             }
             if more:
                 page_pos = DeltaPosition(
-                    lst.id, pos.since, pos.upto, last, pos.expand_fields, pos.select, pos.top
+                    lst.id,
+                    pos.since,
+                    pos.upto,
+                    last,
+                    pos.expand_fields,
+                    pos.select,
+                    pos.top,
+                    pos.props,
                 )
                 body["@odata.nextLink"] = _link(base, path, {"$skiptoken": self._keep(page_pos)})
             else:
                 next_pos = DeltaPosition(
-                    lst.id, pos.upto, None, 0, pos.expand_fields, pos.select, pos.top
+                    lst.id, pos.upto, None, 0, pos.expand_fields, pos.select, pos.top, pos.props
                 )
                 body["@odata.deltaLink"] = _link(base, path, {"token": self._keep(next_pos)})
             return body
@@ -806,7 +827,12 @@ class GraphState:
             chosen = ids[: pos.top]
             value = [
                 self._item_json(
-                    lst, lst.items[i], fields=pos.expand_fields, select=pos.select, delta=True
+                    lst,
+                    lst.items[i],
+                    fields=pos.expand_fields,
+                    select=pos.select,
+                    delta=True,
+                    props=pos.props,
                 )
                 for i in chosen
             ]
@@ -836,6 +862,7 @@ class GraphState:
                         fields=pos.expand_fields,
                         select=pos.select,
                         delta=True,
+                        props=pos.props,
                     )
                 )
             else:
@@ -876,8 +903,7 @@ class GraphState:
         with self._lock:
             spent = self._units[1] if self._units[0] == minute else 0
             over = spent + units > budget
-            if not over:
-                spent += units
+            spent = min(budget, spent + units) if over else spent + units  # refused ones count
             self._units = (minute, spent)
         reset = max(1, int((minute + 1) * 60 - now + 0.999))
         headers = {}
@@ -1065,6 +1091,14 @@ def _parse_expand(query: dict[str, str]) -> tuple[bool, tuple[str, ...] | None]:
                 return True, None
             return True, tuple(s.strip() for s in match.group(1).split(",") if s.strip())
     raise GraphError(400, "BadRequest", f"Parsing OData Select and Expand failed: '{raw}'")
+
+
+def _parse_select(query: dict[str, str]) -> tuple[str, ...] | None:
+    """``$select=id,eTag,lastModifiedDateTime``: the item properties to keep (None: all)."""
+    raw = query.get("$select", query.get("select"))
+    if raw is None:
+        return None
+    return tuple(p.strip() for p in _split_top_level(raw) if p.strip())
 
 
 def _split_top_level(text: str) -> list[str]:
@@ -1273,11 +1307,13 @@ class Dispatcher:
             if name == "item":
                 if method == "GET":
                     expand, select = _parse_expand(query)
+                    props = _parse_select(query)
                     with state._lock:
                         item = state._item(lst, params["item"])
-                        return Answer(
-                            200, state._item_json(lst, item, fields=expand, select=select)
+                        body = state._item_json(
+                            lst, item, fields=expand, select=select, props=props
                         )
+                        return Answer(200, body)
                 with state._lock:
                     state.delete_item(lst, params["item"], if_match)
                 return Answer(204)
@@ -1405,6 +1441,32 @@ def _expiration(value: Any) -> datetime:
     return when
 
 
+def resource_units(method: str, path: str, query: dict[str, str]) -> int:
+    """What a Graph request costs in SharePoint's resource units, as SharePoint documents:
+    1 for a single item (an item, a list, a site) and a delta with a token; 2 for a query of
+    several items (items, columns, lists, subscriptions, a delta without a token) and for
+    every create, update and delete; 5 with ``$expand=permissions``."""
+    if "permissions" in query.get("$expand", query.get("expand", "")):
+        return 5
+    if method != "GET":
+        return 2
+    name = next((n for pattern, n in ROUTES if pattern.match(path.strip("/"))), None)
+    if name == "delta":
+        return 1 if "token" in query or "$skiptoken" in query else 2
+    return 2 if name in ("items", "columns", "lists", "subscriptions") else 1
+
+
+def _batch_units(body: Any) -> int:
+    """The resource units of a $batch: its sub-requests one by one (at least one)."""
+    subs = body.get("requests") if isinstance(body, dict) else None
+    units = 0
+    for req in subs if isinstance(subs, list) else []:
+        if isinstance(req, dict) and isinstance(req.get("url"), str):
+            path, query = _split_url(req["url"].lstrip("/"))
+            units += resource_units(str(req.get("method", "GET")).upper(), path, query)
+    return max(units, 1)
+
+
 def _json_response(answer: Answer) -> Response:
     headers = {"request-id": str(uuid.uuid4()), **answer.headers}
     if answer.body is None:
@@ -1456,8 +1518,8 @@ def create_app(state: GraphState | None = None) -> Starlette:
                 )
         query = {k: v for k, v in request.query_params.items()}
         method = request.method.upper()
-        subs = body.get("requests") if path == "$batch" and isinstance(body, dict) else None
-        throttled, limits = graph.charge(len(subs) if isinstance(subs, list) else 1)
+        units = _batch_units(body) if path == "$batch" else resource_units(method, path, query)
+        throttled, limits = graph.charge(units)
         if throttled is not None:
             return _json_response(throttled)
         if path == "$batch":
