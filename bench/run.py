@@ -35,6 +35,13 @@ Graph simulator (``$batch``, 20 a call) or an empty object of the Salesforce sim
 against ``bench/writes.py``, a plain httpx script making the same batched calls (the
 "raw batched calls" ceiling); rows report records/s and twoway's share of the raw rate.
 
+``--issue19`` measures what issue #19 asks, in one run: every workload at N=1,000,000
+(``echo-readback``, the run after the initial one, included), ``initial-10m`` (one initial
+load of ``--n10m`` records, stopped and recorded as stopped over ``--rss-limit-10m`` MiB),
+the memory curve (twoway's initial load at each ``--curve`` size), the initial load at
+``--n-small`` against the floor and dlt-sqlite, Prefect's fixed cost
+(``bench/prefect_floor.py``) beside each twoway row, and each target with pass or miss.
+
 Once per invocation it also times ``initial-cold``: ``twoway run`` with no Prefect server
 configured, which pays for Prefect's temporary server. ``--workloads`` picks among
 ``sync`` (initial, incremental-1pct, no-change), ``full``, ``writes`` and ``cold``. Peers run
@@ -1126,7 +1133,7 @@ def goals(
         return a / b if a is not None and b else None
 
     def check(what: str, value: float | None, limit: float, shown: str, unit: str, note=""):
-        figure = "-" if value is None else f"{value:.2f}{unit}"
+        figure = "-" if value is None else f"{value:.{1 if unit == ' MiB' else 2}f}{unit}"
         ok = None if value is None else value <= limit
         out.append(Goal(what, figure, shown, ok, note))
 
