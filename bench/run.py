@@ -983,7 +983,7 @@ def table(rows: list[dict[str, Any]]) -> str:
                 else ""
             )
         if any(r.get("stopped") or []):
-            ratio = "STOPPED over the memory limit" + (f"; {ratio}" if ratio else "")
+            ratio = "STOPPED over the memory limit"  # its wall is not a load's: no ratio
         run_s = [v for v in r.get("run_s", []) if v is not None]
         lines.append(
             [
