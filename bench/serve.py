@@ -1,28 +1,38 @@
 """The benchmark's Graph-style REST collection, in its own process.
 
-``python bench/serve.py --port P --n N`` loads N generated records (20 mixed-type fields,
-stamped an hour ago) into :class:`twoway.simulators.rest.RestState` and serves them on
-127.0.0.1:P until killed. A request without a token acts as ``svc-sync`` (the sync's
-integration account); ``Bearer token-alice`` acts as ``alice`` (a person editing).
+``python bench/serve.py --port P --n N`` serves N records (20 mixed-type fields, stamped
+between two hours and one hour ago) on 127.0.0.1:P until killed, through the REST
+simulator's app (:func:`twoway.simulators.rest.create_app`: its paging, ``modified_since``
+filter, ``$batch`` of 20 and answers). The records are not loaded: each is generated from
+its index when a page asks for it, and writes go to an overlay (``bench/collection.py``),
+so a collection of 10,000,000 starts in about a second and stays small. ``--eager`` loads
+the same records into the simulator's own :class:`twoway.simulators.rest.RestState`
+instead (as before: about 49 s and 0.86 GiB per million), for comparison.
+
+A request without a token acts as ``svc-sync`` (the sync's integration account);
+``Bearer token-alice`` acts as ``alice`` (a person editing).
 
 Two extra routes for the harness, outside the collection: ``GET /_bench/stats`` returns the
 requests served since ``POST /_bench/reset`` (by kind: page reads, batch calls, other),
-so the harness can check how many API calls a run made.
+and the records written since start (``overlay``), so the harness can check how many API
+calls a run made.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import random
 import sys
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import uvicorn
 
-from twoway.simulators.rest import RestState, create_app
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import collection  # noqa: E402
+
+from twoway.simulators.rest import RestState, create_app  # noqa: E402
 
 FIELDS = 20
 COLUMN_TYPES = {  # field -> SQL type of its column (SQLite and PostgreSQL spellings)
@@ -47,65 +57,12 @@ COLUMN_TYPES = {  # field -> SQL type of its column (SQLite and PostgreSQL spell
     "f19": "BOOLEAN",
     "f20": "TEXT",
 }
-CITIES = ["Lyon", "Oslo", "Kyiv", "Porto", "Gdańsk", "Zürich", "Malmö", "Cork", "Bari", "Riga"]
-WORDS = [
-    "alpha",
-    "beta",
-    "gamma",
-    "delta",
-    "epsilon",
-    "zeta",
-    "eta",
-    "theta",
-    "iota",
-    "kappa",
-    "lambda",
-    "mu",
-]
-
-
-def make_record(i: int, rng: random.Random) -> dict[str, Any]:
-    """Record ``i``: 20 fields of text, whole numbers, decimals, flags, dates and nulls."""
-    return {
-        "id": f"r{i:08d}",
-        "f01": f"Name {i}",
-        "f02": f"person{i}@example.org",
-        "f03": rng.choice(CITIES),
-        "f04": " ".join(rng.choice(WORDS) for _ in range(8)),
-        "f05": rng.randrange(1_000_000),
-        "f06": i,
-        "f07": round(rng.uniform(0, 10_000), 2),
-        "f08": rng.random(),
-        "f09": rng.random() < 0.5,
-        "f10": i % 3 == 0,
-        "f11": f"20{rng.randrange(10, 25)}-{rng.randrange(1, 13):02d}-{rng.randrange(1, 29):02d}",
-        "f12": f"2024-0{rng.randrange(1, 10)}-1{rng.randrange(10)} 12:00:00.000000",
-        "f13": rng.choice(WORDS),
-        "f14": rng.randrange(100) if i % 4 else None,
-        "f15": rng.uniform(-1, 1) if i % 5 else None,
-        "f16": f"C-{rng.randrange(16**6):06x}",
-        "f17": rng.randrange(-1000, 1000),
-        "f18": None if i % 7 == 0 else f"note {i % 97}",
-        "f19": i % 2 == 0,
-        "f20": f"tag{i % 13}",
-    }
 
 
 def records(n: int, seed: int = 6) -> Iterator[dict[str, Any]]:
-    """The collection the benchmark starts from, its changes spread over the past two hours.
-
-    A generator: the server loads the records one by one, so a million of them never sit
-    in memory as dicts, only as the simulator's JSON texts (about 0.9 GB resident for 1M;
-    generating and loading them takes under a minute).
-    """
-    rng = random.Random(seed)
-    when = datetime.now(UTC) - timedelta(hours=2)
-    step = timedelta(seconds=3600) / max(n, 1)
-    for i in range(n):
-        record = make_record(i, rng)
-        record["modified_at"] = when + i * step
-        record["modified_by"] = "loader"
-        yield record
+    """The collection's ``n`` records as dicts, in order (``bench/collection.py``): what a
+    collection started now with the same ``n`` and seed serves before anyone writes."""
+    return collection.records(n, seed)
 
 
 class Counting:
@@ -159,9 +116,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--n", type=int, required=True)
     parser.add_argument("--seed", type=int, default=6)
+    parser.add_argument(
+        "--eager", action="store_true", help="load every record into RestState first"
+    )
     args = parser.parse_args(argv)
-    state = RestState()
-    state.load(records(args.n, args.seed))
+    if args.eager:
+        state: Any = RestState()
+        state.load(records(args.n, args.seed))
+
+        def extra() -> dict[str, Any]:
+            return {}
+    else:
+        state = collection.LazyCollection(args.n, args.seed)
+
+        def extra() -> dict[str, Any]:
+            return {"overlay": state.overlay_size()}
+
     app = create_app(
         state,
         tokens={"token-alice": "alice"},
@@ -171,13 +141,17 @@ def main(argv: list[str] | None = None) -> None:
     )
     print(json.dumps({"ready": True, "n": len(state)}), flush=True)
     sys.stdout.flush()
-    uvicorn.run(
-        Counting(app, ("pages", "batches", "other"), _collection_kind),
-        host="127.0.0.1",
-        port=args.port,
-        log_level="warning",
-        access_log=False,
-    )
+    try:
+        uvicorn.run(
+            Counting(app, ("pages", "batches", "other"), _collection_kind, extra),
+            host="127.0.0.1",
+            port=args.port,
+            log_level="warning",
+            access_log=False,
+        )
+    finally:
+        if not args.eager:
+            state.close()
 
 
 if __name__ == "__main__":
