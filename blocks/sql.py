@@ -30,7 +30,7 @@ from twoway.contract import (
     WriteResult,
     chunks,
 )
-from twoway.dburl import create_engine
+from twoway.dburl import create_engine, database_url, driver_problem
 from twoway.definition import SqlSystem
 from twoway.errors import Fatal, PreconditionFailed, Retriable, Skippable
 from twoway.sqlbulk import insert_rows
@@ -116,6 +116,19 @@ class SqlTable(EndpointBlock):
             if creds.password and not url.password:
                 url = url.set(password=creds.password.get_secret_value())
         return url
+
+    def driver_problem(self) -> str | None:
+        """Why the driver of the table's URL (from the definition or a saved block) cannot
+        be loaded, naming the extra that installs it; None when it can, or when there is no
+        usable URL (using the table says what is wrong then)."""
+        if self.url is None:
+            return None
+        try:
+            url = database_url(self._url())
+            url.get_dialect()
+        except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ValueError):
+            return None
+        return driver_problem(url)
 
     def _where(self) -> str:
         return f"table {self.table!r} in {safe_url(str(self._url()))}"

@@ -5,13 +5,18 @@ conflict, keep one system's value or enter one's own, the form showing both valu
 each changed and the record's match value; per dead letter, retry or drop. Resuming the
 run (its **Resume** button, or ``resume_flow_run(id, run_input=...)``) records the
 decisions exactly as ``twoway conflicts resolve`` and ``twoway deadletters retry`` do; the
-next sync run writes them. A pause that times out decides nothing (and Prefect ends the
-run Failed: "The flow was not reviewed and never resumed.").
+next sync run writes them. A pause that times out decides nothing and ends the run
+Completed, "Timed out, nothing decided", with a warning that says how to open the review
+again: at its deadline the run resumes itself with no answer, before Prefect's own pause
+timeout (which would end it Failed whatever it returned).
 """
 
 from __future__ import annotations
 
+import contextvars
 import json
+import threading
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -27,6 +32,7 @@ from flows.twoway_flows import SyncRef, refresh_overview
 from twoway import catalog
 from twoway.definition import load_definition
 from twoway.engine import open_store
+from twoway.overview import review_deployment
 from twoway.review import Decisions, HeldConflict, Pending, apply_decisions, pending
 
 LEAVE_OPEN = "leave open"
@@ -35,6 +41,12 @@ LETTER_CHOICES = ("leave", "retry", "drop")
 DEFAULT_DECIDER = "ui"
 #: conflicts and dead letters one form holds (the oldest first); the next review has the rest
 REVIEW_CAP = 50
+#: how often a paused review looks whether it was resumed
+POLL_SECONDS = 10
+#: how long after the review's own deadline Prefect's pause timeout comes: time for the
+#: run to see that it resumed itself (a few polls) before Prefect would fail it
+GRACE_SECONDS = 3 * POLL_SECONDS
+TIMED_OUT = "Timed out, nothing decided"
 
 
 def _shown(value: Any, limit: int = 60) -> str:
@@ -169,6 +181,75 @@ def read_answer(waiting: Pending, answer: RunInput) -> tuple[Decisions, list[str
     return decisions, problems
 
 
+def wait_for_decisions(form: type[RunInput], seconds: float) -> RunInput | None:
+    """Pause the run with ``form`` until a person resumes it, and return their answer; None
+    when nobody did within ``seconds``.
+
+    Prefect fails a run whose pause timed out, whatever state the flow then returns. So the
+    pause's own timeout is set :data:`GRACE_SECONDS` later, and at the deadline the run
+    resumes itself with no input (the form's defaults decide nothing; none is stored). A
+    person who resumes first wins: the run is no longer paused, its own resume is refused.
+    When even that resume fails (the API unreachable), Prefect's timeout still ends the
+    run: :class:`~prefect.exceptions.FlowPauseTimeout` is raised.
+    """
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    assert context is not None and context.flow_run is not None, "only inside a flow run"
+    closer = _DeadlineCloser(context.flow_run.id, seconds)
+    closer.start()
+    try:
+        answer = pause_flow_run(
+            wait_for_input=form, timeout=int(seconds + GRACE_SECONDS), poll_interval=POLL_SECONDS
+        )
+    finally:
+        closer.stop()
+    return None if closer.closed else answer
+
+
+class _DeadlineCloser:
+    """A thread that resumes a paused run with no input once ``seconds`` have passed,
+    unless the run was resumed (or stopped waiting) before."""
+
+    def __init__(self, flow_run_id: Any, seconds: float):
+        self.flow_run_id = flow_run_id
+        self.deadline = time.monotonic() + seconds
+        self.closed = False  # True once its own resume was accepted
+        self._stopping = threading.Event()
+        context = contextvars.copy_context()  # the flow's Prefect settings and client
+        self._thread = threading.Thread(
+            target=context.run, args=(self._run,), name="review-deadline", daemon=True
+        )
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop waiting, and wait for a resume already under way (so ``closed`` is final)."""
+        self._stopping.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.responses import SetStateStatus
+
+        if self._stopping.wait(max(0.0, self.deadline - time.monotonic())):
+            return
+        try:
+            with get_client(sync_client=True) as client:
+                # not paused yet (a slow start), or resumed by a person: wait for the pause
+                # or for the run to stop waiting
+                while not self._stopping.is_set():
+                    state = client.read_flow_run(self.flow_run_id).state
+                    if state is not None and state.is_paused():
+                        result = client.resume_flow_run(self.flow_run_id, run_input=None)
+                        self.closed = result.status == SetStateStatus.ACCEPT
+                        return
+                    self._stopping.wait(0.5)
+        except Exception as exc:  # Prefect's own pause timeout ends the run then
+            get_run_logger().warning("could not end the review at its deadline: %s", exc)
+
+
 def _run_name() -> str:
     from prefect.runtime import flow_run
 
@@ -206,14 +287,21 @@ def review(definition: SyncRef, timeout_minutes: Annotated[int, Field(ge=1)] = 6
         waiting.letters_open,
     )
     form = review_form(waiting).with_initial_data(description=review_markdown(waiting))
+    message = f"not resumed within {timeout_minutes} minutes: nothing was decided"
+    again = (
+        f"open the review again: Deployments → {review_deployment(parsed.name)} → Run, or "
+        f"`prefect deployment run '{review_deployment(parsed.name)}'`"
+    )
     try:
-        answer = pause_flow_run(wait_for_input=form, timeout=timeout_minutes * 60)
+        answer = wait_for_decisions(form, timeout_minutes * 60)
     except FlowPauseTimeout:
-        # Prefect fails every run whose pause timed out, whatever state it proposes; the
-        # server's message reads "The flow was not reviewed and never resumed."
-        message = f"not resumed within {timeout_minutes} minutes: nothing was decided"
-        log.warning("%s: %s", parsed.name, message)
+        # the run could not resume itself at its deadline: Prefect fails it, whatever state
+        # it proposes ("The flow was not reviewed and never resumed.")
+        log.warning("%s: %s; %s", parsed.name, message, again)
         return Failed(name="Not reviewed", message=message)
+    if answer is None:
+        log.warning("%s: %s; %s", parsed.name, message, again)
+        return Completed(name=TIMED_OUT, message=f"{message}; {again}")
     decisions, lines = read_answer(waiting, answer)
     by = answer.decided_by.strip() or DEFAULT_DECIDER
     store = open_store(parsed)

@@ -15,11 +15,12 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import re
 import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from prefect import flow, get_run_logger
@@ -31,7 +32,13 @@ from prefect.artifacts import (
 )
 from prefect.events import emit_event
 from prefect.states import Completed, Failed, State
-from pydantic import AfterValidator, Field
+from pydantic import (
+    AfterValidator,
+    Field,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
+)
 
 from tasks.commit import commit_state_task
 from tasks.delta import compute_deltas_task
@@ -106,14 +113,25 @@ def _catalog_directions() -> list[str]:
     return ["both", *sorted(pairs)]
 
 
+def _any_direction(value: Any, choices: ValidatorFunctionWrapHandler) -> str:
+    """One of the choices; from Python also any other 'SOURCE -> TARGET' (a sync given by
+    path names its own systems; the run checks they belong to the sync)."""
+    try:
+        return choices(value)
+    except ValidationError:
+        if isinstance(value, str) and re.match(DIRECTION_PATTERN, value):
+            return value
+        raise
+
+
 DIRECTIONS = _catalog_directions()
+#: a choice in the run form (the parameter schema's enum), so the server refuses others
 Direction = Annotated[
-    str,
+    Literal[tuple(DIRECTIONS)],
+    WrapValidator(_any_direction),
     Field(
-        pattern=DIRECTION_PATTERN,
         description="'both' (every system, every way) or 'SOURCE -> TARGET' to carry "
         "changes one way only (the two systems must belong to the sync)",
-        json_schema_extra={"enum": DIRECTIONS} if len(DIRECTIONS) > 1 else None,
     ),
 ]
 

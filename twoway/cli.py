@@ -190,6 +190,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "conflicts": cmd_conflicts,
         "simulate": cmd_simulate,
     }[args.command]
+    # Prefect sends the events of a command (a saved block loaded) at exit, and warns on
+    # stderr that it is "still processing items" meanwhile; it sends them all the same
+    logging.getLogger("EventsWorker").setLevel(logging.ERROR)
     try:
         return handler(args)
     except DefinitionError as exc:
@@ -290,6 +293,7 @@ def _quiet_temporary_server() -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     definition = _load(args.path)
     _refuse_a_newer_state(definition)
+    _refuse_a_missing_driver(definition)
     sink = sys.stderr if args.json else sys.stdout
     try:
         with contextlib.redirect_stdout(sink):
@@ -339,6 +343,27 @@ def _refuse_a_newer_state(definition) -> None:
         return
 
 
+def _refuse_a_missing_driver(definition) -> None:
+    """A saved block's database URL whose driver is not installed is refused before the run
+    starts (exit 2, one line naming the extra), as ``check`` and a URL in the definition
+    are; any other trouble opening a system is the run's to report."""
+    from twoway.connectors import open_endpoint
+    from twoway.dburl import DriverMissing
+
+    saved = [name for name, system in definition.systems.items() if system.block is not None]
+    if not saved:
+        return  # the definition's own URLs were checked when it was loaded
+    _quiet_temporary_server()
+    for name in saved:
+        try:
+            endpoint = open_endpoint(definition, name)
+        except DriverMissing:
+            raise
+        except Exception:  # a block that does not exist, an unreachable API: the run says so
+            continue
+        endpoint.close()
+
+
 def _print_report(report: dict[str, Any]) -> None:
     from twoway.report import COUNT_COLUMNS, text_table
 
@@ -352,7 +377,6 @@ def _print_report(report: dict[str, Any]) -> None:
 def check_definition(definition) -> list[str]:
     """Problems of a definition against its systems: tables, columns, the state store."""
     from twoway.connectors import open_endpoint
-    from twoway.dburl import DriverMissing
     from twoway.state import StateStore
 
     problems = []
@@ -362,10 +386,7 @@ def check_definition(definition) -> list[str]:
         try:
             with open_endpoint(definition, name) as endpoint:
                 columns = endpoint.columns()
-        except DriverMissing as exc:  # a saved block's URL: the definition names no driver
-            problems.append(f"{prefix}{where}: {exc}")
-            continue
-        except DefinitionError as exc:
+        except DefinitionError as exc:  # a missing driver of a saved block's URL among them
             problems += exc.problems
             continue
         except TwowayError as exc:

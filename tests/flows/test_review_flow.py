@@ -16,6 +16,7 @@ import pytest
 import flows.review as review_module
 from flows.review import review
 from flows.twoway_flows import two_way_sync
+from tests.flows.runs import run_logs
 from tests.flows.test_operations import _artifacts, _in_catalog
 from tests.syncrig import sync_rig
 from twoway import cli
@@ -148,24 +149,96 @@ def test_a_review_resumed_through_the_api_is_written_by_the_next_run(tmp_path, m
     assert "Nothing waits for a person." in overview.data
 
 
+def _short_reviews(monkeypatch, seconds: float = 2) -> None:
+    """The real pause, ``seconds`` long, polling every second."""
+    real_wait = review_module.wait_for_decisions
+    monkeypatch.setattr(review_module, "POLL_SECONDS", 1)
+    monkeypatch.setattr(review_module, "GRACE_SECONDS", 8)
+    monkeypatch.setattr(
+        review_module, "wait_for_decisions", lambda form, _: real_wait(form, seconds)
+    )
+
+
 @pytest.mark.usefixtures("prefect_api")
-def test_a_review_that_times_out_decides_nothing(tmp_path, monkeypatch):
-    real_pause = review_module.pause_flow_run
+def test_a_review_that_times_out_decides_nothing_and_ends_completed(tmp_path, monkeypatch):
+    import logging
 
-    def quick(wait_for_input, timeout):  # the real pause, two seconds long
-        return real_pause(wait_for_input=wait_for_input, timeout=2, poll_interval=1)
+    from prefect.client.orchestration import get_client
 
-    monkeypatch.setattr(review_module, "pause_flow_run", quick)
+    _short_reviews(monkeypatch)
+    with sync_rig(tmp_path, conflicts="manual") as rig:
+        name = _in_catalog(rig, tmp_path, monkeypatch)
+        _hold_and_park(rig, name)
+        before = _waiting(rig)
+        started = time.monotonic()
+        state = review(definition=name, return_state=True)
+        took = time.monotonic() - started
+        after = _waiting(rig)
+    assert state.is_completed() and state.name == "Timed out, nothing decided", state
+    assert state.message.startswith("not resumed within 60 minutes: nothing was decided")
+    assert took < 8  # it ended at its own deadline, not at Prefect's pause timeout
+    assert [c.id for c in after.conflicts] == [c.id for c in before.conflicts]
+    assert [d.id for d in after.letters] == [d.id for d in before.letters]
+
+    run_id = state.state_details.flow_run_id
+    with get_client(sync_client=True) as client:
+        stored = client.read_flow_run(run_id).state
+        inputs = client.filter_flow_run_input(run_id, "paused-1", limit=10, exclude_keys=set())
+    assert stored.is_completed() and stored.name == "Timed out, nothing decided"
+    # it paused with its form, and resumed itself with no answer: none is on record
+    assert sorted(i.key for i in inputs) == ["paused-1-description", "paused-1-schema"]
+    warnings = [r for r in run_logs(run_id) if r.level == logging.WARNING]
+    assert [r.message for r in warnings] == [
+        f"{name}: not resumed within 60 minutes: nothing was decided; open the review "
+        f"again: Deployments → twoway-review/{name}-review → Run, or "
+        f"`prefect deployment run 'twoway-review/{name}-review'`"
+    ]
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_a_review_answered_just_before_its_deadline_keeps_the_answer(tmp_path, monkeypatch):
+    from prefect.flow_runs import resume_flow_run
+
+    _short_reviews(monkeypatch, seconds=4)
+    with sync_rig(tmp_path, conflicts="manual") as rig:
+        name = _in_catalog(rig, tmp_path, monkeypatch)
+        _hold_and_park(rig, name)
+        first = _waiting(rig).conflicts[0]
+        thread, outcome = _start(definition=name)
+        paused = _paused_review(name)
+        resume_flow_run(paused.id, run_input={f"conflict_{first.id}": 'keep s1: "Left"'})
+        thread.join(30)
+        (state,) = outcome
+        after = _waiting(rig)
+    assert state.is_completed() and state.name == "Completed, 1 decided", state
+    assert first.id not in [c.id for c in after.conflicts]
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_a_review_that_cannot_end_its_own_pause_is_failed_by_prefect(tmp_path, monkeypatch):
+    # the API refuses the run's own resume at the deadline: Prefect's pause timeout ends it
+    _short_reviews(monkeypatch)
+    monkeypatch.setattr(review_module, "GRACE_SECONDS", 3)
+    monkeypatch.setattr(review_module._DeadlineCloser, "_run", lambda self: None)
     with sync_rig(tmp_path, conflicts="manual") as rig:
         name = _in_catalog(rig, tmp_path, monkeypatch)
         _hold_and_park(rig, name)
         before = _waiting(rig)
         state = review(definition=name, return_state=True)
         after = _waiting(rig)
-    # Prefect fails a run whose pause timed out; the review proposed "Not reviewed"
     assert state.is_failed() and state.message == "The flow was not reviewed and never resumed."
     assert [c.id for c in after.conflicts] == [c.id for c in before.conflicts]
-    assert [d.id for d in after.letters] == [d.id for d in before.letters]
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_a_review_of_a_broken_definition_still_ends_failed(tmp_path, monkeypatch):
+    _short_reviews(monkeypatch)
+    with sync_rig(tmp_path, conflicts="manual") as rig:
+        name = _in_catalog(rig, tmp_path, monkeypatch)
+        copy = tmp_path / "syncs" / f"{name}.sync.yaml"
+        copy.write_text(copy.read_text() + "no_such_key: 1\n")
+        state = review(definition=name, return_state=True)
+    assert state.is_failed() and "no_such_key: unknown key" in state.message, state
 
 
 @pytest.mark.usefixtures("prefect_api")

@@ -5,9 +5,12 @@ naming the extra, exit 2, in ``check`` and in ``run``."""
 from __future__ import annotations
 
 import os
+import uuid
 
 import pytest
+import sqlalchemy as sa
 import yaml
+from pydantic import SecretStr
 from sqlalchemy.engine import make_url
 
 from tests.badinput.rig import no_traceback, twoway
@@ -129,4 +132,52 @@ def test_a_url_whose_driver_is_missing_is_one_line_naming_the_extra(
 
     assert result.returncode == 2, result.stderr
     assert result.stderr == f"error: {path}: {key}: {line}\n"
+    assert no_traceback(result)
+
+
+SAVED = """\
+name: contacts
+state: "sqlite:///s.db"
+systems:
+  crm: {{kind: sql, block: {block}, key: id, modified_at: m, modified_by: b, integration_account: svc}}
+  portal: {{kind: sql, url: "sqlite:///portal.db", table: people, key: id, modified_at: m, modified_by: b, integration_account: svc}}
+fields:
+  email: {{crm: email, portal: email}}
+match_on: [email]
+"""
+
+
+@pytest.mark.usefixtures("prefect_api")
+@pytest.mark.parametrize("command", ["check", "run"])
+@pytest.mark.parametrize("module", list(MISSING))
+def test_a_saved_blocks_url_whose_driver_is_missing_is_one_line_naming_the_extra(
+    tmp_path, without, command, module
+):
+    """The URL is in a saved SQL table block, not in the definition: the definition loads,
+    and the line comes when the system is opened, before the run starts."""
+    from prefect.settings import PREFECT_API_URL
+
+    from blocks.sql import SqlTable
+
+    url, line = MISSING[module]
+    block = f"crm-{uuid.uuid4().hex[:8]}"
+    SqlTable(url=SecretStr(url), table="people").save(block)
+    portal = sa.create_engine(f"sqlite:///{tmp_path / 'portal.db'}")
+    with portal.begin() as conn:
+        conn.execute(
+            sa.text("CREATE TABLE people (id INTEGER PRIMARY KEY, email TEXT, m TEXT, b TEXT)")
+        )
+    portal.dispose()
+    path = tmp_path / "contacts.sync.yaml"
+    path.write_text(SAVED.format(block=block))
+
+    result = twoway(
+        command,
+        str(path),
+        cwd=tmp_path,
+        env={**without(module), "PREFECT_API_URL": PREFECT_API_URL.value()},
+    )
+
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == f"error: {path}: systems.crm: {line}\n"
     assert no_traceback(result)
