@@ -3,7 +3,7 @@ shards by link-id hash and mapped over a Dask cluster (prefect-dask's ``DaskTask
 each system's API quota shared through a Prefect global concurrency limit.
 
 For syncs whose runs spend their time writing (a first sync or a resync of many records,
-a mass update). Reading, planning and the state commit still happen once, in this flow
+a mass update). Reading, planning and each chunk's state commit happen in this flow
 run's process; docs/scaling.md says when sharding pays and how to run it on a real
 cluster. Needs the ``dask`` extra (``pip install 'twoway[dask]'``) where the flow runs and
 on every Dask worker.
