@@ -197,9 +197,16 @@ class _Progress(Observer):
         if name.startswith("extract "):
             self.reads_done += 1
             self._update(40.0 * self.reads_done / self.reads_total, f"{name} done")
+        elif name == "map IDs":
+            self._update(self._chunk_share(0.05), "IDs mapped")
         elif name == "commit state":
-            what = f"chunk {self.chunk_at + 1} of {self.chunks} committed"
-            self._update(self._chunk_share(1.0), what, force=self.chunk_at + 1 == self.chunks)
+            last = self.chunk_at + 1 == self.chunks
+            what = (
+                "state committed"
+                if last
+                else f"chunk {self.chunk_at + 1} of {self.chunks} committed"
+            )
+            self._update(self._chunk_share(1.0), what, force=last)
 
     def chunk(self, index: int, total: int, writes: int) -> None:
         self.chunk_at, self.chunks = index, max(1, total)

@@ -302,18 +302,6 @@ class SyncMachine(RuleBasedStateMachine):
         finally:
             self.world.crash_after_batches = None
 
-    @rule(size=st.sampled_from([1, 3, 50_000]))
-    def chunk_size_is(self, size: int) -> None:
-        """How many records a run's chunks hold: one, a few, or all of them."""
-        self.chunk_size = size
-
-    @rule(nth=st.integers(1, 3))
-    def crash_between_chunks(self, nth: int) -> None:
-        """The process dies right after the state of chunk ``nth`` was committed: the
-        chunks before are settled, the cursors have not moved."""
-        with contextlib.suppress(Crash):
-            self._run(RunWatch(self.world, "commit state", after=True, nth=nth))
-
     @rule()
     def two_runs_race(self) -> None:
         """A second run starts while the first one works: it must be refused by the lease.
@@ -560,3 +548,21 @@ def profile(examples: int) -> settings:
         suppress_health_check=list(HealthCheck),
         database=None,
     )
+
+
+class Checkpoints(SyncMachine):
+    """Runs whose chunks hold one record, a few or all of them, and processes that die
+    between two chunks' commits."""
+
+    @rule(size=st.sampled_from([1, 3, 50_000]))
+    def chunk_size_is(self, size: int) -> None:
+        """How many records a run's chunks hold: one, a few, or all of them."""
+        self.chunk_size = size
+
+    @rule(nth=st.integers(1, 3), written=st.booleans())
+    def crash_between_chunks(self, nth: int, written: bool = False) -> None:
+        """The process dies right after the state of chunk ``nth`` was committed (the chunks
+        before are settled, the cursors have not moved) or, ``written``, right before: its
+        writes applied, its state not committed."""
+        with contextlib.suppress(Crash):
+            self._run(RunWatch(self.world, "commit state", after=not written, nth=nth))

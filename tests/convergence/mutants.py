@@ -198,10 +198,11 @@ MUTANTS: dict[str, Mutant] = {
         ),
         (UNREAD,),
     ),
-    # a create sent again: two copies, or one left after a person deleted its twin
+    # a create sent again: two copies, or one left after a person deleted its twin, or a
+    # copy that leaves the systems apart before a second copy shows
     "create without idempotency": Mutant(
         lambda: mock.patch.object(engine.PLAIN, "load", _resend_on_timeout(engine.load_changes)),
-        (DUPLICATE, RESURRECTED),
+        (DUPLICATE, RESURRECTED, APART),
     ),
     # the newest record overwrites the other whole: the other side's fields are written back
     # as they are (no-op writes), or its edit of another field is lost

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from tests.convergence.machine import (
+    Checkpoints,
     LinkMarkers,
     MatchOnEmail,
     OneWayRuns,
@@ -29,3 +30,6 @@ TestLinkMarkers.settings = profile(80)
 
 TestTwoSystemsOnPostgres = TwoSystemsOnPostgres.TestCase
 TestTwoSystemsOnPostgres.settings = profile(60)
+
+TestCheckpoints = Checkpoints.TestCase
+TestCheckpoints.settings = profile(80)

@@ -6,7 +6,13 @@ import logging
 
 import pytest
 
-from tests.convergence.machine import MatchOnEmail, OneWayRuns, SyncMachine, ThreeSystems
+from tests.convergence.machine import (
+    Checkpoints,
+    MatchOnEmail,
+    OneWayRuns,
+    SyncMachine,
+    ThreeSystems,
+)
 from tests.convergence.saas_world import SalesforceAndSql, SharePointAndSql
 
 
@@ -490,6 +496,48 @@ RECOVERED_CREATE_UPDATED_BEFORE_A_CRASH_WITH_DELETES = (
 )
 
 
+# a run of one-record chunks dies after the state of its second chunk was committed: the
+# first two are settled, the cursors have not moved; the next run reads everything again
+CRASH_AFTER_A_CHUNKS_COMMIT = (
+    Checkpoints,
+    """
+    start(seed=7, records=6)
+    run()
+    chunk_size_is(size=1)
+    person_creates(side=0)
+    person_creates(side=1)
+    person_edits(field='email', pick=1, side=0)
+    person_edits(field='first_name', pick=2, side=1)
+    person_deletes(pick=3, side=0)
+    crash_between_chunks(nth=2, written=False)
+    person_edits(field='last_name', pick=0, side=1)
+    run()
+    """,
+)
+
+# the same, dying after the second chunk's writes were applied and before its commit, with
+# some answers lost: its creates are found again by their intents, nothing is made twice
+CRASH_BEFORE_A_CHUNKS_COMMIT = (
+    Checkpoints,
+    """
+    start(seed=11, records=6)
+    run()
+    chunk_size_is(size=1)
+    person_creates(side=0)
+    person_creates(side=1)
+    person_creates(side=1)
+    person_edits(field='email', pick=4, side=1)
+    person_deletes(pick=2, side=1)
+    set_faults(applied_then_timeout=0.3, concurrent_edit=0.0, edit_while_paging=0.0, error_before=0.0, partial=0.0)
+    crash_between_chunks(nth=2, written=True)
+    set_faults(applied_then_timeout=0.0, concurrent_edit=0.0, edit_while_paging=0.0, error_before=0.0, partial=0.0)
+    person_edits(field='first_name', pick=0, side=0)
+    crash_between_chunks(nth=1, written=False)
+    run()
+    """,
+)
+
+
 @pytest.mark.parametrize(
     "case",
     [
@@ -514,6 +562,8 @@ RECOVERED_CREATE_UPDATED_BEFORE_A_CRASH_WITH_DELETES = (
         SHAREPOINT_LOST_CREATE_FOUND_BY_ITS_LINK_COLUMN,
         RECOVERED_CREATE_UPDATED_BEFORE_A_CRASH,
         RECOVERED_CREATE_UPDATED_BEFORE_A_CRASH_WITH_DELETES,
+        CRASH_AFTER_A_CHUNKS_COMMIT,
+        CRASH_BEFORE_A_CHUNKS_COMMIT,
     ],
     ids=[
         "key-reused-after-delete",
@@ -537,6 +587,8 @@ RECOVERED_CREATE_UPDATED_BEFORE_A_CRASH_WITH_DELETES = (
         "sharepoint-lost-create-found-by-its-link-column",
         "recovered-create-updated-before-a-crash",
         "recovered-create-updated-before-a-crash-with-deletes",
+        "crash-after-a-chunks-commit",
+        "crash-before-a-chunks-commit",
     ],
 )
 def test_replay(case, caplog):

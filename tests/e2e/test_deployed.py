@@ -289,7 +289,7 @@ def test_deploy_all_creates_the_deployments_as_written(api):
         props = dep.parameter_openapi_schema["properties"]
         assert props["definition"]["enum"] == ["contacts", "sharepoint-contacts"]
         assert props["dry_run"]["type"] == "boolean" and props["full"]["type"] == "boolean"
-        assert "pattern" in props["direction"]
+        assert "enum" in props["direction"] and "pattern" not in props["direction"]
         assert dep.enforce_parameter_schema
     assert contacts.schedules[0].schedule.interval == timedelta(seconds=300)
     assert sharepoint.schedules[0].schedule.cron == "*/10 * * * *"

@@ -189,12 +189,15 @@ def test_an_unexpected_error_keeps_its_traceback_with_secrets_masked(tmp_path, m
     """A bug is not a known failure: its traceback stays in the run's log, redacted."""
     from prefect import task
 
-    import twoway.engine as engine
+    from flows import twoway_flows
 
     def broken(*args, **kwargs):
         raise RuntimeError("lost postgresql://svc:hunter2@db.internal/crm")
 
-    monkeypatch.setattr(engine, "compute_deltas_task", task(broken, name="compute field deltas"))
+    from tasks.common import TASK_OPTIONS
+
+    step = twoway_flows._as_task(task(broken, name="commit state", **TASK_OPTIONS))
+    monkeypatch.setattr(twoway_flows.TASKS, "commit", step)
     path = _definition(tmp_path, "http://127.0.0.1:9")
     doc = yaml.safe_load(path.read_text())
     del doc["systems"]["sharepoint"]  # two SQL tables: no service to reach
