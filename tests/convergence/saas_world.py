@@ -25,19 +25,19 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
 from hypothesis import strategies as st
-from pydantic import SecretStr
+from pydantic import PrivateAttr, SecretStr
 
 from blocks.credentials import IntegrationAccountCredentials
 from blocks.salesforce import SalesforceObject
 from blocks.sharepoint import UPLOAD_DIFFERENCES, SharePointList
 from tests.convergence.machine import SyncMachine, rule
 from tests.convergence.world import FIELDS, Faults, Side, SqlSide, World
-from twoway.contract import Endpoint
+from twoway.contract import ChangeSet, Endpoint
 from twoway.simulators.faults import FaultPlan
 from twoway.simulators.graph import RESYNC_CODES, GraphError, GraphState
 from twoway.simulators.graph import create_app as graph_app
@@ -278,6 +278,23 @@ class GraphSide(SimulatorSide):
         self.state.close()
 
 
+class ObservedSalesforceObject(SalesforceObject):
+    """The Salesforce block, telling its side while a read opens: its requests up to the
+    first page's answer (token, getDeleted, the query) all come before the query sees the
+    records, so a change committed at one of them is one this read returns."""
+
+    _side: Any = PrivateAttr(None)
+
+    def read_pages(self, cursor: str | None) -> Iterator[ChangeSet]:
+        self._side.opening = True
+        try:
+            for page in super().read_pages(cursor):
+                self._side.opening = False
+                yield page
+        finally:
+            self._side.opening = False
+
+
 _NEXT_BATCH = re.compile(r"/services/data/v[\d.]+/query(All)?/[^/]+$")
 
 
@@ -318,7 +335,7 @@ class SalesforceSide(SimulatorSide):
         }
 
     def endpoint(self, between_pages: Callable[[list[str]], None]) -> Endpoint:
-        block = SalesforceObject(
+        block = ObservedSalesforceObject(
             instance_url=self.server.url,
             object=self.COLLECTION,
             external_id_field=self.MARKER,
@@ -331,8 +348,11 @@ class SalesforceSide(SimulatorSide):
             ),
         )
         block.use_retry_hooks(self.sleep, self.world.rng)
+        block._side = self
         self.paging.hook = between_pages
         return block
+
+    opening = False  # a read is between its start and its first page
 
     # -- long transactions: a change stamped now, seen when it commits --------------------
 
@@ -372,14 +392,9 @@ class SalesforceSide(SimulatorSide):
     read_floor: datetime | None = None  # where the extraction check's window starts
 
     def before_request(self, scope: dict[str, Any]) -> None:
-        path, query = scope["path"], scope.get("query_string", b"")
-        first_read = scope["method"] == "GET" and (
-            path.endswith(f"/sobjects/{self.COLLECTION}/deleted/")
-            or (path.endswith("/query") and b"q=" in query)
-        )
-        if first_read and path.endswith("/deleted/") and self.pending():
+        if scope["path"].endswith("/deleted/") and self.pending():
             FIRED["commit lag: latestDateCovered held back"] += 1
-        self.settle(first_read)
+        self.settle(first_read=self.opening)
 
     def answered(self, scope: dict[str, Any], status: int) -> None:
         if status == 400 and scope["path"].endswith("/deleted/"):
