@@ -510,11 +510,16 @@ class GraphFaults(SaasMachine):
 class SalesforceFaults(SaasMachine):
     """Salesforce's own faults: a purged recycle bin, and edits in long transactions."""
 
-    @rule(everything=st.booleans())
-    def recycle_bin_purged(self, everything: bool) -> None:
+    @rule(everything=st.booleans(), delete=st.none() | st.integers(0, 50))
+    def recycle_bin_purged(self, everything: bool, delete: int | None) -> None:
         """The recycle bin is emptied (or the records deleted over 10 s ago are purged from
-        the delete log): getDeleted refuses a start before the last one purged."""
+        the delete log), after a person deletes record number ``delete`` when given (a hard
+        delete): getDeleted refuses a start before the last one purged."""
         for side in self._sides(SalesforceSide):
+            keys = self.world.keys(side.name)
+            if delete is not None and keys:
+                self.world.clock.advance(1)
+                self.world.delete(side.name, keys[delete % len(keys)])
             before = None if everything else side.state.now() - timedelta(seconds=10)
             if side.state.purge_deleted(side.COLLECTION, before):
                 FIRED["recycle bin purged"] += 1

@@ -592,10 +592,30 @@ SHAREPOINT_DELETION_LOST_ON_UPLOAD_DIFFERENCES = (
 )
 
 
+# throttled runs waited minutes out, so the org's clock ran ahead of ours: getDeleted's
+# window, ended a minute past our clock, held the cursor 55 s a run behind and a deletion
+# made later was not found before the quiet runs ended
+SALESFORCE_DELETE_WINDOW_FOLLOWS_THE_ORGS_CLOCK = (
+    SalesforceAndSql,
+    """
+    start(records=10, seed=28659)
+    run_while_throttled(rate=0.1, seconds=25)
+    run_while_throttled(rate=0.3, seconds=180)
+    run_again()
+    person_deletes(pick=20, side=0)
+    run()
+    """,
+)
+
+
 @pytest.mark.parametrize(
     "case",
     [
         pytest.param(LONG_TRANSACTION_LOCKS_ITS_RECORD, id="long-transaction-locks-its-record"),
+        pytest.param(
+            SALESFORCE_DELETE_WINDOW_FOLLOWS_THE_ORGS_CLOCK,
+            id="salesforce-delete-window-follows-the-orgs-clock",
+        ),
         pytest.param(
             SHAREPOINT_DELETION_LOST_ON_UPLOAD_DIFFERENCES,
             id="sharepoint-deletion-lost-on-upload-differences",
