@@ -283,6 +283,7 @@ class ObservedSalesforceObject(SalesforceObject):
     first page's answer (token, getDeleted, the query) all come before the query sees the
     records, so a change committed at one of them is one this read returns."""
 
+    _block_type_slug = "twoway-harness-salesforce-object"  # not registered in place of the real one
     _side: Any = PrivateAttr(None)
 
     def read_pages(self, cursor: str | None) -> Iterator[ChangeSet]:
