@@ -156,6 +156,7 @@ class SalesforceObject(HttpEndpointBlock):
     _codes = {"UNABLE_TO_LOCK_ROW": Retriable, "REQUEST_LIMIT_EXCEEDED": Fatal}
 
     _base: str | None = PrivateAttr(None)  # the instance URL the token answer names
+    _server_now: datetime | None = PrivateAttr(None)  # the org's clock at the last getDeleted
     _fresh_when_pickled = {**HttpEndpointBlock._fresh_when_pickled, "_base": None}
 
     @classmethod
@@ -336,9 +337,23 @@ class SalesforceObject(HttpEndpointBlock):
     def _deleted_since(self, start: datetime) -> tuple[list[str], datetime | None] | None:
         """Ids deleted since ``start`` and the ``latestDateCovered``; None when getDeleted
         no longer reaches back that far (INVALID_REPLICATION_DATE). The window ends a minute
-        past our clock (and ``start``): the server caps it at its own clock."""
+        past our clock (and ``start``): the server caps it at its own clock. When the org's
+        clock (its Date header) is past that end and the window was covered to it, the rest
+        up to the org's clock is asked for too."""
         end = max(datetime.now(UTC), start) + timedelta(seconds=60)
-        return self._deleted_between(start, end)
+        keys: list[str] = []
+        while True:
+            window = self._deleted_between(start, end)
+            if window is None:
+                return None
+            keys += window[0]
+            covered, server = window[1], self._server_now
+            # our clock behind the org's: the window ended before the org's clock did, so
+            # ask for the rest rather than hold the cursor there (and deletions with it)
+            sent_end = end.replace(microsecond=0)
+            if covered is None or server is None or covered < sent_end or server <= sent_end:
+                return keys, covered
+            start, end = sent_end, server + timedelta(seconds=60)
 
     def _deleted_between(
         self, start: datetime, end: datetime
@@ -351,6 +366,7 @@ class SalesforceObject(HttpEndpointBlock):
         }
         path = self._data_path(f"/sobjects/{self.object}/deleted/")
         reply = self._request("GET", path, ok=(200, 400), params=params)
+        self._server_now = _server_time(reply.headers)
         body = reply.body
         if reply.status == 400:
             code, _ = error_of(body)

@@ -605,3 +605,81 @@ def test_replay(case, caplog):
             machine.world.close()
         raise
     machine.teardown()
+
+
+# -- the services' own faults (purges, commit lag, long Retry-After, Graph's 410 codes) ----
+
+
+class SharePointUploadDifferencesAnyTime(SharePointAndSql):
+    """The SharePoint machine with no exception for its known limit: a 410
+    resyncChangesUploadDifferences may come while a person's deletion waits to be read."""
+
+    upload_differences_after_unread_deletes = True
+
+
+# a person's second edit of a record whose first edit was still in an open transaction:
+# the simulator applied it, then the first transaction's commit overwrote it
+LONG_TRANSACTION_LOCKS_ITS_RECORD = (
+    SalesforceAndSql,
+    """
+    start(records=2, seed=0)
+    run()
+    person_edits_in_a_long_transaction(field='first_name', lag=3.0, pick=0)
+    person_edits_in_a_long_transaction(field='email', lag=3.0, pick=0)
+    """,
+)
+
+# a deletion in the list, then a 410 resyncChangesUploadDifferences before any run read it:
+# the full read after it infers no deletion and the new delta token starts past it, so the
+# record stays in the other system for good (known limit, see the reason below)
+SHAREPOINT_DELETION_LOST_ON_UPLOAD_DIFFERENCES = (
+    SharePointUploadDifferencesAnyTime,
+    """
+    start(records=2, seed=0)
+    run()
+    person_deletes(pick=0, side=0)
+    delta_token_expires(code='resyncChangesUploadDifferences', while_paging=False)
+    run()
+    """,
+)
+
+
+# throttled runs waited minutes out, so the org's clock ran ahead of ours: getDeleted's
+# window, ended a minute past our clock, held the cursor 55 s a run behind and a deletion
+# made later was not found before the quiet runs ended
+SALESFORCE_DELETE_WINDOW_FOLLOWS_THE_ORGS_CLOCK = (
+    SalesforceAndSql,
+    """
+    start(records=10, seed=28659)
+    run_while_throttled(rate=0.1, seconds=25)
+    run_while_throttled(rate=0.3, seconds=180)
+    run_again()
+    person_deletes(pick=20, side=0)
+    run()
+    """,
+)
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        pytest.param(LONG_TRANSACTION_LOCKS_ITS_RECORD, id="long-transaction-locks-its-record"),
+        pytest.param(
+            SALESFORCE_DELETE_WINDOW_FOLLOWS_THE_ORGS_CLOCK,
+            id="salesforce-delete-window-follows-the-orgs-clock",
+        ),
+        pytest.param(
+            SHAREPOINT_DELETION_LOST_ON_UPLOAD_DIFFERENCES,
+            id="sharepoint-deletion-lost-on-upload-differences",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="after resyncChangesUploadDifferences the SharePoint read is not full "
+                "(absent is not deleted) and the engine neither uploads the links the list "
+                "lacks nor keeps them for a later full read: tasks/extract.py infers no "
+                "deletion and nothing marks those links, so they stay live in the ID map",
+            ),
+        ),
+    ],
+)
+def test_service_fault_replay(case, caplog):
+    test_replay(case, caplog)

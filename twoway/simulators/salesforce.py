@@ -701,6 +701,18 @@ class SalesforceState:
             raise _not_found()
         return record
 
+    def _check_unlocked(self, rid: str) -> None:
+        """A record changed by a transaction still open is locked until it commits: other
+        writes fail with UNABLE_TO_LOCK_ROW (as in an org, after waiting for the lock)
+        rather than be overwritten when it commits."""
+        self.commit_due()
+        if any(pending == rid for _, _, pending, _ in self._uncommitted):
+            raise SfError(
+                400,
+                "UNABLE_TO_LOCK_ROW",
+                "unable to obtain exclusive access to this record or 1 records",
+            )
+
     @staticmethod
     def _derive(obj: SObjectType, record: dict[str, Any]) -> None:
         """Fields an org computes: a Contact's Name from its first and last names."""
@@ -755,6 +767,7 @@ class SalesforceState:
         with self._lock:
             obj = self.sobject(sobject)
             record = self._find(obj, record_id)
+            self._check_unlocked(record["Id"])
             if (
                 unmodified_since is not None
                 and record["LastModifiedDate"].replace(microsecond=0) > unmodified_since
@@ -785,6 +798,7 @@ class SalesforceState:
             obj = self.sobject(sobject)
             record = self._find(obj, record_id)
             rid = record["Id"]
+            self._check_unlocked(rid)
             before = dict(record)
             stamp = self._stamp()
             del obj.records[rid]
