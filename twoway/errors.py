@@ -106,14 +106,26 @@ def redact(text: str) -> str:
 
 class RedactingFilter(logging.Filter):
     """Masks credentials (as :func:`redact` does) in log records and their tracebacks,
-    and drops the traceback of a known error (its message says what is wrong): the
-    Prefect engine logs a task's error, with its traceback, in the error's own text."""
+    and drops the traceback of a known error (its message says what is wrong), logged as a
+    warning: the Prefect engine logs a task's error, with its traceback, in the error's own
+    text, and the run logs the one error line of it."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         record.msg = redact(record.getMessage())
         record.args = None
         if record.exc_info and isinstance(record.exc_info[1], TwowayError):
             record.exc_info = None
+            if record.levelno > logging.WARNING:
+                # the run's own line is the one error of a known failure; what a task run
+                # says of it on the way (a retry, retries exhausted) is a warning
+                record.levelno, record.levelname = logging.WARNING, "WARNING"
+        elif (
+            record.name == "prefect.task_runs"
+            and record.levelno > logging.WARNING
+            and record.msg.startswith("Finished in state ")
+        ):
+            # a failed task run's final state repeats the error its run reports once
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
         if record.exc_info and not record.exc_text:
             record.exc_text = redact("".join(traceback.format_exception(*record.exc_info)).rstrip())
         return True

@@ -364,7 +364,9 @@ def test_two_runs_started_together_never_overlap(api):
             run = client.read_flow_run(started.id)
             assert run.state.is_completed(), (run.name, run.state)
             tasks = _task_runs(api, started.id)
-            assert len(tasks) >= 5
+            # at least each system's read and the commit (a run with nothing to work on
+            # plans no chunk: it commits its cursors only)
+            assert len(tasks) >= 3 and any(t.name == "commit state" for t in tasks)
             windows.append(
                 (min(t.start_time for t in tasks), max(t.end_time for t in tasks), run.id)
             )
