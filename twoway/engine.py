@@ -532,6 +532,10 @@ def _work(
     for index, buckets in enumerate(plan_of):
         final = index == len(plan_of) - 1
         _chunk(run, index, len(plan_of), buckets, final, allow_mass_change or len(plan_of) > 1)
+        if not final:
+            # the collector is paused for the run: what a chunk left in cycles (task runs,
+            # futures) goes now, while few objects are alive and a pass is quick
+            gc.collect()
     if not plan_of and not report.dry_run:  # nothing to work on: the cursors still move
         _call(rt, "commit state", steps.commit, store, sync, _cursors(run), report.run_id)
     report.decisions = applied_decisions(decided, due, run.done)
