@@ -44,6 +44,10 @@ from twoway.values import values_hash
 
 SCOPE_ALL = "*"
 
+#: linked records a system needs before the mass-change guard judges it (below that a share
+#: says little)
+GUARD_FLOOR = 10
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -527,7 +531,7 @@ def _work(
     merges = [m for read in reads.values() for m in read.merges]
     plan_of = chunks_of(sizes, merges, rt.chunk_size)
     report.chunks = len(plan_of)
-    if not allow_mass_change and len(plan_of) > 1:
+    if not allow_mass_change and len(plan_of) > 1 and _could_trip(definition, store):
         _guard_mass_change(definition, store, _measure(run, plan_of))
     for index, buckets in enumerate(plan_of):
         final = index == len(plan_of) - 1
@@ -590,6 +594,13 @@ def _plan_chunk(
         decisions={(c["link_id"], c["field"]): (c["id"], c["chosen"]) for c in decided},
     )
     return filtered, mapping, plan
+
+
+def _could_trip(definition: Definition, store: StateStore) -> bool:
+    """Whether the mass-change guard can refuse this run at all: only a system with at
+    least :data:`GUARD_FLOOR` linked records can trip it (a first sync never does)."""
+    linked = store.counts(definition.name)["linked"]
+    return any(linked.get(system, 0) >= GUARD_FLOOR for system in definition.systems)
 
 
 def _measure(run: _Run, plan_of: list[list[int]]) -> dict[str, list[int]]:
@@ -782,7 +793,7 @@ def _guard_mass_change(
     than that share of its converged records would have values overwritten. ``sizes`` is
     what :func:`_sizes` counts over the whole run. ``--allow-mass-change`` skips the guard.
     """
-    floor = 10
+    floor = GUARD_FLOOR
     limit = definition.mass_change_limit
     override = "If that is intended, run again with --allow-mass-change"
     if all(max(size) < floor for size in sizes.values()):

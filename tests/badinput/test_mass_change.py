@@ -8,6 +8,7 @@ import sqlalchemy as sa
 
 from tests.syncrig import sync_rig
 from twoway import cli
+from twoway.engine import Runtime
 
 N = 12
 
@@ -55,6 +56,20 @@ def test_overwriting_more_than_the_share_stops_before_writing(rig, capfd):
     assert "would overwrite values of 10 of 12 records in s1" in report.error
     assert rig.rows("s1") == before
     assert rig.run(allow_mass_change=True).systems["s1"]["updated"] == 10
+
+
+def test_a_run_of_many_chunks_is_judged_whole_before_any_chunk_writes(rig):
+    """With one-record chunks, no chunk alone overwrites ten records: the guard plans every
+    chunk first and refuses the run before the first one writes."""
+    for i in range(10):
+        rig.edit("s0", f"p{i}@example.com", last_name="Bulk")
+    before = rig.rows("s1")
+    report = rig.run(runtime=Runtime(chunk_size=1))
+    assert report.status == "failed" and report.chunks > 1
+    assert "would overwrite values of 10 of 12 records in s1" in report.error
+    assert rig.rows("s1") == before
+    allowed = rig.run(runtime=Runtime(chunk_size=1), allow_mass_change=True)
+    assert allowed.systems["s1"]["updated"] == 10
 
 
 def test_an_empty_extract_is_a_fault_not_everything_deleted(rig):
