@@ -41,6 +41,7 @@ from pydantic import (
 )
 
 from tasks.commit import commit_state_task
+from tasks.common import Whole
 from tasks.delta import compute_deltas_task
 from tasks.extract import extract_apart_task, extract_changes_task
 from tasks.idmap import map_ids_task
@@ -234,7 +235,8 @@ def _as_task(step: Any) -> Callable[..., Any]:
 
     def call(*args: Any, **kwargs: Any) -> Any:
         named = step.with_options(task_run_name=STEP_NAME.value)
-        return named(*[quote(a) for a in args], **{k: quote(v) for k, v in kwargs.items()})
+        out = named(*[quote(a) for a in args], **{k: quote(v) for k, v in kwargs.items()})
+        return out.value if isinstance(out, Whole) else out
 
     return call
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from prefect import task
 
-from tasks.common import TASK_OPTIONS, Filtered, PlannedOp
+from tasks.common import TASK_OPTIONS, Filtered, PlannedOp, whole
 from tasks.delta import Plan
 from tasks.idmap import Mapping
 from twoway.contract import Create, Delete, Update, WriteResult
@@ -231,4 +231,4 @@ def commit_state(store: StateStore, sync: str, changes: StateChanges, run_id: st
     store.commit(sync, changes, run_id)
 
 
-commit_state_task = task(commit_state, name="commit state", **TASK_OPTIONS)
+commit_state_task = task(whole(commit_state), name="commit state", **TASK_OPTIONS)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -22,6 +24,27 @@ TASK_OPTIONS: dict[str, Any] = {
     "cache_policy": NO_CACHE,
     "persist_result": False,
 }
+
+
+class Whole:
+    """A step's result handed out of its Prefect task in one piece. A flow run keeps an
+    entry for each item of a list a task returns (to draw data dependencies), so a load's
+    results, one per record written, would stay in memory until the run ends."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any):
+        self.value = value
+
+
+def whole(step: Callable[..., Any]) -> Callable[..., Whole]:
+    """``step`` returning its result as a :class:`Whole` (for a Prefect task of it)."""
+
+    @functools.wraps(step)
+    def run(*args: Any, **kwargs: Any) -> Whole:
+        return Whole(step(*args, **kwargs))
+
+    return run
 
 
 @dataclass(slots=True)

@@ -14,7 +14,7 @@ from dataclasses import replace
 
 from prefect import task
 
-from tasks.common import TASK_OPTIONS, Observed
+from tasks.common import TASK_OPTIONS, Observed, whole
 from tasks.echo import ECHO, filter_echoes
 from tasks.idmap import match_key
 from twoway.contract import ChangeSet, Endpoint, RawRecord, read_ahead
@@ -300,8 +300,8 @@ def _extract_alone() -> None:
     sys.stdout.buffer.write(pickle.dumps(outcome))
 
 
-extract_changes_task = task(extract_changes, name="extract changed records", **TASK_OPTIONS)
-extract_apart_task = task(extract_apart, name="extract changed records", **TASK_OPTIONS)
+extract_changes_task = task(whole(extract_changes), name="extract changed records", **TASK_OPTIONS)
+extract_apart_task = task(whole(extract_apart), name="extract changed records", **TASK_OPTIONS)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from typing import Any
 
 from prefect import task
 
-from tasks.common import TASK_OPTIONS, Filtered, Observed
+from tasks.common import TASK_OPTIONS, Filtered, Observed, whole
 from twoway.definition import Definition
 from twoway.state import Intent, Link, Member, StateStore
 from twoway.values import values_hash
@@ -241,4 +241,4 @@ def _ambiguous(record: Observed, reason: str) -> dict[str, Any]:
     }
 
 
-map_ids_task = task(map_ids, name="map IDs via the table", **TASK_OPTIONS)
+map_ids_task = task(whole(map_ids), name="map IDs via the table", **TASK_OPTIONS)

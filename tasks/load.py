@@ -13,7 +13,7 @@ from typing import Any
 
 from prefect import task
 
-from tasks.common import TASK_OPTIONS, PlannedOp
+from tasks.common import TASK_OPTIONS, PlannedOp, whole
 from twoway.contract import Create, Endpoint, RawRecord, WriteResult, chunks, in_flight
 from twoway.definition import Definition
 from twoway.errors import Retriable
@@ -53,7 +53,7 @@ def load_changes(
 
 
 load_changes_task = task(
-    load_changes, name="load", **{**TASK_OPTIONS, "retries": 0, "retry_condition_fn": None}
+    whole(load_changes), name="load", **{**TASK_OPTIONS, "retries": 0, "retry_condition_fn": None}
 )
 
 

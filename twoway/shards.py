@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from prefect import task
 
-from tasks.common import TASK_OPTIONS, PlannedOp
+from tasks.common import TASK_OPTIONS, PlannedOp, whole
 from tasks.load import load_changes
 from twoway.connectors import open_endpoint
 from twoway.contract import ChangeSet, Endpoint, Op, RawRecord, WriteResult
@@ -225,7 +225,7 @@ def load_shard(
 
 # a shard is never retried as a whole (a create would be sent twice); its batches retry
 load_shard_task = task(
-    load_shard,
+    whole(load_shard),
     name="load shard",
     task_run_name="load {system} shard {shard}",
     **{**TASK_OPTIONS, "retries": 0, "retry_condition_fn": None},
@@ -360,7 +360,7 @@ class ShardedLoad:
         done = 0
         for future in as_completed(list(futures)):
             try:
-                out = future.result()
+                out = future.result().value
             except Exception as exc:  # re-raised once every shard has ended
                 errors.append(exc)
                 continue
