@@ -170,6 +170,7 @@ DUPLICATE = "values in two records"
 UNREAD = "rows changed since the last extraction were not read"
 NO_OP = "a write set fields to the values the system held"
 RESURRECTED = "came back"
+NEVER_SYNCED = "a person's record never synced"
 APART = "differ"  # systems that hold different records for none of the reasons above
 
 
@@ -220,7 +221,7 @@ MUTANTS: dict[str, Mutant] = {
         lambda: mock.patch.object(
             engine.PLAIN, "extract", _cursor_before_load(engine.extract_changes)
         ),
-        (UNREAD, LOST, APART),
+        (UNREAD, LOST, APART, NEVER_SYNCED),
     ),
     # creates that a crashed run applied are made again: duplicates, or a copy that stays
     # after a person deleted its twin
@@ -229,7 +230,7 @@ MUTANTS: dict[str, Mutant] = {
     # the other systems (and our own unconfirmed creates are skipped, then made again)
     "echo by the account alone": Mutant(
         lambda: mock.patch.object(extract, "filter_echoes", _echo_by_account_alone),
-        (LOST, APART, DUPLICATE),
+        (LOST, APART, DUPLICATE, NEVER_SYNCED),
     ),
     "deleted record re-created": Mutant(
         lambda: mock.patch.object(
