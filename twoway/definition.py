@@ -262,6 +262,12 @@ class Definition(BaseModel):
         le=1,
         description="Largest share of a system's records one run may delete or overwrite",
     )
+    chunk_size: int = Field(
+        50_000,
+        ge=1,
+        le=10_000_000,
+        description="Records a run works on and commits at a time (its checkpoints)",
+    )
 
     # filled in by load_definition
     path: Path | None = Field(None, exclude=True)

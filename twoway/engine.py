@@ -146,8 +146,9 @@ class Runtime:
     logger: logging.Logger | logging.LoggerAdapter | None = None
     lease_ttl: float = 60.0
     #: records (changes, deletions) a chunk holds about: each chunk is planned, written and
-    #: committed before the next one is read back from the staging files
-    chunk_size: int = 50_000
+    #: committed before the next one is read back from the staging files (None: the
+    #: definition's ``chunk_size``)
+    chunk_size: int | None = None
     #: a full read of several systems reads each in a process of its own (the flows set it;
     #: a run given its own endpoints reads in this process)
     read_apart: bool = False
@@ -529,7 +530,7 @@ def _work(
     sizes = [read.bucket_sizes() for read in staged.values()]
     sizes.append(dict.fromkeys((bucket_of(link) for link in pending), 1))
     merges = [m for read in reads.values() for m in read.merges]
-    plan_of = chunks_of(sizes, merges, rt.chunk_size)
+    plan_of = chunks_of(sizes, merges, rt.chunk_size or definition.chunk_size)
     report.chunks = len(plan_of)
     if not allow_mass_change and len(plan_of) > 1 and _could_trip(definition, store):
         _guard_mass_change(definition, store, _measure(run, plan_of))
@@ -538,8 +539,9 @@ def _work(
         _chunk(run, index, len(plan_of), buckets, final, allow_mass_change or len(plan_of) > 1)
         if not final:
             # the collector is paused for the run: what a chunk left in cycles (task runs,
-            # futures) goes now, while few objects are alive and a pass is quick
-            gc.collect()
+            # futures) goes now. Those are young; a pass over the young generations costs
+            # what the chunk allocated, where a full pass walks every object of the process
+            gc.collect(1)
     if not plan_of and not report.dry_run:  # nothing to work on: the cursors still move
         _call(rt, "commit state", steps.commit, store, sync, _cursors(run), report.run_id)
     report.decisions = applied_decisions(decided, due, run.done)

@@ -93,6 +93,11 @@ EDITS = {  # case -> (command, text of the definition, what the message must say
         BASE + "mass_change_limit: 5\n",
         ["mass_change_limit:"],
     ),
+    "chunk-size-zero": (
+        "check",
+        BASE + "chunk_size: 0\n",
+        ["chunk_size: Input should be greater than or equal to 1"],
+    ),
     "match-on-not-mapped": (
         "check",
         BASE.replace("match_on: [email]", "match_on: [mail]"),

@@ -373,6 +373,26 @@ def test_creates_with_and_without_optional_values_in_one_batch(tmp_path, backend
         assert rig.row("s1", "without@example.com")["phone"] is None
 
 
+def test_the_definitions_chunk_size_sets_the_runs_checkpoints(tmp_path):
+    with sync_rig(tmp_path, chunk_size=2) as rig:
+        for i in range(7):
+            rig.add("s0", f"c{i}@example.com", f"F{i}")
+        assert rig.definition.chunk_size == 2
+        planned: list[int] = []
+
+        class Chunks(Observer):
+            def chunk(self, index, total, writes):
+                planned.append(index)
+
+        report = rig.run(runtime=Runtime(observer=Chunks()))
+        assert report.status == "completed" and report.chunks >= 4
+        assert planned == list(range(report.chunks))
+        assert sorted(r["email"] for r in rig.rows("s1")) == [f"c{i}@example.com" for i in range(7)]
+        # the runtime's own size wins over the definition's: one chunk for all of them
+        rig.add("s0", "late@example.com")
+        assert rig.run(runtime=Runtime(chunk_size=50_000)).chunks == 1
+
+
 def test_a_run_pauses_the_garbage_collector_and_restores_it(tmp_path):
     seen: list[bool] = []
 
