@@ -51,7 +51,6 @@ from twoway.definition import Definition, load_definition
 from twoway.engine import (
     STEP_NAME,
     Observer,
-    RunReport,
     Runtime,
     StepSet,
     counts_line,
@@ -59,7 +58,7 @@ from twoway.engine import (
 )
 from twoway.errors import AlreadyRunning, DefinitionError, RedactingFilter, TwowayError, redact
 from twoway.overview import artifact_key, publish_overview
-from twoway.report import COUNT_COLUMNS, TABLE_CAP
+from twoway.report import COUNT_COLUMNS, TABLE_CAP, RunReport
 from twoway.review import decisions_markdown
 
 # the engine logs a task's unexpected error with its own text: mask credentials in it

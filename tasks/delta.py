@@ -18,10 +18,11 @@ from typing import Any
 
 from prefect import task
 
-from tasks.common import TASK_OPTIONS, Observed, PlannedOp, whole
+from tasks.common import TASK_OPTIONS, whole
 from tasks.idmap import Mapping, match_key
 from twoway.contract import Create, Delete, Update
 from twoway.definition import Definition
+from twoway.records import Observed, PlannedOp
 from twoway.values import canonical
 
 _MISSING = object()

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tasks.common import Observed
+from twoway.records import Observed
 from twoway.state import Member
 
 ECHO = "echo"

@@ -14,12 +14,13 @@ from dataclasses import replace
 
 from prefect import task
 
-from tasks.common import TASK_OPTIONS, Observed, whole
+from tasks.common import TASK_OPTIONS, whole
 from tasks.echo import ECHO, filter_echoes
 from tasks.idmap import match_key
 from twoway.contract import ChangeSet, Endpoint, RawRecord, read_ahead
 from twoway.definition import Definition
 from twoway.errors import Fatal
+from twoway.records import Observed
 from twoway.staging import (
     CHANGED,
     DELETED,

@@ -13,8 +13,9 @@ from typing import Any
 
 from prefect import task
 
-from tasks.common import TASK_OPTIONS, Filtered, Observed, whole
+from tasks.common import TASK_OPTIONS, whole
 from twoway.definition import Definition
+from twoway.records import Filtered, Observed
 from twoway.state import Intent, Link, Member, StateStore
 from twoway.values import values_hash
 

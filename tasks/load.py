@@ -13,10 +13,11 @@ from typing import Any
 
 from prefect import task
 
-from tasks.common import TASK_OPTIONS, PlannedOp, whole
+from tasks.common import TASK_OPTIONS, whole
 from twoway.contract import Create, Endpoint, RawRecord, WriteResult, chunks, in_flight
 from twoway.definition import Definition
 from twoway.errors import Retriable
+from twoway.records import PlannedOp
 from twoway.retry import RetryPolicy
 from twoway.values import canonical, values_hash
 

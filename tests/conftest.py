@@ -4,6 +4,12 @@ one real Directus server for the whole session (tests/directus_server.py)."""
 from __future__ import annotations
 
 import pytest
+from hypothesis import settings
+
+# speed is measured in benchmarks, not in tests: no example of a property test fails for
+# taking long (Hypothesis's default deadline of 200 ms trips on a busy machine)
+settings.register_profile("twoway", deadline=None)
+settings.load_profile("twoway")
 
 
 @pytest.fixture(scope="session")

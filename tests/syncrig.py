@@ -17,7 +17,8 @@ import yaml
 
 from tests.sqlrig import SqlPerson, fresh_table, server_url
 from twoway.definition import Definition, load_definition
-from twoway.engine import RunReport, Runtime, run_sync
+from twoway.engine import Runtime, run_sync
+from twoway.report import RunReport
 
 # per system: key, email, first, last, phone, modified, by
 LAYOUTS = [

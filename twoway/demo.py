@@ -216,7 +216,7 @@ def _show(label: str, report: dict[str, Any]) -> None:
 def run_sql_demo(folder: Path, records: int = 300, seed: int = 7) -> int:
     """The two-database demo (``twoway demo --sql``): build it, run it, print what happened;
     0 when every expectation held. Its files are what syncs/contacts.sync.yaml reads."""
-    from twoway.cli import run_flow
+    from flows.run import run_flow
 
     if folder.exists():
         for name in ("crm.db", "portal.db", "state.db", "contacts.sync.yaml"):
@@ -412,7 +412,7 @@ def run_demo(folder: Path, records: int = 300, seed: int = 7) -> int:
     import os
     import secrets
 
-    from twoway.cli import run_flow
+    from flows.run import run_flow
     from twoway.simulators.graph import GraphState, create_app
     from twoway.simulators.server import BackgroundServer
 

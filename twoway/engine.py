@@ -34,7 +34,14 @@ from twoway.connectors import open_endpoint
 from twoway.contract import Create, Delete, Endpoint, Update
 from twoway.definition import Definition
 from twoway.errors import AlreadyRunning, MassChangeRefused, SyncError, TwowayError, redact
-from twoway.report import TABLE_CAP, count_plan_rows, plan_rows, refused_writes
+from twoway.report import (
+    COUNT_COLUMNS,
+    TABLE_CAP,
+    RunReport,
+    count_plan_rows,
+    plan_rows,
+    refused_writes,
+)
 from twoway.retry import RetryPolicy
 from twoway.review import applied_decisions, decision_line
 from twoway.staging import ReadSummary, StagedRead, bucket_of, chunks_of
@@ -154,54 +161,6 @@ class Runtime:
     read_apart: bool = False
 
 
-@dataclass
-class RunReport:
-    """The outcome of a run: what ``--json`` prints and the run artifact shows."""
-
-    sync: str
-    run_id: str
-    status: str = "completed"
-    dry_run: bool = False
-    conflicts: int = 0
-    systems: dict[str, dict[str, int]] = field(default_factory=dict)
-    error: str | None = None
-    changes: list[dict[str, Any]] = field(default_factory=list)  # field changes, capped
-    change_rows: int = 0  # field changes in all (the table shows TABLE_CAP at most)
-    planned: dict[str, int] = field(default_factory=dict)  # writes planned per system
-    chunks: int = 0
-    conflict_list: list[dict[str, Any]] = field(default_factory=list)
-    failures: list[dict[str, Any]] = field(default_factory=list)
-    decisions: list[dict[str, Any]] = field(default_factory=list)  # people's, this run wrote
-    seconds: float = 0.0  # the run itself: state, reads, writes, commit (not start-up)
-
-    def as_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "sync": self.sync,
-            "status": self.status,
-            "dry_run": self.dry_run,
-            "conflicts": self.conflicts,
-            "systems": self.systems,
-            "seconds": round(self.seconds, 3),
-        }
-        if self.error is not None:
-            out["error"] = self.error
-        out["run_id"] = self.run_id
-        return out
-
-
-def _counts() -> dict[str, int]:
-    return {
-        "extracted": 0,
-        "echo_skipped": 0,
-        "reread": 0,
-        "created": 0,
-        "updated": 0,
-        "deleted": 0,
-        "failed": 0,
-        "deferred": 0,
-    }
-
-
 class _LeaseKeeper:
     """Renews the run's lease in the background so a long step does not lose it."""
 
@@ -292,7 +251,7 @@ def _run_sync(
     targets = set(targets or all_systems)
     scope = SCOPE_ALL if not one_way else "->" + ",".join(sorted(targets))
     report = RunReport(sync=definition.name, run_id=run_id, dry_run=dry_run)
-    report.systems = {s: _counts() for s in definition.systems}
+    report.systems = {s: dict.fromkeys(COUNT_COLUMNS, 0) for s in definition.systems}
     try:
         # a store or a system that cannot be opened (a saved block that does not exist)
         # fails the run like any other known error: one line, a report
@@ -304,37 +263,27 @@ def _run_sync(
         for endpoint in endpoints.values():
             if hasattr(endpoint, "use_clock"):
                 endpoint.use_clock(rt.clock)
+        work = functools.partial(
+            _run,
+            definition,
+            rt,
+            store,
+            endpoints,
+            report,
+            sources,
+            targets,
+            scope,
+            full,
+            allow_mass_change,
+            log,
+        )
         if dry_run:
-            _run(
-                definition,
-                rt,
-                store,
-                endpoints,
-                report,
-                sources,
-                targets,
-                scope,
-                full,
-                allow_mass_change,
-                log,
-            )
+            work()
         else:
             with _LeaseKeeper(store, definition.name, run_id, rt.lease_ttl):
                 store.start_run(run_id, definition.name, dry_run)
                 try:
-                    _run(
-                        definition,
-                        rt,
-                        store,
-                        endpoints,
-                        report,
-                        sources,
-                        targets,
-                        scope,
-                        full,
-                        allow_mass_change,
-                        log,
-                    )
+                    work()
                 except Exception as exc:
                     _fail(report, exc, log)
                     store.finish_run(run_id, "failed", report.as_json(), report.error)
@@ -375,6 +324,19 @@ def _match_value(definition: Definition, values: dict[str, Any] | None) -> str |
     return ", ".join(parts) or None
 
 
+@contextmanager
+def _staging(sources: set[str]) -> Iterator[dict[str, StagedRead]]:
+    """A staging file per source system in a temporary folder of the run's own; closed and
+    removed when the run ends, however it ends."""
+    with tempfile.TemporaryDirectory(prefix="twoway-run-") as folder:
+        staged = {s: StagedRead(os.path.join(folder, f"{s}.sqlite")) for s in sorted(sources)}
+        try:
+            yield staged
+        finally:
+            for read in staged.values():
+                read.close()
+
+
 def _run(
     definition: Definition,
     rt: Runtime,
@@ -392,26 +354,105 @@ def _run(
     deltas, load, commit. Each chunk's state is committed in one transaction; the cursors
     move with the last chunk, so a run that dies between chunks reads its changes again and
     finds the committed ones settled (echoes or unchanged: a no-op)."""
-    with tempfile.TemporaryDirectory(prefix="twoway-run-") as staging:
-        staged = {s: StagedRead(os.path.join(staging, f"{s}.sqlite")) for s in sorted(sources)}
-        try:
-            _work(
-                definition,
-                rt,
-                store,
-                endpoints,
-                report,
-                sources,
-                targets,
-                scope,
-                full,
-                allow_mass_change,
-                log,
-                staged,
-            )
-        finally:
+    with _staging(sources) as staged:
+        sync = definition.name
+        steps = rt.steps
+        due = store.due_dead_letters(sync)
+        intents = store.open_intents(sync)
+        jobs = []
+        for system in sorted(sources):
+            cursor = None if full else store.cursor(sync, system, scope)
+            # records parked before they were linked (ambiguous matches) are read again
+            reread = [
+                d["external_id"]
+                for d in due
+                if d["link_id"] is None and d["external_id"] and d["system"] == system
+            ]
+            jobs.append((system, cursor, reread))
+        reads: dict[str, ReadSummary] = {}
+        if full and len(jobs) > 1 and rt.read_apart:
+            # a full reconciliation reads every system whole: one process per system
             for read in staged.values():
-                read.close()
+                read.close()  # each process writes its own file; it is opened again after
+            calls = [
+                functools.partial(
+                    _call,
+                    rt,
+                    f"extract {s}",
+                    steps.extract_apart,
+                    definition,
+                    s,
+                    c,
+                    staged[s].path,
+                    rr,
+                    intents,
+                )
+                for s, c, rr in jobs
+            ]
+            reads.update(zip([s for s, _, _ in jobs], together(calls), strict=True))
+            for system in staged:
+                staged[system] = StagedRead(staged[system].path)
+        else:
+            for system, cursor, reread in jobs:
+                reads[system] = _call(
+                    rt,
+                    f"extract {system}",
+                    steps.extract,
+                    definition,
+                    system,
+                    endpoints[system],
+                    cursor,
+                    store.system_ids(sync, system),
+                    staged[system],
+                    reread,
+                    intents,
+                )
+        for system, read in reads.items():
+            counts = report.systems[system]
+            counts["extracted"] = read.extracted
+            counts["echo_skipped"] = read.echo_skipped
+            counts["reread"] = read.reread
+
+        decided = store.decided_conflicts(sync)
+        pending = {d["link_id"] for d in due if d["link_id"]} | {c["link_id"] for c in decided}
+        run = _Run(
+            definition,
+            rt,
+            store,
+            endpoints,
+            report,
+            sources,
+            targets,
+            scope,
+            staged,
+            reads,
+            due,
+            decided,
+            intents,
+            pending,
+            TimeOrderedIds(rt.clock, rt.rng),  # appended at the end of the ID map's indexes
+        )
+        sizes = [read.bucket_sizes() for read in staged.values()]
+        sizes.append(dict.fromkeys((bucket_of(link) for link in pending), 1))
+        merges = [m for read in reads.values() for m in read.merges]
+        plan_of = chunks_of(sizes, merges, rt.chunk_size or definition.chunk_size)
+        report.chunks = len(plan_of)
+        if not allow_mass_change and len(plan_of) > 1 and _could_trip(definition, store):
+            _guard_mass_change(definition, store, _measure(run, plan_of))
+        for index, buckets in enumerate(plan_of):
+            final = index == len(plan_of) - 1
+            _chunk(run, index, len(plan_of), buckets, final, allow_mass_change or len(plan_of) > 1)
+            if not final:
+                # the collector is paused for the run: what a chunk left in cycles (task runs,
+                # futures) goes now. Those are young; a pass over the young generations costs
+                # what the chunk allocated, where a full pass walks every object of the process
+                gc.collect(1)
+        if not plan_of and not report.dry_run:  # nothing to work on: the cursors still move
+            _call(rt, "commit state", steps.commit, store, sync, _cursors(run), report.run_id)
+        report.decisions = applied_decisions(decided, due, run.done)
+        for decision in report.decisions:
+            log.info("%s: %s", sync, decision_line(decision))
+        log.info("%s: %s; %d conflicts", sync, counts_line(report.systems), report.conflicts)
 
 
 @dataclass
@@ -434,120 +475,6 @@ class _Run:
     pending: set[str]
     new_link: Callable[[], str]
     done: StateChanges = field(default_factory=StateChanges)  # what the chunks committed
-
-
-def _work(
-    definition: Definition,
-    rt: Runtime,
-    store: StateStore,
-    endpoints: dict[str, Endpoint],
-    report: RunReport,
-    sources: set[str],
-    targets: set[str],
-    scope: str,
-    full: bool,
-    allow_mass_change: bool,
-    log: Any,
-    staged: dict[str, StagedRead],
-) -> None:
-    sync = definition.name
-    steps = rt.steps
-    due = store.due_dead_letters(sync)
-    intents = store.open_intents(sync)
-    jobs = []
-    for system in sorted(sources):
-        cursor = None if full else store.cursor(sync, system, scope)
-        # records parked before they were linked (ambiguous matches) are read again
-        reread = [
-            d["external_id"]
-            for d in due
-            if d["link_id"] is None and d["external_id"] and d["system"] == system
-        ]
-        jobs.append((system, cursor, reread))
-    reads: dict[str, ReadSummary] = {}
-    if full and len(jobs) > 1 and rt.read_apart:
-        # a full reconciliation reads every system whole: one process per system
-        for read in staged.values():
-            read.close()  # each process writes its own file; it is opened again after
-        calls = [
-            functools.partial(
-                _call,
-                rt,
-                f"extract {s}",
-                steps.extract_apart,
-                definition,
-                s,
-                c,
-                staged[s].path,
-                rr,
-                intents,
-            )
-            for s, c, rr in jobs
-        ]
-        reads.update(zip([s for s, _, _ in jobs], together(calls), strict=True))
-        for system in staged:
-            staged[system] = StagedRead(staged[system].path)
-    else:
-        for system, cursor, reread in jobs:
-            reads[system] = _call(
-                rt,
-                f"extract {system}",
-                steps.extract,
-                definition,
-                system,
-                endpoints[system],
-                cursor,
-                store.system_ids(sync, system),
-                staged[system],
-                reread,
-                intents,
-            )
-    for system, read in reads.items():
-        counts = report.systems[system]
-        counts["extracted"] = read.extracted
-        counts["echo_skipped"] = read.echo_skipped
-        counts["reread"] = read.reread
-
-    decided = store.decided_conflicts(sync)
-    pending = {d["link_id"] for d in due if d["link_id"]} | {c["link_id"] for c in decided}
-    run = _Run(
-        definition,
-        rt,
-        store,
-        endpoints,
-        report,
-        sources,
-        targets,
-        scope,
-        staged,
-        reads,
-        due,
-        decided,
-        intents,
-        pending,
-        TimeOrderedIds(rt.clock, rt.rng),  # appended at the end of the ID map's indexes
-    )
-    sizes = [read.bucket_sizes() for read in staged.values()]
-    sizes.append(dict.fromkeys((bucket_of(link) for link in pending), 1))
-    merges = [m for read in reads.values() for m in read.merges]
-    plan_of = chunks_of(sizes, merges, rt.chunk_size or definition.chunk_size)
-    report.chunks = len(plan_of)
-    if not allow_mass_change and len(plan_of) > 1 and _could_trip(definition, store):
-        _guard_mass_change(definition, store, _measure(run, plan_of))
-    for index, buckets in enumerate(plan_of):
-        final = index == len(plan_of) - 1
-        _chunk(run, index, len(plan_of), buckets, final, allow_mass_change or len(plan_of) > 1)
-        if not final:
-            # the collector is paused for the run: what a chunk left in cycles (task runs,
-            # futures) goes now. Those are young; a pass over the young generations costs
-            # what the chunk allocated, where a full pass walks every object of the process
-            gc.collect(1)
-    if not plan_of and not report.dry_run:  # nothing to work on: the cursors still move
-        _call(rt, "commit state", steps.commit, store, sync, _cursors(run), report.run_id)
-    report.decisions = applied_decisions(decided, due, run.done)
-    for decision in report.decisions:
-        log.info("%s: %s", sync, decision_line(decision))
-    log.info("%s: %s; %d conflicts", sync, counts_line(report.systems), report.conflicts)
 
 
 def _cursors(run: _Run) -> StateChanges:

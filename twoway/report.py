@@ -1,15 +1,16 @@
-"""Run reports for terminals: the plan as a field-level table and aligned count tables."""
+"""A run's outcome (its report) and how terminals show it: the plan as a field-level table
+and aligned count tables."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from twoway.contract import Create, Delete, Update
 
 if TYPE_CHECKING:
     from tasks.delta import Plan
-    from twoway.engine import RunReport
 
 COUNT_COLUMNS = (
     "extracted",
@@ -22,6 +23,41 @@ COUNT_COLUMNS = (
     "deferred",
 )
 TABLE_CAP = 500
+
+
+@dataclass
+class RunReport:
+    """The outcome of a run: what ``--json`` prints and the run artifact shows."""
+
+    sync: str
+    run_id: str
+    status: str = "completed"
+    dry_run: bool = False
+    conflicts: int = 0
+    systems: dict[str, dict[str, int]] = field(default_factory=dict)
+    error: str | None = None
+    changes: list[dict[str, Any]] = field(default_factory=list)  # field changes, capped
+    change_rows: int = 0  # field changes in all (the table shows TABLE_CAP at most)
+    planned: dict[str, int] = field(default_factory=dict)  # writes planned per system
+    chunks: int = 0
+    conflict_list: list[dict[str, Any]] = field(default_factory=list)
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    decisions: list[dict[str, Any]] = field(default_factory=list)  # people's, this run wrote
+    seconds: float = 0.0  # the run itself: state, reads, writes, commit (not start-up)
+
+    def as_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "sync": self.sync,
+            "status": self.status,
+            "dry_run": self.dry_run,
+            "conflicts": self.conflicts,
+            "systems": self.systems,
+            "seconds": round(self.seconds, 3),
+        }
+        if self.error is not None:
+            out["error"] = self.error
+        out["run_id"] = self.run_id
+        return out
 
 
 def _value(value: Any) -> str:

@@ -34,11 +34,12 @@ from typing import TYPE_CHECKING, Any
 
 from prefect import task
 
-from tasks.common import TASK_OPTIONS, PlannedOp, whole
+from tasks.common import TASK_OPTIONS, whole
 from tasks.load import load_changes
 from twoway.connectors import open_endpoint
 from twoway.contract import ChangeSet, Endpoint, Op, RawRecord, WriteResult
 from twoway.definition import Definition
+from twoway.records import PlannedOp
 from twoway.retry import RetryPolicy
 
 if TYPE_CHECKING:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tasks.common import Filtered
+from twoway.records import Filtered
 
 #: buckets of a run: a chunk is a run of whole buckets, so a chunk can be as small as about
 #: 1/BUCKETS of the changes

@@ -14,7 +14,8 @@ import sqlalchemy as sa
 import yaml
 
 from twoway.definition import Definition, load_definition
-from twoway.engine import RunReport, Runtime, run_sync
+from twoway.engine import Runtime, run_sync
+from twoway.report import RunReport
 
 REPO = Path(__file__).resolve().parents[2]
 

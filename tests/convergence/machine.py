@@ -30,8 +30,9 @@ from hypothesis.stateful import rule as hypothesis_rule
 
 from tests.convergence.world import FIELDS, Faults, PostgresSide, Side, SqlSide, World
 from tests.crash import Crash, CrashAt
-from twoway.engine import RunReport, Runtime, run_sync
+from twoway.engine import Runtime, run_sync
 from twoway.errors import AlreadyRunning
+from twoway.report import RunReport
 from twoway.state import conflicts
 
 RUN_STEPS = [

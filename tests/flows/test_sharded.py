@@ -13,11 +13,11 @@ from collections import Counter
 import pytest
 import sqlalchemy as sa
 
-from tasks.common import PlannedOp
 from tests.flows.runs import task_runs
 from tests.syncrig import sync_rig
 from twoway.contract import Create, Endpoint, Update, WriteResult
 from twoway.errors import Fatal
+from twoway.records import PlannedOp
 from twoway.retry import RetryPolicy
 from twoway.shards import (
     ApiQuota,

@@ -14,8 +14,8 @@ from blocks.directus import DirectusCollection
 from tests.contract.rig_directus import DirectusPerson, directus_endpoint
 from tests.syncrig import sync_rig
 from twoway.contract import Create, Update
-from twoway.engine import RunReport
 from twoway.errors import Fatal, PreconditionFailed, Skippable
+from twoway.report import RunReport
 
 
 def writes(report: RunReport) -> int:

@@ -24,7 +24,8 @@ from tests.integration.test_saas_sync import (
 )
 from twoway.connectors import open_endpoint
 from twoway.definition import parse_definition
-from twoway.engine import RunReport, Runtime, run_sync
+from twoway.engine import Runtime, run_sync
+from twoway.report import RunReport
 from twoway.simulators.faults import FaultPlan
 
 RATES = {"lock": 0.07, "throttle": 0.07, "unavailable": 0.06}  # 20% of requests

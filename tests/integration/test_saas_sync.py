@@ -24,7 +24,8 @@ from tests.sqlrig import SqlPerson, fresh_table, server_url
 from twoway import sfid
 from twoway.connectors import open_endpoint
 from twoway.definition import Definition, parse_definition
-from twoway.engine import RunReport, Runtime, run_sync
+from twoway.engine import Runtime, run_sync
+from twoway.report import RunReport
 from twoway.simulators.faults import FaultPlan
 from twoway.simulators.graph import GraphState
 from twoway.simulators.graph import create_app as graph_app

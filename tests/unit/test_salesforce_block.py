@@ -14,11 +14,11 @@ from pydantic import SecretStr
 
 from blocks.credentials import IntegrationAccountCredentials
 from blocks.salesforce import SalesforceObject
-from tasks.common import PlannedOp
 from tasks.load import load_changes
 from twoway.contract import Create, Delete, Update
 from twoway.definition import parse_definition
 from twoway.errors import Fatal, PreconditionFailed, Retriable, Skippable
+from twoway.records import PlannedOp
 from twoway.retry import RetryPolicy
 from twoway.simulators.salesforce import SalesforceState, create_app
 from twoway.simulators.server import BackgroundServer

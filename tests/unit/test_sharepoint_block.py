@@ -20,11 +20,11 @@ from starlette.routing import Route
 
 from blocks.credentials import IntegrationAccountCredentials
 from blocks.sharepoint import SharePointList
-from tasks.common import PlannedOp
 from tasks.load import load_changes
 from twoway.contract import Create, Delete, Update, fold_pages
 from twoway.definition import load_definition
 from twoway.errors import DefinitionError, Fatal, PreconditionFailed, Retriable, Skippable
+from twoway.records import PlannedOp
 from twoway.retry import RetryPolicy
 from twoway.simulators.graph import GraphState, create_app
 from twoway.simulators.server import BackgroundServer
