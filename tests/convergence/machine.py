@@ -45,6 +45,10 @@ RUN_STEPS = [
     "commit state",
 ]
 QUIESCE_RUNS = 5
+#: the runs' lease, on the world's clock. The lease keeper renews on real time, while a
+#: run's retry waits jump the world's clock by up to every endpoint's retry deadline
+#: (900 s each): a lease shorter than that would lapse mid-run, on the replay's clock only
+LEASE_TTL = 24 * 3600.0
 
 
 class RunWatch(CrashAt):
@@ -233,6 +237,7 @@ class SyncMachine(RuleBasedStateMachine):
             store=world.store,
             observer=watch or RunWatch(world),
             chunk_size=self.chunk_size,
+            lease_ttl=LEASE_TTL,
         )
         watch = runtime.observer
         starts = {}
@@ -407,6 +412,7 @@ class SyncMachine(RuleBasedStateMachine):
             sleep=lambda s: None,
             endpoints=world.endpoints,
             store=world.store,
+            lease_ttl=LEASE_TTL,
         )
 
     def _check_end_state(self) -> None:

@@ -37,6 +37,7 @@ from blocks.salesforce import SalesforceObject
 from blocks.sharepoint import UPLOAD_DIFFERENCES, SharePointList
 from tests.convergence.machine import SyncMachine, rule
 from tests.convergence.world import FIELDS, Faults, Side, SqlSide, World
+from twoway import sfid
 from twoway.contract import ChangeSet, Endpoint
 from twoway.simulators.faults import FaultPlan
 from twoway.simulators.graph import RESYNC_CODES, GraphError, GraphState
@@ -313,7 +314,12 @@ class SalesforceSide(SimulatorSide):
 
     def __init__(self, world: World, name: str):
         super().__init__(world, name)
-        self.state = SalesforceState(clock=world.clock, faults=self.plan, seed=world.seed)
+        # the org's id from the world's seed: its record ids (and their order) are the same
+        # on every replay, whichever orgs this process made before
+        pod = sfid.base62((world.seed * 31 + world.names.index(name)) % (62 * 62), 2)
+        self.state = SalesforceState(
+            clock=world.clock, faults=self.plan, seed=world.seed, org_id=sfid.make_id("00D", pod, 1)
+        )
         self.marked = True  # an External ID field holds the link id of every create
         self.state.define(
             self.COLLECTION,

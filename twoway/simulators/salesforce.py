@@ -342,7 +342,9 @@ class SalesforceState:
         self._clock = clock or (lambda: datetime.now(UTC))
         self._lock = threading.RLock()
         self._rng = random.Random(seed)
-        self.pod = sfid.base62(serial % (62 * 62), 2)
+        # an org's record ids carry its instance (pod), as its own id does: an org given
+        # its id names the same records in every process, whatever ran before it
+        self.pod = org_id[3:5] if org_id else sfid.base62(serial % (62 * 62), 2)
         self.org_id = sfid.to18(org_id) if org_id else sfid.make_id("00D", self.pod, serial)
         self.faults = faults or FaultPlan()
         self.latency_ms = latency_ms
