@@ -57,16 +57,16 @@ def settle(
             seen, seen_hash = record.values, record.hash
             if lp.left_behind:
                 # a one-direction run left a system behind: for the fields it could not carry
-                # the state keeps what it knew of the record (a record new to the state stays
-                # unknown), so a later run finds the change again
+                # the state keeps the record's values as read (what the system holds, so no
+                # run writes them to it again) without their hash, so a later run finds the
+                # change again (a record new to the state stays unknown)
                 known = live[system].seen
                 if known is None:
                     seen, seen_hash = None, None
-                else:
-                    held = {f: known.get(f) for f in lp.left_behind if f in seen}
-                    if held:
-                        seen = {**seen, **held}
-                        seen_hash = values_hash(seen)
+                elif live[system].seen_hash is None or any(
+                    known.get(f) != seen[f] for f in lp.left_behind if f in seen
+                ):
+                    seen_hash = None
             updated[system] = Member(
                 system, record.key, link_id, seen, seen_hash, record.version, None
             )

@@ -204,6 +204,7 @@ def compute_deltas(
                     lp.left_behind |= {fname}
                 continue
             proposals: dict[str, Any] = {}
+            unread_change: set[str] = set()  # systems holding a change this run does not read
             prior = base.get(fname, _MISSING)
             for system, values in current.items():
                 # only sources that map the field propose; a one-way field never flows back
@@ -218,6 +219,7 @@ def compute_deltas(
                     if system in proposers:
                         proposals[system] = value
                     else:  # a change of a system this run does not read
+                        unread_change.add(system)
                         lp.left_behind |= {fname}
             if not proposals:
                 continue
@@ -247,7 +249,11 @@ def compute_deltas(
             need = _NOBODY
             for target, values in current.items():
                 if (winner, target) in flows and not _same(values.get(fname), value):
-                    if (
+                    if target in unread_change:
+                        # it holds a change of its own that this run does not read: the run
+                        # that reads it settles the two, rather than this one overwrite it
+                        lp.left_behind |= {fname}
+                    elif (
                         target not in sources
                         and target not in observed
                         and live[target].seen is None
