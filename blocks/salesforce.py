@@ -262,10 +262,12 @@ class SalesforceObject(HttpEndpointBlock):
         a time; the last page carries the deletions, asked for first.
 
         The new cursor is the server's time when the read began (its Date header), never past
-        the deletions' ``latestDateCovered``: a change committed while the read pages has a
-        later SystemModstamp and is read next time. When getDeleted no longer reaches back
-        to the cursor (its 15 days, or a purged Recycle Bin), the read is a full one: the
-        run finds the deletions by comparing the keys read with its ID map."""
+        the ``latestDateCovered`` asked for before the query (getDeleted's, or on a full read
+        getUpdated's): a change committed while the read pages has a later SystemModstamp and
+        is read next time, and one in a transaction still open keeps the cursor below its
+        stamp. When getDeleted no longer reaches back to the cursor (its 15 days, or a purged
+        Recycle Bin), the read is a full one: the run finds the deletions by comparing the
+        keys read with its ID map."""
         since, start = overlap_start(cursor, self.overlap_seconds)
         deleted: list[str] = []
         covered: datetime | None = None
@@ -281,6 +283,8 @@ class SalesforceObject(HttpEndpointBlock):
                 since = start = None
             else:
                 deleted, covered = window
+        if start is None:
+            covered = self._covered_now()
         soql = f"SELECT {', '.join(self._fields())} FROM {self.object}"
         if start is not None:
             soql += (
@@ -354,6 +358,33 @@ class SalesforceObject(HttpEndpointBlock):
             if covered is None or server is None or covered < sent_end or server <= sent_end:
                 return keys, covered
             start, end = sent_end, server + timedelta(seconds=60)
+
+    def _covered_now(self) -> datetime | None:
+        """getUpdated's ``latestDateCovered`` over the last minute: the org's clock, held
+        below the stamp of any transaction still open (whose record a query cannot see yet,
+        stamped before it commits). A window our clock places outside the org's 30 days is
+        asked for again by the org's clock (its Date header)."""
+        path = self._data_path(f"/sobjects/{self.object}/updated/")
+        now = self._server_now or datetime.now(UTC)
+        for by_the_orgs_clock in (False, True):
+            params = {
+                "start": (now - timedelta(seconds=60))
+                .astimezone(UTC)
+                .isoformat(timespec="seconds"),
+                "end": (now + timedelta(seconds=60)).astimezone(UTC).isoformat(timespec="seconds"),
+            }
+            reply = self._request("GET", path, ok=(200, 400), params=params)
+            server = self._server_now = _server_time(reply.headers)
+            body = reply.body
+            if reply.status == 200:
+                if not isinstance(body, dict) or "latestDateCovered" not in body:
+                    raise Fatal(f"GET updated {self.object}: the answer has no latestDateCovered")
+                return parse_timestamp(body["latestDateCovered"])
+            code, _ = error_of(body)
+            if code != "INVALID_REPLICATION_DATE" or server is None or by_the_orgs_clock:
+                break
+            now = server
+        raise Fatal(f"GET {path}: answered 400{reason(body)}", status=400)
 
     def _deleted_between(
         self, start: datetime, end: datetime

@@ -13,7 +13,11 @@ from tests.convergence.machine import (
     SyncMachine,
     ThreeSystems,
 )
-from tests.convergence.saas_world import SalesforceAndSql, SharePointAndSql
+from tests.convergence.saas_world import (
+    SalesforceAndSql,
+    SharePointAndSql,
+    SharePointSalesforceSql,
+)
 
 
 # these sequences were found with keys reused and a 60 s look-back window
@@ -538,6 +542,23 @@ CRASH_BEFORE_A_CHUNKS_COMMIT = (
 )
 
 
+# a one-way run read a person's change in s1 that it could not carry to s2; the state kept
+# s1's old values for it, so the next run into s1 wrote s1 the value s1 already held, and
+# (once s1's values were kept as read) wrote s0's older value over s1's change
+ONE_WAY_RUN_WRITES_OVER_A_CHANGE_IT_DOES_NOT_READ = (
+    OneWayRuns,
+    """
+    start(records=9, seed=1506869)
+    someone_edits_as_the_integration_account(field='first_name', pick=38, side=0)
+    crash_after_write(step='commit state')
+    run_while_people_edit()
+    one_way_run(into=0, source=2)
+    one_way_run(into=0, source=1)
+    one_way_run(into=1, source=0)
+    """,
+)
+
+
 @pytest.mark.parametrize(
     "case",
     [
@@ -564,6 +585,7 @@ CRASH_BEFORE_A_CHUNKS_COMMIT = (
         RECOVERED_CREATE_UPDATED_BEFORE_A_CRASH_WITH_DELETES,
         CRASH_AFTER_A_CHUNKS_COMMIT,
         CRASH_BEFORE_A_CHUNKS_COMMIT,
+        ONE_WAY_RUN_WRITES_OVER_A_CHANGE_IT_DOES_NOT_READ,
     ],
     ids=[
         "key-reused-after-delete",
@@ -589,6 +611,7 @@ CRASH_BEFORE_A_CHUNKS_COMMIT = (
         "recovered-create-updated-before-a-crash-with-deletes",
         "crash-after-a-chunks-commit",
         "crash-before-a-chunks-commit",
+        "one-way-run-writes-over-a-change-it-does-not-read",
     ],
 )
 def test_replay(case, caplog):
@@ -660,10 +683,52 @@ SALESFORCE_DELETE_WINDOW_FOLLOWS_THE_ORGS_CLOCK = (
 )
 
 
+# the full read after a purged Recycle Bin set its cursor to the org's clock while a
+# person's transaction, stamped before it, was still open: once committed, the change sat
+# below the next read's window and was never read
+SALESFORCE_FULL_READ_PASSES_AN_OPEN_TRANSACTION = (
+    SharePointSalesforceSql,
+    """
+    start(records=0, seed=2564465)
+    person_creates(side=2)
+    person_creates(side=1)
+    crash_mid_load(batches=1)
+    crash_run(after=True, step='load s0')
+    person_creates(side=1)
+    person_edits_in_a_long_transaction(field='email', lag=200.0, pick=23)
+    person_deletes(pick=38, side=2)
+    run_while_people_edit()
+    crash_after_write(step='load s0')
+    recycle_bin_purged(delete=None, everything=True)
+    run_while_people_edit()
+    """,
+)
+
+# a run throttled for minutes (waited out on the world's clock) outlived its 60 s lease on
+# that clock, and the second run it starts midway took the lease
+RUN_THROTTLED_FOR_MINUTES_KEEPS_ITS_LEASE = (
+    SalesforceAndSql,
+    """
+    start(records=4, seed=4)
+    service_asks_to_wait(seconds=300)
+    set_faults(applied_then_timeout=0.0, concurrent_edit=0.0, edit_while_paging=0.0, error_before=0.3, partial=0.0)
+    two_runs_race()
+    """,
+)
+
+
 @pytest.mark.parametrize(
     "case",
     [
         pytest.param(LONG_TRANSACTION_LOCKS_ITS_RECORD, id="long-transaction-locks-its-record"),
+        pytest.param(
+            SALESFORCE_FULL_READ_PASSES_AN_OPEN_TRANSACTION,
+            id="salesforce-full-read-passes-an-open-transaction",
+        ),
+        pytest.param(
+            RUN_THROTTLED_FOR_MINUTES_KEEPS_ITS_LEASE,
+            id="run-throttled-for-minutes-keeps-its-lease",
+        ),
         pytest.param(
             SALESFORCE_DELETE_WINDOW_FOLLOWS_THE_ORGS_CLOCK,
             id="salesforce-delete-window-follows-the-orgs-clock",

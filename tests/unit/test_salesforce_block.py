@@ -432,6 +432,50 @@ def test_a_change_in_a_long_transaction_is_read_once_it_commits(clocked):
     assert {r.key: r.values["LastName"] for r in after.records}.get(key) == "Committed late"
 
 
+@pytest.mark.parametrize("purged", [False, True], ids=["first-read", "after-a-purge"])
+def test_a_full_read_keeps_its_cursor_below_a_transaction_still_open(clocked, purged):
+    """A full read (the first one, or the one after getDeleted lost its history) asks for
+    getUpdated's latestDateCovered first: a change stamped before the read began but
+    committed after it is read by the next run, not passed over by the cursor."""
+    state, block, at = clocked
+    key = state.user_create("Contact", {"LastName": "Long"})
+    other = state.user_create("Contact", {"LastName": "Gone"})
+    cursor = block.read_changes(None).cursor if purged else None
+    at(10)
+    state.user_update("Contact", key, {"LastName": "Committed late"}, commit_lag=600)
+    if purged:
+        state.user_delete("Contact", other)
+        state.purge_deleted("Contact")
+    at(300)
+    full = block.read_changes(cursor)
+    assert full.full
+    assert {r.key: r.values["LastName"] for r in full.records}[key] == "Long"
+    at(700)  # the transaction has ended, long after the full read's start
+    after = block.read_changes(full.cursor)
+    assert {r.key: r.values["LastName"] for r in after.records}.get(key) == "Committed late"
+
+
+def test_a_full_read_of_an_org_whose_clock_is_far_from_ours(org_far_ahead):
+    """getUpdated refuses a window older than its 30 days: the window our clock gives is
+    asked for again by the org's clock, and the read goes on."""
+    state, block = org_far_ahead
+    key = state.user_create("Contact", {"LastName": "Ahead"})
+    changes = block.read_changes(None)
+    assert [r.key for r in changes.records] == [key]
+    assert parse_timestamp(changes.cursor) > datetime.now(UTC) + timedelta(days=300)
+
+
+@pytest.fixture
+def org_far_ahead():
+    """An org whose clock runs a year ahead of ours: (state, block)."""
+    state = SalesforceState(clock=lambda: datetime.now(UTC) + timedelta(days=365))
+    state.add_client("sync", SECRET, "Integration User")
+    with BackgroundServer(create_app(state)) as server:
+        block = _block(server.url, overlap_seconds=0)
+        yield state, block
+        block.close()
+
+
 # -- shared stamps, system-only bumps, guarded updates ---------------------------------------
 
 
