@@ -14,12 +14,13 @@ from sqlalchemy.dialects import mysql
 
 from twoway.values import format_timestamp
 
-POSTGRES_URL = os.environ.get(
-    "TWOWAY_TEST_POSTGRES", "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
-)
-MARIADB_URL = os.environ.get(
-    "TWOWAY_TEST_MARIADB", "mysql+pymysql://root@127.0.0.1:3306/test?charset=utf8mb4"
-)
+#: the database servers' test databases, by the environment variable that may name others
+SERVERS = {
+    "TWOWAY_TEST_POSTGRES": "postgresql+psycopg2://postgres@127.0.0.1:5432/test",
+    "TWOWAY_TEST_MARIADB": "mysql+pymysql://root@127.0.0.1:3306/test?charset=utf8mb4",
+}
+POSTGRES_URL = os.environ.get("TWOWAY_TEST_POSTGRES", SERVERS["TWOWAY_TEST_POSTGRES"])
+MARIADB_URL = os.environ.get("TWOWAY_TEST_MARIADB", SERVERS["TWOWAY_TEST_MARIADB"])
 
 
 def server_url(backend: str, tmp_path) -> str:
