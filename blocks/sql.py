@@ -8,6 +8,7 @@ compare-and-set on ``modified_at`` so a concurrent edit is never overwritten.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -277,11 +278,7 @@ class SqlTable(EndpointBlock):
 
     def _key_params(self, keys: Sequence[str]) -> list[Any]:
         """Keys as the key column takes them (None for text an integer key cannot be)."""
-        try:
-            python_type = self._col(self.key).type.python_type
-        except NotImplementedError:
-            return list(keys)
-        if python_type is not int:
+        if _python_type(self._col(self.key).type) is not int:
             return list(keys)
         out: list[Any] = []
         for key in keys:
@@ -509,6 +506,9 @@ class SqlTable(EndpointBlock):
         params = []
         kinds, key_name = self._converted_columns(), self.key
         fresh = iter(_NEW_KEYS.many(len(rows))) if generated else iter(())
+        if generated and _python_type(key.type) is uuid.UUID:
+            # a UUID column answers the dashed form: the key is named as reads will name it
+            fresh = (str(uuid.UUID(hex=k)) for k in fresh)
         for values in rows:
             row = {**self._native(values, kinds), **stamps}
             if generated and key_name not in row:
@@ -648,6 +648,14 @@ class SqlTable(EndpointBlock):
 
 #: column types whose values :func:`_to_column_type` converts; text and floats pass as they are
 _CONVERTED = (sa.DateTime, sa.Date, sa.Boolean, sa.Numeric, sa.Integer)
+
+
+def _python_type(kind: sa.types.TypeEngine) -> type | None:
+    """The Python type a column's values come as; None when its type does not say."""
+    try:
+        return kind.python_type
+    except NotImplementedError:
+        return None
 
 
 def _to_column_type(kind: sa.types.TypeEngine, value: Any, name: str) -> Any:
