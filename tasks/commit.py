@@ -181,9 +181,15 @@ def settle(
             )
     written = {(m.system, m.external_id) for m in changes.members}
     for system, read in reads.items():
-        changes.members.extend(m for k, m in read.refreshed.items() if (system, k) not in written)
+        # records skipped as unchanged whose version moved: only their version is written
+        # (the read loads their rows without the values seen, which stay as stored)
+        changes.versions.update(
+            ((system, k), m.version)
+            for k, m in read.refreshed.items()
+            if (system, k) not in written
+        )
     _move_tombstones_off_reused_keys(changes.members)
-    linked_now = {(m.system, m.external_id) for m in changes.members}
+    linked_now = {(m.system, m.external_id) for m in changes.members} | changes.versions.keys()
     parked_now = {(p["system"], p["external_id"]) for p in mapping.parked}
     for letter in due_letters:
         if letter["link_id"]:

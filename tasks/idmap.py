@@ -8,7 +8,7 @@ match key link nothing: they are parked as ambiguous and reported.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from prefect import task
@@ -174,7 +174,12 @@ def map_ids(
     refreshed = {(s, k): m for s, batch in filtered.items() for k, m in batch.refreshed.items()}
     if refreshed:  # the version each system holds now, for this run's compare-and-set
         for link_id, members in out.members.items():
-            out.members[link_id] = [refreshed.get((m.system, m.external_id), m) for m in members]
+            out.members[link_id] = [
+                replace(m, version=r.version)
+                if (r := refreshed.get((m.system, m.external_id))) is not None
+                else m
+                for m in members
+            ]
     out.links = store.links(sync, touched - out.new_links)
     for member in rejoined:
         if member.link_id not in out.links:

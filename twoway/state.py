@@ -277,6 +277,8 @@ class StateChanges:
     resolved_dead_letters: list[int] = field(default_factory=list)
     resolved_conflicts: list[int] = field(default_factory=list)
     settled_intents: list[tuple[str, str]] = field(default_factory=list)  # (system, link_id)
+    #: (system, external_id) -> version, for records whose version moved and nothing else
+    versions: dict[tuple[str, str], str | None] = field(default_factory=dict)
 
 
 class StateStore:
@@ -651,6 +653,18 @@ class StateStore:
                         }
                     )
                 upsert_rows(conn, id_map, member_rows)
+            moved = [(k, v) for k, v in changes.versions.items() if k not in by_key]
+            for part in chunks(moved, 5000):
+                conn.execute(
+                    id_map.update()
+                    .where(
+                        id_map.c.sync == sync,
+                        id_map.c.system == sa.bindparam("v_system"),
+                        id_map.c.external_id == sa.bindparam("v_key"),
+                    )
+                    .values(version=sa.bindparam("v_version")),
+                    [{"v_system": s, "v_key": k, "v_version": v} for (s, k), v in part],
+                )
             for part in chunks(links, 5000):
                 link_rows = []
                 for link in part:

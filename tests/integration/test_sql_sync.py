@@ -435,3 +435,30 @@ def test_a_full_read_keeps_only_each_systems_changes(tmp_path):
     assert report.systems["s1"]["updated"] == 1
     assert {s: e.changed for s, e in extracts.items()} == {"s0": 1, "s1": 0}
     assert {s: e.unchanged + e.echo_skipped for s, e in extracts.items()} == {"s0": 29, "s1": 30}
+
+
+def test_a_record_touched_without_a_change_keeps_what_the_state_saw_of_it(tmp_path):
+    # a record saved again with the same values moves its version only: the run writes the
+    # new version to the ID map and keeps the values it saw there (the read loads rows
+    # without them); a lost copy would make later runs take the record for empty and write
+    # it every field again
+    with sync_rig(tmp_path, "sqlite") as rig:
+        rig.add("s0", "t@example.com", "Tess", "Same")
+        rig.run()
+        key = rig.key_of("s1", "t@example.com")
+
+        def id_map_row() -> tuple:
+            store = open_store(rig.definition)
+            try:
+                with store.engine.connect() as conn:
+                    query = "SELECT seen, version FROM id_map WHERE system='s1' AND external_id=:k"
+                    return tuple(conn.execute(sa.text(query), {"k": key}).one())
+            finally:
+                store.engine.dispose()
+
+        seen, version = id_map_row()
+        rig.edit("s1", "t@example.com", first_name="Tess")  # saved, nothing changed
+        assert writes(rig.run()) == 0
+        seen_after, version_after = id_map_row()
+        assert version_after != version  # the compare-and-set of the next write needs it
+        assert seen_after == seen and seen_after is not None
