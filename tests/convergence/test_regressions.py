@@ -776,6 +776,24 @@ RUN_THROTTLED_FOR_MINUTES_KEEPS_ITS_LEASE = (
 )
 
 
+# throttling scaled the world's fault rates to add up to one, and the sum rounded just over
+# it: the simulator's fault plan refused the rates
+THROTTLED_RATES_THAT_ROUND_OVER_ONE = (
+    SharePointAndSql,
+    """
+    start(records=0, seed=0)
+    set_faults(applied_then_timeout=0.0, concurrent_edit=0.0, edit_while_paging=0.0, error_before=0.0, partial=0.0)
+    run_again()
+    run_again()
+    run_again()
+    run_again()
+    run_again()
+    set_faults(applied_then_timeout=0.3, concurrent_edit=0.0, edit_while_paging=0.0, error_before=0.3, partial=0.1)
+    run_while_throttled(rate=0.6, seconds=25)
+    """,
+)
+
+
 @pytest.mark.parametrize(
     "case",
     [
@@ -788,6 +806,7 @@ RUN_THROTTLED_FOR_MINUTES_KEEPS_ITS_LEASE = (
             RUN_THROTTLED_FOR_MINUTES_KEEPS_ITS_LEASE,
             id="run-throttled-for-minutes-keeps-its-lease",
         ),
+        pytest.param(THROTTLED_RATES_THAT_ROUND_OVER_ONE, id="throttled-rates-that-round-over-one"),
         pytest.param(
             SALESFORCE_DELETE_WINDOW_FOLLOWS_THE_ORGS_CLOCK,
             id="salesforce-delete-window-follows-the-orgs-clock",

@@ -37,7 +37,7 @@ class FaultPlan:
                 )
             if not 0 <= rate <= 1:
                 raise ValueError(f"fault rate {kind}={rate} must be between 0 and 1")
-        if sum(self.rates.values()) > 1:
+        if sum(self.rates.values()) > 1 + 1e-9:  # rates scaled to add up to 1 may round over
             raise ValueError("fault rates add up to more than 1")
         self._rng = random.Random(self.seed)
         self._lock = threading.Lock()
