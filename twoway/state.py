@@ -607,20 +607,12 @@ class StateStore:
                 ).all()
                 left = [row for row in referring if (row.system, row.external_id) not in by_key]
                 if left:
-                    conn.execute(
-                        id_map.update()
-                        .where(
-                            id_map.c.sync == sync,
-                            id_map.c.system == sa.bindparam("s_system"),
-                            id_map.c.external_id == sa.bindparam("s_key"),
-                        )
-                        .values(seen=sa.bindparam("s_seen")),
+                    _set_column(
+                        conn,
+                        sync,
+                        "seen",
                         [
-                            {
-                                "s_system": system,
-                                "s_key": key,
-                                "s_seen": None if values is None else _dumps(values),
-                            }
+                            (system, key, None if values is None else _dumps(values))
                             for system, key, seen, base in left
                             for values in [_seen_values(seen, base)]
                         ],
@@ -653,18 +645,9 @@ class StateStore:
                         }
                     )
                 upsert_rows(conn, id_map, member_rows)
-            moved = [(k, v) for k, v in changes.versions.items() if k not in by_key]
+            moved = [(s, k, v) for (s, k), v in changes.versions.items() if (s, k) not in by_key]
             for part in chunks(moved, 5000):
-                conn.execute(
-                    id_map.update()
-                    .where(
-                        id_map.c.sync == sync,
-                        id_map.c.system == sa.bindparam("v_system"),
-                        id_map.c.external_id == sa.bindparam("v_key"),
-                    )
-                    .values(version=sa.bindparam("v_version")),
-                    [{"v_system": s, "v_key": k, "v_version": v} for (s, k), v in part],
-                )
+                _set_column(conn, sync, "version", part)
             for part in chunks(links, 5000):
                 link_rows = []
                 for link in part:
@@ -961,6 +944,22 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _set_column(
+    conn: sa.Connection, sync: str, column: str, rows: list[tuple[str, str, Any]]
+) -> None:
+    """Set one column of the given id_map rows: ``(system, external_id, value)`` each."""
+    conn.execute(
+        id_map.update()
+        .where(
+            id_map.c.sync == sync,
+            id_map.c.system == sa.bindparam("r_system"),
+            id_map.c.external_id == sa.bindparam("r_key"),
+        )
+        .values({column: sa.bindparam("r_value")}),
+        [{"r_system": system, "r_key": key, "r_value": value} for system, key, value in rows],
+    )
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

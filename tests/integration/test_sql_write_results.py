@@ -9,6 +9,8 @@ is; these tests hold both paths to the same answer as a real read.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
@@ -170,6 +172,39 @@ def test_a_timestamp_or_decimal_value_means_its_row_is_read_back(tmp_path, value
     assert isinstance(read.values["d"] or read.values["n"], datetime | Decimal)
 
 
+@contextmanager
+def _server_table(url: str, columns: str, synced: list[str]) -> Iterator[SqlTable]:
+    """A fresh table ``(<columns>, updated_at, updated_by)`` on a database server and an
+    endpoint on it; the table is dropped afterwards."""
+    table = f"t_{uuid.uuid4().hex[:8]}"
+    engine = sa.create_engine(url)
+    stamp = (
+        "TIMESTAMP(6) WITH TIME ZONE"
+        if engine.dialect.name == "postgresql"
+        else "TIMESTAMP(6) NULL"
+    )
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            f"CREATE TABLE {table} ({columns}, updated_at {stamp}, updated_by VARCHAR(50))"
+        )
+    endpoint = SqlTable(
+        url=SecretStr(url),
+        table=table,
+        key="id",
+        modified_at="updated_at",
+        modified_by="updated_by",
+        integration_account="svc-sync",
+        columns_to_sync=synced,
+    )
+    try:
+        yield endpoint
+    finally:
+        endpoint.close()
+        with engine.begin() as conn:
+            conn.exec_driver_sql(f"DROP TABLE {table}")
+        engine.dispose()
+
+
 @pytest.mark.parametrize("driver", ["psycopg2", "psycopg"])
 def test_postgresql_bulk_insert_writes_the_good_rows_and_refuses_the_bad_one_alone(driver):
     # creates reach PostgreSQL through the driver's bulk call (psycopg2's execute_values,
@@ -180,23 +215,8 @@ def test_postgresql_bulk_insert_writes_the_good_rows_and_refuses_the_bad_one_alo
 
     url = sa.make_url(POSTGRES_URL).set(drivername=f"postgresql+{driver}")
     url = url.render_as_string(hide_password=False)
-    table = f"bulk_{uuid.uuid4().hex[:8]}"
-    engine = sa.create_engine(url)
-    with engine.begin() as conn:
-        conn.exec_driver_sql(
-            f'CREATE TABLE {table} (id TEXT PRIMARY KEY, t TEXT NOT NULL, "p%%s" BIGINT, '
-            "updated_at TIMESTAMP(6) WITH TIME ZONE, updated_by TEXT)"
-        )
-    endpoint = SqlTable(
-        url=SecretStr(url),
-        table=table,
-        key="id",
-        modified_at="updated_at",
-        modified_by="updated_by",
-        integration_account="svc-sync",
-        columns_to_sync=["t", "p%s"],
-    )
-    try:
+    columns = 'id TEXT PRIMARY KEY, t TEXT NOT NULL, "p%%s" BIGINT'
+    with _server_table(url, columns, ["t", "p%s"]) as endpoint:
         rows = [{"t": f"row {i}", "p%s": i} for i in range(1500)]
         rows[700] = {"t": None, "p%s": 700}
         results = endpoint.write([Create(ref=str(i), values=v) for i, v in enumerate(rows)])
@@ -206,11 +226,6 @@ def test_postgresql_bulk_insert_writes_the_good_rows_and_refuses_the_bad_one_alo
         assert len(stored) == 1499
         assert sorted(v["p%s"] for v in stored.values()) == [i for i in range(1500) if i != 700]
         assert {r.key: r.values for r in results if r.ok} == stored
-    finally:
-        endpoint.close()
-        with engine.begin() as conn:
-            conn.exec_driver_sql(f"DROP TABLE {table}")
-        engine.dispose()
 
 
 @pytest.mark.parametrize("backend", ["postgres", "mariadb"])
@@ -221,30 +236,9 @@ def test_a_uuid_key_the_sync_makes_is_the_key_a_read_returns(backend, tmp_path):
     from tests.sqlrig import server_url
 
     url = server_url(backend, tmp_path)
-    table = f"uuidkey_{uuid.uuid4().hex[:8]}"
-    engine = sa.create_engine(url)
-    with engine.begin() as conn:
-        conn.exec_driver_sql(
-            f"CREATE TABLE {table} (id UUID PRIMARY KEY, t VARCHAR(50), "
-            "updated_at TIMESTAMP(6) NULL, updated_by VARCHAR(50))"
-        )
-    endpoint = SqlTable(
-        url=SecretStr(url),
-        table=table,
-        key="id",
-        modified_at="updated_at",
-        modified_by="updated_by",
-        integration_account="svc-sync",
-        columns_to_sync=["t"],
-    )
-    try:
+    with _server_table(url, "id UUID PRIMARY KEY, t VARCHAR(50)", ["t"]) as endpoint:
         results = endpoint.write([Create(ref=str(i), values={"t": f"row {i}"}) for i in range(3)])
         assert all(r.ok for r in results)
         read = [r.key for page in endpoint.read_pages(None) for r in page.records]
         assert sorted(read) == sorted(r.key for r in results)
         assert sorted(r.key for r in endpoint.read([r.key for r in results])) == sorted(read)
-    finally:
-        endpoint.close()
-        with engine.begin() as conn:
-            conn.exec_driver_sql(f"DROP TABLE {table}")
-        engine.dispose()
