@@ -156,7 +156,7 @@ class SalesforceObject(HttpEndpointBlock):
     _codes = {"UNABLE_TO_LOCK_ROW": Retriable, "REQUEST_LIMIT_EXCEEDED": Fatal}
 
     _base: str | None = PrivateAttr(None)  # the instance URL the token answer names
-    _server_now: datetime | None = PrivateAttr(None)  # the org's clock at the last getDeleted
+    _server_now: datetime | None = PrivateAttr(None)  # the org's clock at the last replication call
     _fresh_when_pickled = {**HttpEndpointBlock._fresh_when_pickled, "_base": None}
 
     @classmethod
@@ -367,12 +367,7 @@ class SalesforceObject(HttpEndpointBlock):
         path = self._data_path(f"/sobjects/{self.object}/updated/")
         now = self._server_now or datetime.now(UTC)
         for by_the_orgs_clock in (False, True):
-            params = {
-                "start": (now - timedelta(seconds=60))
-                .astimezone(UTC)
-                .isoformat(timespec="seconds"),
-                "end": (now + timedelta(seconds=60)).astimezone(UTC).isoformat(timespec="seconds"),
-            }
+            params = _window(now - timedelta(seconds=60), now + timedelta(seconds=60))
             reply = self._request("GET", path, ok=(200, 400), params=params)
             server = self._server_now = _server_time(reply.headers)
             body = reply.body
@@ -391,12 +386,8 @@ class SalesforceObject(HttpEndpointBlock):
     ) -> tuple[list[str], datetime | None] | None:
         """getDeleted over ``[start, end]``; a window holding more ids than the server
         answers for (EXCEEDED_ID_LIMIT) is asked for again in halves."""
-        params = {
-            "start": start.astimezone(UTC).isoformat(timespec="seconds"),
-            "end": end.astimezone(UTC).isoformat(timespec="seconds"),
-        }
         path = self._data_path(f"/sobjects/{self.object}/deleted/")
-        reply = self._request("GET", path, ok=(200, 400), params=params)
+        reply = self._request("GET", path, ok=(200, 400), params=_window(start, end))
         self._server_now = _server_time(reply.headers)
         body = reply.body
         if reply.status == 400:
@@ -753,6 +744,14 @@ class SalesforceObject(HttpEndpointBlock):
 def _composite_answers(body: Any) -> Any:
     """The subrequest answers of a composite call (None when the body has none)."""
     return body.get("compositeResponse") if isinstance(body, dict) else None
+
+
+def _window(start: datetime, end: datetime) -> dict[str, str]:
+    """A getUpdated/getDeleted window as the API takes it: UTC, to the second."""
+    return {
+        "start": start.astimezone(UTC).isoformat(timespec="seconds"),
+        "end": end.astimezone(UTC).isoformat(timespec="seconds"),
+    }
 
 
 def _server_time(headers: httpx.Headers) -> datetime | None:

@@ -63,10 +63,10 @@ def settle(
                 known = live[system].seen
                 if known is None:
                     seen, seen_hash = None, None
-                elif live[system].seen_hash is None or any(
-                    known.get(f) != seen[f] for f in lp.left_behind if f in seen
-                ):
-                    seen_hash = None
+                else:
+                    held = {f: known.get(f) for f in lp.left_behind if f in seen}
+                    if live[system].seen_hash is None or values_hash({**seen, **held}) != seen_hash:
+                        seen_hash = None
             updated[system] = Member(
                 system, record.key, link_id, seen, seen_hash, record.version, None
             )

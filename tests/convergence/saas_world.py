@@ -66,11 +66,16 @@ def simulator_rates(faults: Faults) -> dict[str, float]:
     }
 
 
+def side_seed(world: World, name: str) -> int:
+    """A number of the world's seed and the system, for what each side draws or names."""
+    return world.seed * 31 + world.names.index(name)
+
+
 def fault_plan(world: World, name: str) -> FaultPlan:
     """A fault plan seeded from the world's seed and the system; faults answer at once
     (no real stalls) and ask for a one-second Retry-After, slept on virtual time."""
     return FaultPlan(
-        seed=world.seed * 31 + world.names.index(name),
+        seed=side_seed(world, name),
         timeout_seconds=0.0,
         slow_seconds=0.0,
         retry_after=1,
@@ -316,7 +321,7 @@ class SalesforceSide(SimulatorSide):
         super().__init__(world, name)
         # the org's id from the world's seed: its record ids (and their order) are the same
         # on every replay, whichever orgs this process made before
-        pod = sfid.base62((world.seed * 31 + world.names.index(name)) % (62 * 62), 2)
+        pod = sfid.base62(side_seed(world, name) % (62 * 62), 2)
         self.state = SalesforceState(
             clock=world.clock, faults=self.plan, seed=world.seed, org_id=sfid.make_id("00D", pod, 1)
         )
