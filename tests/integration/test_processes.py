@@ -53,10 +53,22 @@ def _run_rows(state: str) -> dict[str, tuple[datetime, datetime | None]]:
         engine.dispose()
 
 
+def _busy(exc: sa.exc.OperationalError) -> bool:
+    """Whether SQLite refused a read only because another process holds its lock
+    ("database is locked") or is halfway through updating the WAL index, which a reader
+    cannot get past ("locking protocol"); the same read goes through a moment later."""
+    return "locked" in str(exc) or "locking protocol" in str(exc)
+
+
 def _new_run(proc: subprocess.Popen, state: str, known: set[str]) -> str:
     """The id of the run row ``proc`` starts, once the state store holds it."""
     while True:
-        new = set(_run_rows(state)) - known
+        try:
+            new = set(_run_rows(state)) - known
+        except sa.exc.OperationalError as exc:
+            if not _busy(exc):
+                raise
+            new = set()
         if new:
             (run_id,) = new
             return run_id
@@ -66,14 +78,14 @@ def _new_run(proc: subprocess.Popen, state: str, known: set[str]) -> str:
 
 def _stopped(proc: subprocess.Popen, state: str) -> dict[str, tuple[datetime, datetime | None]]:
     """Stop ``proc`` (SIGSTOP) and read the run rows while it is stopped. A process stopped
-    inside a state store transaction may hold SQLite's lock: it goes on a moment, and is
-    stopped again."""
+    inside a state store write may keep a reader out (``_busy``): it goes on a moment, and
+    is stopped again."""
     for _ in range(50):
         proc.send_signal(signal.SIGSTOP)
         try:
             return _run_rows(state)
         except sa.exc.OperationalError as exc:
-            if "locked" not in str(exc):
+            if not _busy(exc):
                 raise
         proc.send_signal(signal.SIGCONT)
         time.sleep(0.02)
