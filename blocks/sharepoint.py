@@ -2,7 +2,8 @@
 
 Reads follow the list's delta feed: the cursor is the ``@odata.deltaLink``; deletions come
 from the feed itself, and ``410 Gone`` starts a full read over (after
-``resyncChangesUploadDifferences`` one that infers no deletion: the list may lack items).
+``resyncChangesUploadDifferences`` one whose absent items were lost by the list, not deleted:
+Graph asks the client to upload them, so their links create them again).
 Records are made from the feed's own items (read with ``$expand=fields``): values, eTag,
 change time, and who changed them when ``modified_by`` names a column. Graph's feed leaves
 out the ``lastModifiedBy`` item property, so an item that comes without it is read again
@@ -381,13 +382,13 @@ class SharePointList(HttpEndpointBlock):
                 # the token expired: read everything and start a new feed
                 if gone.code == UPLOAD_DIFFERENCES:
                     logger.warning(
-                        "%s: the delta feed answered 410 %s: reading every item again; items "
-                        "missing from the list are not deleted elsewhere",
+                        "%s: the delta feed answered 410 %s: reading every item again; linked "
+                        "items missing from the list are created there again",
                         self._where(),
                         gone.code,
                     )
                     for page in self._read_all():
-                        page.full = False  # absent is not deleted: no deletions inferred
+                        page.full, page.absent_lost = False, True  # absent is lost, not deleted
                         yield page
                     return
             else:

@@ -142,6 +142,7 @@ def settle(
                 now,
             )
         changes.members.extend(updated.values())
+        changes.dropped.extend(lp.lost)
 
         base = dict(lp.base)
         for fname, value in lp.proposed.items():

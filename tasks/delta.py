@@ -45,6 +45,9 @@ class LinkPlan:
     # fields whose base stays: a system this run does not write to must still take the value
     # (the empty set is shared: a run plans 100,000s of links)
     left_behind: frozenset[str] = frozenset()
+    # (system, key) of records the systems lost: their ID-map rows go, the link creates them
+    # there again
+    lost: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass
@@ -126,8 +129,18 @@ def compute_deltas(
         link = mapping.links.get(link_id)
         observed = mapping.observed.get(link_id, {})
         members = mapping.members.get(link_id, [])
-        live = {m.system: m for m in members if m.deleted_at is None}
+        # a record its system lost is forgotten where this run writes to that system, so the
+        # link creates it there again; a run that does not write there leaves it as it is
+        lost = tuple(
+            sorted((s, k) for s, k in mapping.lost.get(link_id, {}).items() if s in targets)
+        )
+        live = {
+            m.system: m
+            for m in members
+            if m.deleted_at is None and (m.system, m.external_id) not in lost
+        }
         tombstoned = {m.system for m in members if m.deleted_at is not None}
+        tombstoned.difference_update(s for s, _ in lost)
         deleted_now = mapping.deleted.get(link_id, set()) & live.keys()
         base = dict(link.base) if link else {}
         current = {
@@ -141,6 +154,7 @@ def compute_deltas(
             current=current,
             observed=observed,
             deleted_now=deleted_now,
+            lost=lost,
         )
         plan.links[link_id] = lp
         link_gone = link is not None and link.deleted_at is not None

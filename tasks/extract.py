@@ -5,6 +5,7 @@ so a run holds one page of a read, never the whole read."""
 from __future__ import annotations
 
 import gc
+import logging
 import os
 import pickle
 import subprocess
@@ -14,8 +15,9 @@ from dataclasses import replace
 
 from prefect import task
 
+from tasks import echo
 from tasks.common import TASK_OPTIONS, whole
-from tasks.echo import ECHO, filter_echoes
+from tasks.echo import filter_echoes
 from tasks.idmap import match_key
 from twoway.contract import ChangeSet, Endpoint, RawRecord, read_ahead
 from twoway.definition import Definition
@@ -24,6 +26,8 @@ from twoway.records import Observed
 from twoway.staging import (
     CHANGED,
     DELETED,
+    ECHO,
+    LOST,
     PARKED,
     UNCHANGED,
     ReadSummary,
@@ -32,6 +36,8 @@ from twoway.staging import (
 )
 from twoway.state import Intent, Member, SystemIds
 from twoway.values import as_utc, canonical, parse_timestamp, values_hash
+
+log = logging.getLogger("twoway")
 
 
 def canonicalise(definition: Definition, system: str, record: RawRecord) -> Observed:
@@ -124,7 +130,7 @@ class _Read:
                 rows.append((key, PARKED, bucket_of(linked), 0, 0, result))
             else:
                 moved = member is not None and member.version != versions[key]
-                status = ECHO if result == ECHO else UNCHANGED
+                status = ECHO if result == echo.ECHO else UNCHANGED
                 refreshed = replace(member, version=versions[key]) if moved else None
                 rows.append((key, status, bucket_of(linked), overlap.get(key, 0), 0, refreshed))
         for key in dict.fromkeys(gone):
@@ -134,6 +140,12 @@ class _Read:
             route = bucket_of(member.link_id) if member is not None else 0
             rows.append((key, DELETED, route, 0, 0, member))
         self.staged.put(rows)
+
+    def lost(self, keys: Sequence[str]) -> None:
+        """Stage linked keys the system lost (absent from a read that says it may have lost
+        records): their links create them there again."""
+        members = self.ids.members(keys)
+        self.staged.put([(k, LOST, bucket_of(m.link_id), 0, 0, m) for k, m in members.items()])
 
     def _routes(self, fresh: dict[str, Observed], members: dict[str, Member]) -> dict[str, int]:
         """The bucket of each changed record: its link's, else the link a crashed run's
@@ -223,12 +235,20 @@ def extract_changes(
     if again:
         read.page(endpoint.read(again))
     # the keys the system holds: a full read's own, else its key list when the count is off
-    listed = None if last.full or read.accounts_for(endpoint) else endpoint.list_keys()
-    if last.full or listed is not None:
+    whole = last.full or last.absent_lost
+    listed = None if whole or read.accounts_for(endpoint) else endpoint.list_keys()
+    if whole or listed is not None:
         live = ids.live_keys()
-        present = staged.present_of(live) if last.full else listed
+        present = staged.present_of(live) if whole else listed
         missing = [k for k in live if k not in present]  # type: ignore[operator]
-        if missing:
+        if missing and last.absent_lost:
+            log.warning(
+                "%s may have lost records: linked records missing from it, created there again: %d",
+                system,
+                len(missing),
+            )
+            read.lost(missing)
+        elif missing:
             read.page([], missing)
     counts = staged.counts()
     overlap = staged.overlap_counts()
@@ -244,6 +264,7 @@ def extract_changes(
         unchanged=counts.get(UNCHANGED, 0) - overlap.get(UNCHANGED, 0),
         reread=overlap.get(ECHO, 0) + overlap.get(UNCHANGED, 0),
         parked=counts.get(PARKED, 0) + counts[-1],
+        lost=counts.get(LOST, 0),
         merges=list(staged.merges),
     )
 

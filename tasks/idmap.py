@@ -28,6 +28,8 @@ class Mapping:
         default_factory=dict
     )  # link -> system -> record
     deleted: dict[str, set[str]] = field(default_factory=dict)  # link -> systems that deleted it
+    # link -> system -> key of the record the system lost (it is created there again)
+    lost: dict[str, dict[str, str]] = field(default_factory=dict)
     members: dict[str, list[Member]] = field(default_factory=dict)  # link -> id_map rows
     links: dict[str, Link] = field(default_factory=dict)  # existing merge bases
     new_links: set[str] = field(default_factory=set)
@@ -132,6 +134,10 @@ def map_ids(
             member = known[system].get(key)
             if member is not None and member.deleted_at is None:
                 out.deleted.setdefault(member.link_id, set()).add(system)
+        for key in batch.lost:
+            member = known[system].get(key)
+            if member is not None and member.deleted_at is None:
+                out.lost.setdefault(member.link_id, {})[system] = key
 
     loners += _rejoin_marked(store, sync, marked, out, rejoined)
     existing = store.links_by_match_key(sync, unlinked) if unlinked else {}
@@ -169,7 +175,7 @@ def map_ids(
         out.observed[link_id] = {record.system: record}
         joined.append(_new_member(record, link_id))
 
-    touched = set(out.observed) | set(out.deleted) | set(pending_links)
+    touched = set(out.observed) | set(out.deleted) | set(out.lost) | set(pending_links)
     out.members = store.members_of(sync, touched - out.new_links)
     refreshed = {(s, k): m for s, batch in filtered.items() for k, m in batch.refreshed.items()}
     if refreshed:  # the version each system holds now, for this run's compare-and-set
@@ -186,7 +192,7 @@ def map_ids(
             out.new_links.add(member.link_id)
     for member in (*rejoined, *joined):
         out.members.setdefault(member.link_id, []).append(member)
-    for link_id in pending_links:
+    for link_id in (*pending_links, *out.lost):
         out.observed.setdefault(link_id, {})
     found = set(out.recovered)
     for intent in intents or []:

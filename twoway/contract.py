@@ -46,13 +46,16 @@ class ChangeSet:
     change set a key is either among the records or deleted, never both.
     ``cursor`` is what to pass next time, stored only after the run commits.
     ``full`` is True when every live record was returned (a read with no cursor), so a
-    key of ours that is absent is known to be deleted.
+    key of ours that is absent is known to be deleted. ``absent_lost`` is True when every
+    live record was returned but the system says it may have lost records (Graph's
+    ``resyncChangesUploadDifferences``): a key of ours that is absent is created there again.
     """
 
     records: list[RawRecord]
     deleted: list[str] = field(default_factory=list)
     cursor: str | None = None
     full: bool = False
+    absent_lost: bool = False
     requests: int = 0  # calls made to the system for this read (benchmarks, reports)
 
 
@@ -90,6 +93,7 @@ def fold_pages(pages: Iterable[ChangeSet]) -> ChangeSet:
         deleted=list(deleted),
         cursor=last.cursor,
         full=last.full,
+        absent_lost=last.absent_lost,
         requests=requests,
     )
 

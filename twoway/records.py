@@ -33,6 +33,7 @@ class Filtered:
     system: str
     changed: list[Observed]
     deleted: set[str]
+    lost: set[str] = field(default_factory=set)  # keys the system lost: created there again
     cursor: str | None = None
     full: bool = False
     requests: int = 0  # calls the read made
@@ -41,7 +42,7 @@ class Filtered:
     unchanged: int = 0
     reread: int = 0  # unchanged records read again only because of the overlap window
     parked: list[dict] = field(default_factory=list)  # records no key can identify
-    members: dict[str, Member] = field(default_factory=dict)  # ID-map rows of changed/deleted
+    members: dict[str, Member] = field(default_factory=dict)  # ID-map rows of changed/deleted/lost
     # echoes and unchanged records whose version moved (a write applied again, a system-only
     # bump): their ID-map rows with the version the system holds now, so that a
     # compare-and-set on the old version never defers their next update

@@ -4,7 +4,7 @@ read and one chunk of changes in memory, never a whole table.
 Each system's read goes to a SQLite file of its own (a read in a process of its own writes
 its file while the others write theirs). A row per key holds what the latest page said of
 it (a later page replaces what an earlier one said), whether it is a change, an echo, an
-unchanged record, a parked one or a deletion, and its **bucket**: a stable hash of the link
+unchanged record, a parked one, a deletion or a record the system lost, and its **bucket**: a stable hash of the link
 the record belongs to (or of its match key while it has none), so that every record of one
 link falls in one bucket whichever system it comes from. Chunks are runs of whole buckets;
 the records that tie two links together (a key our own create reused, a crashed run's
@@ -27,7 +27,8 @@ from twoway.records import Filtered
 #: 1/BUCKETS of the changes
 BUCKETS = 1024
 
-CHANGED, ECHO, UNCHANGED, PARKED, DELETED = range(5)
+CHANGED, ECHO, UNCHANGED, PARKED, DELETED, LOST = range(6)
+_WORK = f"status IN ({CHANGED},{PARKED},{DELETED},{LOST}) OR payload IS NOT NULL"
 _PICKLE = pickle.HIGHEST_PROTOCOL
 
 
@@ -51,6 +52,7 @@ class ReadSummary:
     unchanged: int = 0
     reread: int = 0  # unchanged records read again only because of the overlap window
     parked: int = 0
+    lost: int = 0  # linked records the system lost, to be created there again
     # buckets whose links one record ties together: they go into one chunk
     merges: list[tuple[int, int]] = field(default_factory=list)
 
@@ -115,11 +117,11 @@ class StagedRead:
         return out
 
     def present_of(self, keys: Iterable[str]) -> set[str]:
-        """Which of ``keys`` the read returned as records (not as deletions)."""
+        """Which of ``keys`` the read returned as records (not as deletions or lost ones)."""
         out: set[str] = set()
         for part in _parts(list(keys)):
             marks = ",".join("?" * len(part))
-            query = f"SELECT key FROM staged WHERE status != {DELETED} AND key IN ({marks})"
+            query = f"SELECT key FROM staged WHERE status < {DELETED} AND key IN ({marks})"
             out.update(k for (k,) in self.db.execute(query, part))
         return out
 
@@ -147,14 +149,10 @@ class StagedRead:
     # -- reading back, chunk by chunk ----------------------------------------------------
 
     def bucket_sizes(self) -> dict[int, int]:
-        """Rows a chunk must work on, per bucket: changes, deletions, parked records and
-        skipped records whose version moved (their ID-map row is refreshed)."""
+        """Rows a chunk must work on, per bucket: changes, deletions, lost and parked
+        records, and skipped records whose version moved (their ID-map row is refreshed)."""
         self._index()
-        query = (
-            "SELECT bucket, count(*) FROM staged "
-            f"WHERE status IN ({CHANGED},{PARKED},{DELETED}) OR payload IS NOT NULL "
-            "GROUP BY bucket"
-        )
+        query = f"SELECT bucket, count(*) FROM staged WHERE {_WORK} GROUP BY bucket"
         sizes = dict(self.db.execute(query).fetchall())
         unkeyed = self.db.execute("SELECT count(*) FROM unkeyed").fetchone()[0]
         if unkeyed:
@@ -166,10 +164,9 @@ class StagedRead:
         steps after the read take it."""
         self._index()
         out = Filtered(system=system, changed=[], deleted=set())
-        where = f"(status IN ({CHANGED},{PARKED},{DELETED}) OR payload IS NOT NULL)"
         parts: Iterable[Sequence[int] | None] = [None] if buckets is None else _parts(list(buckets))
         for part in parts:
-            query = f"SELECT key, status, payload FROM staged WHERE {where}"
+            query = f"SELECT key, status, payload FROM staged WHERE ({_WORK})"
             args: Sequence[int] = ()
             if part is not None:
                 query += f" AND bucket IN ({','.join('?' * len(part))})"
@@ -181,8 +178,8 @@ class StagedRead:
                     out.changed.append(record)
                     if member is not None:
                         out.members[key] = member
-                elif status == DELETED:
-                    out.deleted.add(key)
+                elif status in (DELETED, LOST):
+                    (out.deleted if status == DELETED else out.lost).add(key)
                     if value is not None:
                         out.members[key] = value
                 elif status == PARKED:

@@ -279,6 +279,8 @@ class StateChanges:
     settled_intents: list[tuple[str, str]] = field(default_factory=list)  # (system, link_id)
     #: (system, external_id) -> version, for records whose version moved and nothing else
     versions: dict[tuple[str, str], str | None] = field(default_factory=dict)
+    #: (system, external_id) of ID-map rows to remove: records their system lost
+    dropped: list[tuple[str, str]] = field(default_factory=list)
 
 
 class StateStore:
@@ -617,6 +619,14 @@ class StateStore:
                             for values in [_seen_values(seen, base)]
                         ],
                     )
+            for system, key in changes.dropped:  # a record its system lost: created anew
+                conn.execute(
+                    id_map.delete().where(
+                        id_map.c.sync == sync,
+                        id_map.c.system == system,
+                        id_map.c.external_id == key,
+                    )
+                )
             # the records of a link mostly hold its merge base: those are stored as "=", the
             # others' values encoded once per distinct set (by hash)
             for part in chunks(list(by_key.values()), 5000):

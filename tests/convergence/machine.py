@@ -420,13 +420,17 @@ class SyncMachine(RuleBasedStateMachine):
         rows = {s: world.rows(s) for s in world.names}
         # the specific invariants first, so a failure names the one a bug breaks; systems
         # that differ for none of those reasons fail the convergence check at the end
-        # no resurrection: a deleted record's values are nowhere. One exception, by design: when
+        # no resurrection: a deleted record's values are nowhere. A list that answered Graph's
+        # resyncChangesUploadDifferences asks for what it did not return: a deletion it lost
+        # before the state took it comes back (``restorable``). One exception more, by design: when
         # a create's outcome was lost (a timeout after it applied, or a crash before the state
         # commit) and a person edits or deletes the copy before any run has seen it, twoway
         # cannot tell that copy from a new record (on a system without a link marker);
         # it keeps the data rather than risk losing it. Such values are left out of the
         # duplicate and resurrection checks; every other check still applies to them.
         for gone in world.deleted:
+            if gone.restorable:
+                continue  # its system lost the deletion and asked for the record again
             if gone.unconfirmed_copy or set(gone.values.values()) & world.ambiguous_values:
                 continue
             values = set(gone.values.values()) - {None}

@@ -692,13 +692,6 @@ def test_replay(case, caplog):
 # -- the services' own faults (purges, commit lag, long Retry-After, Graph's 410 codes) ----
 
 
-class SharePointUploadDifferencesAnyTime(SharePointAndSql):
-    """The SharePoint machine with no exception for its known limit: a 410
-    resyncChangesUploadDifferences may come while a person's deletion waits to be read."""
-
-    upload_differences_after_unread_deletes = True
-
-
 # a person's second edit of a record whose first edit was still in an open transaction:
 # the simulator applied it, then the first transaction's commit overwrote it
 LONG_TRANSACTION_LOCKS_ITS_RECORD = (
@@ -712,10 +705,11 @@ LONG_TRANSACTION_LOCKS_ITS_RECORD = (
 )
 
 # a deletion in the list, then a 410 resyncChangesUploadDifferences before any run read it:
-# the full read after it infers no deletion and the new delta token starts past it, so the
-# record stays in the other system for good (known limit, see the reason below)
+# the full read after it inferred no deletion and the new delta token started past it, so
+# the record stayed in the other system and the two differed for good. Graph asks for the
+# items it did not return to be uploaded: the link creates the record in the list again
 SHAREPOINT_DELETION_LOST_ON_UPLOAD_DIFFERENCES = (
-    SharePointUploadDifferencesAnyTime,
+    SharePointAndSql,
     """
     start(records=2, seed=0)
     run()
@@ -814,13 +808,6 @@ THROTTLED_RATES_THAT_ROUND_OVER_ONE = (
         pytest.param(
             SHAREPOINT_DELETION_LOST_ON_UPLOAD_DIFFERENCES,
             id="sharepoint-deletion-lost-on-upload-differences",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="after resyncChangesUploadDifferences the SharePoint read is not full "
-                "(absent is not deleted) and the engine neither uploads the links the list "
-                "lacks nor keeps them for a later full read: tasks/extract.py infers no "
-                "deletion and nothing marks those links, so they stay live in the ID map",
-            ),
         ),
     ],
 )

@@ -74,6 +74,7 @@ class Deletion:
     values: dict[str, str]
     link_id: str | None
     unconfirmed_copy: bool = False  # it, or a copy of it, came from a create whose answer was lost
+    restorable: bool = False  # its system may lose the deletion (Graph's upload differences)
 
 
 @dataclass

@@ -34,6 +34,7 @@ from twoway.simulators.rest import create_app as rest_app
 from twoway.simulators.salesforce import SalesforceState
 from twoway.simulators.salesforce import create_app as salesforce_app
 from twoway.simulators.server import BackgroundServer
+from twoway.state import StateStore
 
 SEED = 0  # fault draws are seeded: a failure replays (seeds 0-80 were run)
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -693,4 +694,45 @@ def test_an_edit_landing_between_the_check_and_the_write_is_deferred_then_merged
         merged = assert_converged(crm, db)
         assert merged == [("ann@example.com", "Anna", "Lee", "+1 555 0142")]
         clock.tick()
+        assert written(completed(run_sync(definition))) == 0
+
+
+def test_items_the_list_lost_are_created_again_after_upload_differences(tmp_path, monkeypatch):
+    """Graph's 410 resyncChangesUploadDifferences says the list may have lost items and asks
+    the client to upload the ones it did not return: the linked item missing from the full
+    read is created in the list again from the table's record (a new key, the old one
+    forgotten), never taken for a deletion. A run that does not write to the list leaves
+    it for the run that does."""
+    with ExitStack() as stack:
+        state, server = stack.enter_context(graph_server())
+        url = server_url("sqlite", tmp_path)
+        engine, table = stack.enter_context(fresh_table(url))
+        graph_env(monkeypatch, state, server)
+        monkeypatch.setenv("CONTACTS_DB_URL", url)
+        definition = example("sharepoint-postgres.sync.yaml", tmp_path, db__table=str(table.name))
+        sp, db = GraphSide(state), SqlSide(engine, table)
+        for name in ("ann", "bob", "cy"):
+            sp.add(email=f"{name}@example.com", first=name.title(), last="Lee")
+        completed(run_sync(definition))
+        one_way = {"sources": {"sharepoint"}, "targets": {"db"}}
+        completed(run_sync(definition, **one_way))  # the one-way runs' own cursor
+        lost = key_of(sp, "bob@example.com")
+        # gone from the list, and then the delta token: the full read after the 410 does not
+        # return the item, and nothing says it was deleted
+        state.user_delete(LIST, lost)
+        state.expire_delta_tokens("resyncChangesUploadDifferences")
+
+        assert written(completed(run_sync(definition, **one_way))) == 0
+        assert row(sp, "bob@example.com") is None and row(db, "bob@example.com") is not None
+
+        again = completed(run_sync(definition))
+        assert again.systems["sharepoint"]["created"] == 1 and written(again) == 1
+        assert again.systems["db"]["deleted"] == 0
+        assert len(assert_converged(sp, db)) == 3
+        store = StateStore(definition.state or "")
+        try:
+            keys = store.live_keys(definition.name, "sharepoint")
+        finally:
+            store.engine.dispose()
+        assert lost not in keys and key_of(sp, "bob@example.com") in keys and len(keys) == 3
         assert written(completed(run_sync(definition))) == 0

@@ -260,7 +260,7 @@ def test_expired_delta_token_reads_everything_again(env):
     assert again.cursor and again.cursor != later.cursor
 
 
-def test_after_upload_differences_missing_items_are_not_taken_as_deleted(env, caplog):
+def test_after_upload_differences_missing_items_are_lost_not_deleted(env, caplog):
     state, block, _, _ = env
     keep = state.user_create("Contacts", {"Title": "Kept"})
     first = block.read_changes(None)
@@ -268,9 +268,10 @@ def test_after_upload_differences_missing_items_are_not_taken_as_deleted(env, ca
     with caplog.at_level("WARNING", logger="twoway.sharepoint"):
         again = block.read_changes(first.cursor)
     # every item is read again, but one missing from the list is not a deletion: SharePoint
-    # says it may lack items it should have
+    # says it may lack items it should have, and asks for them to be uploaded
     assert keep in {r.key for r in again.records}
-    assert not again.full and again.deleted == [] and again.cursor != first.cursor
+    assert not again.full and again.absent_lost
+    assert again.deleted == [] and again.cursor != first.cursor
     assert "resyncChangesUploadDifferences" in caplog.text
     state.expire_delta_tokens("resyncChangesApplyDifferences")
     assert block.read_changes(again.cursor).full  # its state stands, deletions included
