@@ -290,7 +290,9 @@ def compute_deltas(
             definition, plan, lp, live, tombstoned | unread_creates, targets, creates, renames
         )
         if unread_creates and any(s not in live for s in unread_creates):
-            lp.left_behind |= WHOLE_RECORD
+            # the record that create made holds values this run cannot see: the base, the
+            # last values every system agreed on, waits for the run that reads it
+            lp.left_behind |= WHOLE_RECORD | lp.proposed.keys()
     return plan
 
 

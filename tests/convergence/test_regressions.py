@@ -361,6 +361,23 @@ ONE_WAY_RUN_CREATES_IN_ONE_SYSTEM_ONLY = (
 )
 
 
+# a one-way run whose create into the third system lost its answer (applied, unknown to the
+# state); the next one-way run, not reading that system, moved the merge base to a change it
+# read. Once the created record was found it differed from the base, so its older values
+# were taken for the newer change and written over the person's edit
+ONE_WAY_RUN_MOVES_THE_BASE_PAST_AN_UNREAD_CREATE = (
+    OneWayRuns,
+    """
+    start(seed=2_113_856_234, records=12)
+    set_faults(applied_then_timeout=0.3, concurrent_edit=0.0, edit_while_paging=0.0, error_before=0.1, partial=0.1)
+    one_way_run(into=0, source=2)
+    one_way_run(into=2, source=1)
+    someone_edits_as_the_integration_account(field='first_name', pick=31, side=1)
+    one_way_run(into=2, source=1)
+    """,
+)
+
+
 # a crashed run applied a write again with a new version; the next read skipped it as an
 # echo without learning that version, so every later update of the record was deferred by
 # the compare-and-set on the old one, run after run
@@ -632,6 +649,7 @@ UNCHANGED_RECORD_WITH_A_NEW_VERSION_KEEPS_ITS_VALUES = (
         ONE_WAY_RUN_SETTLES_A_DELETED_LINKS_LETTERS,
         ONE_WAY_RUN_SETTLES_A_CHANGE_IT_DOES_NOT_READ,
         ONE_WAY_RUN_CREATES_IN_ONE_SYSTEM_ONLY,
+        ONE_WAY_RUN_MOVES_THE_BASE_PAST_AN_UNREAD_CREATE,
         ECHO_KEEPS_AN_OLD_VERSION,
         LOST_CREATE_FOUND_BY_ITS_MARKER,
         ONE_WAY_RUN_WRITES_A_RECORD_IT_KNOWS_BY_KEY_ONLY,
@@ -659,6 +677,7 @@ UNCHANGED_RECORD_WITH_A_NEW_VERSION_KEEPS_ITS_VALUES = (
         "one-way-run-settles-a-deleted-links-letters",
         "one-way-run-settles-a-change-it-does-not-read",
         "one-way-run-creates-in-one-system-only",
+        "one-way-run-moves-the-base-past-an-unread-create",
         "echo-keeps-an-old-version",
         "lost-create-found-by-its-marker",
         "one-way-run-writes-a-record-it-knows-by-key-only",
