@@ -230,6 +230,10 @@ def extract_changes(
         page.records = []
         requests += page.requests
         last = page
+        # the run pauses the cyclic collector, but an HTTP answer is a cycle (httpx binds
+        # its stream to it) holding the page's body: a young pass frees each page's now,
+        # where a read of a million records would otherwise hold every page until its end
+        gc.collect(0)
     wanted = list(dict.fromkeys(reread))
     again = [k for k in wanted if k not in staged.has(wanted)]
     if again:

@@ -1,0 +1,67 @@
+"""A read over HTTP holds one page at a time: what each page's answer leaves behind is let go
+of as the read goes, also while the run pauses Python's cyclic collector."""
+
+from __future__ import annotations
+
+import gc
+
+import httpx
+from pydantic import SecretStr
+
+from blocks.credentials import IntegrationAccountCredentials
+from blocks.rest import RestCollection
+from tasks.extract import extract_changes
+from twoway.definition import parse_definition
+from twoway.simulators.rest import RestState, create_app
+from twoway.simulators.server import BackgroundServer
+from twoway.staging import StagedRead
+from twoway.state import StateStore
+
+PAGES = 30
+
+
+def test_a_paged_read_does_not_keep_the_answers_of_its_pages(tmp_path):
+    state = RestState()
+    for i in range(PAGES * 2):
+        state.user_create({"email": f"p{i}@example.com"})
+    definition = parse_definition(
+        {
+            "name": "pages",
+            "state": f"sqlite:///{tmp_path / 'state.db'}",
+            "systems": {
+                "api": {"kind": "rest", "base_url": "http://unused", "key": "id"},
+                "db": {"kind": "sql", "url": f"sqlite:///{tmp_path / 'db.db'}", "table": "t"},
+            },
+            "fields": {"email": {"api": "email", "db": "email"}},
+        },
+        tmp_path / "pages.sync.yaml",
+    )
+    store = StateStore(definition.state or "")
+    store.migrate()
+    with BackgroundServer(create_app(state, tokens={"t": "sync"})) as server:
+        block = RestCollection(
+            base_url=server.url,
+            page_size_param="$top",
+            page_size=2,
+            columns_to_sync=["email"],
+            credentials=IntegrationAccountCredentials(token=SecretStr("t")),
+        )
+        gc.collect()
+        gc.disable()  # as a run does
+        try:
+            summary = extract_changes(
+                definition,
+                "api",
+                block,
+                None,
+                store.system_ids("pages", "api"),
+                StagedRead(":memory:"),
+            )
+            answers = sum(isinstance(o, httpx.Response) for o in gc.get_objects())
+        finally:
+            gc.enable()
+            block.close()
+            store.engine.dispose()
+    assert summary.extracted == PAGES * 2
+    # the page on its way when the read ended, and the one before it, at most
+    assert answers <= 2, f"{answers} HTTP answers of {PAGES} pages still held"
