@@ -268,7 +268,6 @@ def extract_changes(
         unchanged=counts.get(UNCHANGED, 0) - overlap.get(UNCHANGED, 0),
         reread=overlap.get(ECHO, 0) + overlap.get(UNCHANGED, 0),
         parked=counts.get(PARKED, 0) + counts[-1],
-        lost=counts.get(LOST, 0),
         merges=list(staged.merges),
     )
 

@@ -4,11 +4,12 @@ read and one chunk of changes in memory, never a whole table.
 Each system's read goes to a SQLite file of its own (a read in a process of its own writes
 its file while the others write theirs). A row per key holds what the latest page said of
 it (a later page replaces what an earlier one said), whether it is a change, an echo, an
-unchanged record, a parked one, a deletion or a record the system lost, and its **bucket**: a stable hash of the link
-the record belongs to (or of its match key while it has none), so that every record of one
-link falls in one bucket whichever system it comes from. Chunks are runs of whole buckets;
-the records that tie two links together (a key our own create reused, a crashed run's
-intent) merge their buckets so both links fall in one chunk.
+unchanged record, a parked one, a deletion or a record the system lost, and its
+**bucket**: a stable hash of the link the record belongs to (or of its match key while it
+has none), so that every record of one link falls in one bucket whichever system it comes
+from. Chunks are runs of whole buckets; the records that tie two links together (a key our
+own create reused, a crashed run's intent) merge their buckets so both links fall in one
+chunk.
 """
 
 from __future__ import annotations
@@ -52,7 +53,6 @@ class ReadSummary:
     unchanged: int = 0
     reread: int = 0  # unchanged records read again only because of the overlap window
     parked: int = 0
-    lost: int = 0  # linked records the system lost, to be created there again
     # buckets whose links one record ties together: they go into one chunk
     merges: list[tuple[int, int]] = field(default_factory=list)
 
