@@ -7,6 +7,7 @@ a dead letter, so the next run tries again and nothing is lost.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -141,8 +142,15 @@ def settle(
                 member.version,
                 now,
             )
+        if delete_link:  # a record its system lost goes with its link, as a tombstone
+            changes.members.extend(
+                replace(m, deleted_at=now)
+                for m in members_by_link.get(link_id, [])
+                if (m.system, m.external_id) in lp.lost and m.deleted_at is None
+            )
+        else:  # forgotten: the link creates it there again
+            changes.dropped.extend(lp.lost)
         changes.members.extend(updated.values())
-        changes.dropped.extend(lp.lost)
 
         base = dict(lp.base)
         for fname, value in lp.proposed.items():

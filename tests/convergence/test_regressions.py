@@ -739,6 +739,23 @@ SHAREPOINT_DELETION_LOST_ON_UPLOAD_DIFFERENCES = (
 )
 
 
+# a run crashed after deleting a list item whose twin a person had deleted; the run after it
+# read the list after a 410 resyncChangesUploadDifferences, found the item missing and took
+# it for lost while the link was being deleted: its ID-map row was removed, not kept as the
+# link's tombstone, so the item vanished with no trace of the deletion that took it
+SHAREPOINT_ITEM_LOST_WITH_A_DELETED_LINK = (
+    SharePointSalesforceSql,
+    """
+    start(seed=625261, records=6)
+    crash_run(after=True, step='load s0')
+    run_again()
+    delta_token_expires(code='resyncChangesUploadDifferences', while_paging=False)
+    recycle_bin_purged(delete=5, everything=True)
+    crash_run(after=True, step='load s0')
+    """,
+)
+
+
 # throttled runs waited minutes out, so the org's clock ran ahead of ours: getDeleted's
 # window, ended a minute past our clock, held the cursor 55 s a run behind and a deletion
 # made later was not found before the quiet runs ended
@@ -827,6 +844,10 @@ THROTTLED_RATES_THAT_ROUND_OVER_ONE = (
         pytest.param(
             SHAREPOINT_DELETION_LOST_ON_UPLOAD_DIFFERENCES,
             id="sharepoint-deletion-lost-on-upload-differences",
+        ),
+        pytest.param(
+            SHAREPOINT_ITEM_LOST_WITH_A_DELETED_LINK,
+            id="sharepoint-item-lost-with-a-deleted-link",
         ),
     ],
 )
