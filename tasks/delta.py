@@ -131,16 +131,16 @@ def compute_deltas(
         members = mapping.members.get(link_id, [])
         # a record its system lost is forgotten where this run writes to that system, so the
         # link creates it there again; a run that does not write there leaves it as it is
-        lost = tuple(
-            sorted((s, k) for s, k in mapping.lost.get(link_id, {}).items() if s in targets)
-        )
+        gone = mapping.lost.get(link_id)
+        lost = tuple(sorted((s, k) for s, k in gone.items() if s in targets)) if gone else ()
         live = {
             m.system: m
             for m in members
             if m.deleted_at is None and (m.system, m.external_id) not in lost
         }
         tombstoned = {m.system for m in members if m.deleted_at is not None}
-        tombstoned.difference_update(s for s, _ in lost)
+        if lost:
+            tombstoned.difference_update(s for s, _ in lost)
         deleted_now = mapping.deleted.get(link_id, set()) & live.keys()
         base = dict(link.base) if link else {}
         current = {

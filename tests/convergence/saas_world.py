@@ -260,7 +260,11 @@ class GraphSide(SimulatorSide):
         """After a 410 resyncChangesUploadDifferences Graph asks the client to upload the
         items it did not return: a deletion the state has not taken (its key is still
         linked) is undone, by design. Those deletions may come back."""
-        live = {r.external_id for r in self.world.id_rows() if r.system == self.name}
+        live = {
+            r.external_id
+            for r in self.world.id_rows()
+            if r.system == self.name and r.deleted_at is None
+        }
         for gone in self.world.deleted:
             if gone.system == self.name and gone.key in live:
                 gone.restorable = True
