@@ -232,8 +232,11 @@ def extract_changes(
         last = page
         # the run pauses the cyclic collector, but an HTTP answer is a cycle (httpx binds
         # its stream to it) holding the page's body: a young pass frees each page's now,
-        # where a read of a million records would otherwise hold every page until its end
-        gc.collect(0)
+        # where a read of a million records would otherwise hold every page until its end.
+        # The pass takes the two young generations: the next page's answer, on its way on
+        # the read-ahead thread during one pass, survives it into the second and goes at
+        # the next pass, not at the end of the run
+        gc.collect(1)
     wanted = list(dict.fromkeys(reread))
     again = [k for k in wanted if k not in staged.has(wanted)]
     if again:

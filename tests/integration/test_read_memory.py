@@ -47,7 +47,6 @@ def test_a_paged_read_does_not_keep_the_answers_of_its_pages(tmp_path):
             credentials=IntegrationAccountCredentials(token=SecretStr("t")),
         )
         gc.collect()
-        earlier = {id(o) for o in gc.get_objects() if isinstance(o, httpx.Response)}
         gc.disable()  # as a run does
         try:
             summary = extract_changes(
@@ -58,9 +57,7 @@ def test_a_paged_read_does_not_keep_the_answers_of_its_pages(tmp_path):
                 store.system_ids("pages", "api"),
                 StagedRead(":memory:"),
             )
-            answers = sum(
-                isinstance(o, httpx.Response) and id(o) not in earlier for o in gc.get_objects()
-            )
+            answers = sum(_answer_of(o, server.url) for o in gc.get_objects())
         finally:
             gc.enable()
             block.close()
@@ -68,3 +65,15 @@ def test_a_paged_read_does_not_keep_the_answers_of_its_pages(tmp_path):
     assert summary.extracted == PAGES * 2
     # the page on its way when the read ended, and the one before it, at most
     assert answers <= 2, f"{answers} HTTP answers of {PAGES} pages still held"
+
+
+def _answer_of(obj: object, base_url: str) -> bool:
+    """Whether ``obj`` is an HTTP answer of the server at ``base_url``: the worker process
+    also holds the answers of other clients (a Prefect test server's log and event
+    clients, on threads of their own, talk to it while the read runs)."""
+    if not isinstance(obj, httpx.Response):
+        return False
+    try:
+        return str(obj.request.url).startswith(base_url)
+    except RuntimeError:  # an answer built without a request
+        return False
