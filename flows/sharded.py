@@ -11,7 +11,6 @@ on every Dask worker.
 
 from __future__ import annotations
 
-import dataclasses
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -20,7 +19,6 @@ from prefect.states import State
 from pydantic import Field
 
 from flows.twoway_flows import (
-    TASKS,
     Direction,
     SyncRef,
     _finish,
@@ -29,8 +27,8 @@ from flows.twoway_flows import (
     open_run,
     run_or_refuse,
 )
+from tasks.shards import ApiQuota, ShardedLoad
 from twoway.engine import Runtime
-from twoway.shards import ApiQuota, ShardedLoad
 
 Shards = Annotated[int, Field(ge=1, le=1024, description="Shards per load (task runs)")]
 Workers = Annotated[
@@ -119,10 +117,9 @@ def sharded_sync(
         load = ShardedLoad(
             parsed, shards, runner=runner, quota=ApiQuota(slots=api_slots, per_second=api_rate)
         )
-        steps = dataclasses.replace(TASKS, load=load)
         report = run_or_refuse(
             parsed,
-            Runtime(steps=steps, observer=progress, logger=log, read_apart=True),
+            Runtime(tracked=True, spread_load=load, observer=progress, logger=log, read_apart=True),
             dry_run=dry_run,
             full=full,
             sources=sources,

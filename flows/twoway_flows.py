@@ -40,22 +40,10 @@ from pydantic import (
     WrapValidator,
 )
 
-from tasks.commit import commit_state_task
-from tasks.common import Whole
-from tasks.delta import compute_deltas_task
-from tasks.extract import extract_apart_task, extract_changes_task
-from tasks.idmap import map_ids_task
-from tasks.load import load_changes_task
+from flows.steps import run_sync
 from twoway import catalog
 from twoway.definition import Definition, load_definition
-from twoway.engine import (
-    STEP_NAME,
-    Observer,
-    Runtime,
-    StepSet,
-    counts_line,
-    run_sync,
-)
+from twoway.engine import Observer, Runtime, counts_line
 from twoway.errors import AlreadyRunning, DefinitionError, RedactingFilter, TwowayError, redact
 from twoway.overview import artifact_key, publish_overview
 from twoway.report import COUNT_COLUMNS, TABLE_CAP, RunReport
@@ -225,30 +213,6 @@ class _Progress(Observer):
 
     def finish(self, status: str) -> None:
         self._update(100.0, status, force=True)
-
-
-def _as_task(step: Any) -> Callable[..., Any]:
-    """A Prefect task as a run step: its task run named after the step ("load crm"), its
-    arguments passed as they are (open endpoints and stores are not parameters to track)."""
-    from prefect.utilities.annotations import quote
-
-    def call(*args: Any, **kwargs: Any) -> Any:
-        named = step.with_options(task_run_name=STEP_NAME.value)
-        out = named(*[quote(a) for a in args], **{k: quote(v) for k, v in kwargs.items()})
-        return out.value if isinstance(out, Whole) else out
-
-    return call
-
-
-#: the steps of a run as Prefect tasks: the run's graph in the UI names each of them
-TASKS = StepSet(
-    extract=_as_task(extract_changes_task),
-    extract_apart=_as_task(extract_apart_task),
-    map_ids=_as_task(map_ids_task),
-    compute_deltas=_as_task(compute_deltas_task),
-    load=_as_task(load_changes_task),
-    commit=_as_task(commit_state_task),
-)
 
 
 # -- the report artifacts ---------------------------------------------------------------
@@ -756,7 +720,7 @@ def _sync(
         "full read" if full else "changes since the last run",
     )
     progress = _Progress(parsed.name, len(systems))
-    runtime = Runtime(steps=TASKS, observer=progress, logger=log, read_apart=True)
+    runtime = Runtime(tracked=True, observer=progress, logger=log, read_apart=True)
     report = run_or_refuse(
         parsed,
         runtime,

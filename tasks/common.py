@@ -21,6 +21,14 @@ TASK_OPTIONS: dict[str, Any] = {
     "cache_policy": NO_CACHE,
     "persist_result": False,
 }
+#: A pure step's task options: what it computes comes out the same on a second try, so it is
+#: not retried (retries belong to I/O).
+PURE_TASK_OPTIONS: dict[str, Any] = {
+    **TASK_OPTIONS,
+    "retries": 0,
+    "retry_delay_seconds": 0,
+    "retry_condition_fn": None,
+}
 
 
 class Whole:

@@ -18,7 +18,7 @@ from typing import Any
 
 from prefect import task
 
-from tasks.common import TASK_OPTIONS, whole
+from tasks.common import PURE_TASK_OPTIONS, whole
 from tasks.idmap import Mapping, match_key
 from twoway.contract import Create, Delete, Update
 from twoway.definition import Definition
@@ -431,4 +431,4 @@ def _by_column(renames: dict[str, str] | None, fields: dict[str, Any]) -> dict[s
     return {renames[f]: v for f, v in fields.items()}
 
 
-compute_deltas_task = task(whole(compute_deltas), name="compute field deltas", **TASK_OPTIONS)
+compute_deltas_task = task(whole(compute_deltas), name="compute field deltas", **PURE_TASK_OPTIONS)

@@ -15,9 +15,10 @@ from typing import Any
 import sqlalchemy as sa
 import yaml
 
+from flows.steps import run_sync
 from tests.sqlrig import SqlPerson, fresh_table, server_url
 from twoway.definition import Definition, load_definition
-from twoway.engine import Runtime, run_sync
+from twoway.engine import Runtime
 from twoway.report import RunReport
 
 # per system: key, email, first, last, phone, modified, by

@@ -417,7 +417,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from twoway.engine import run_sync
+    from flows.steps import run_sync
     from twoway.report import counts_table, text_table
 
     definition = _load(args.path)

@@ -1,14 +1,13 @@
-"""The run, step by step: lock, extract changes (echoes filtered out page by page), map
-IDs, compute deltas, load, commit state, report. The flows call :func:`run_sync` with
-Prefect task steps; tests and the randomized harness call it with plain steps, their own
-clock, random source, sleep and connectors.
+"""What a run is made of, below the steps: its runtime (clock, random source, sleep,
+connectors, observer), its lease, its staging files, the state it opens and closes, and
+the bookkeeping between steps (the report's counts, the intents of creates, the
+mass-change guard). The steps themselves, in order, are flows/steps.py; nothing here
+calls them.
 """
 
 from __future__ import annotations
 
 import contextvars
-import dataclasses
-import functools
 import gc
 import logging
 import os
@@ -23,15 +22,10 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tasks.commit import commit_state, settle
-from tasks.delta import Plan, compute_deltas
-from tasks.extract import extract_apart, extract_changes
-from tasks.idmap import map_ids
-from tasks.load import confirm_unknown_creates, load_changes
 from twoway.connectors import open_endpoint
-from twoway.contract import Create, Delete, Endpoint, Update
+from twoway.contract import Create, Delete, Endpoint, Update, WriteResult
 from twoway.definition import Definition
 from twoway.errors import AlreadyRunning, MassChangeRefused, SyncError, TwowayError, redact
 from twoway.report import (
@@ -42,12 +36,15 @@ from twoway.report import (
     plan_rows,
     refused_writes,
 )
-from twoway.retry import RetryPolicy
 from twoway.review import applied_decisions, decision_line
-from twoway.staging import ReadSummary, StagedRead, bucket_of, chunks_of
+from twoway.staging import ReadSummary, StagedRead
 from twoway.state import Intent, StateChanges, StateStore
 from twoway.uuid7 import TimeOrderedIds
 from twoway.values import values_hash
+
+if TYPE_CHECKING:
+    from tasks.delta import Plan
+    from tasks.idmap import Mapping
 
 SCOPE_ALL = "*"
 
@@ -58,43 +55,6 @@ GUARD_FLOOR = 10
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-@dataclass
-class StepSet:
-    """The steps of a run, called in the order of the design: plain functions (the harness,
-    tests, a dry run from the CLI) or the Prefect tasks that wrap them (the flows)."""
-
-    extract: Callable[..., ReadSummary] = extract_changes
-    extract_apart: Callable[..., ReadSummary] = extract_apart
-    map_ids: Callable[..., Any] = map_ids
-    compute_deltas: Callable[..., Plan] = compute_deltas
-    load: Callable[..., Any] = load_changes
-    commit: Callable[..., None] = commit_state
-
-
-#: the plain steps (a run given no others takes these)
-PLAIN = StepSet()
-
-
-class _StepName(threading.local):
-    """The step a call belongs to ("load crm"), for the task-run name the Prefect steps
-    give it: per thread (steps that run together run on threads of their own), and not a
-    context variable, which a task runner would try to ship with the task's context."""
-
-    value = "step"
-
-    def __reduce__(self) -> tuple[Callable[[], _StepName], tuple[()]]:
-        # a task runner that ships a function by value ships this module's globals: each
-        # process has its own, so it travels as a reference to it
-        return _step_name, ()
-
-
-def _step_name() -> _StepName:
-    return STEP_NAME
-
-
-STEP_NAME = _StepName()
 
 
 class Observer:
@@ -111,24 +71,6 @@ class Observer:
         """A load of this chunk has written ``done`` of ``total``."""
 
 
-def _call(rt: Runtime, name: str, step: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """Call one step of the run, its observer told before and after; a failure of the step
-    of one system ("extract crm") names that system."""
-    rt.observer.step(name, False)
-    outer, STEP_NAME.value = STEP_NAME.value, name
-    try:
-        out = step(*args, **kwargs)
-    except SyncError as exc:
-        verb, _, system = name.partition(" ")
-        if exc.system is None and verb in ("extract", "load"):
-            exc.system = system
-        raise
-    finally:
-        STEP_NAME.value = outer
-    rt.observer.step(name, True)
-    return out
-
-
 def together(calls: list[Callable[[], Any]]) -> list[Any]:
     """Run several calls at once, each on a thread of its own (under Prefect, as task runs
     of the same flow run: each thread gets a copy of the caller's context), and return
@@ -137,6 +79,11 @@ def together(calls: list[Callable[[], Any]]) -> list[Any]:
         futures = [pool.submit(contextvars.copy_context().run, c) for c in calls]
         wait(futures)
     return [f.result() for f in futures]
+
+
+#: a load's writes handed to something that spreads them (a sharded run's task runner):
+#: called as :func:`tasks.load.load_changes` is, one result per planned write, in order
+LoadSpreader = Callable[..., list[WriteResult]]
 
 
 @dataclass
@@ -148,7 +95,11 @@ class Runtime:
     sleep: Callable[[float], Any] = time.sleep
     endpoints: dict[str, Endpoint] | None = None
     store: StateStore | None = None
-    steps: StepSet = field(default_factory=lambda: PLAIN)
+    #: each step runs as a Prefect task run (a flow run sets it); otherwise as the task's
+    #: plain function
+    tracked: bool = False
+    #: a sharded run's load: the writes of each system spread over its task runner
+    spread_load: LoadSpreader | None = None
     observer: Observer = field(default_factory=Observer)
     logger: logging.Logger | logging.LoggerAdapter | None = None
     lease_ttl: float = 60.0
@@ -193,28 +144,6 @@ def open_store(definition: Definition, clock: Callable[[], datetime] | None = No
     return store
 
 
-def run_sync(
-    definition: Definition,
-    runtime: Runtime | None = None,
-    *,
-    dry_run: bool = False,
-    full: bool = False,
-    sources: set[str] | None = None,
-    targets: set[str] | None = None,
-    allow_mass_change: bool = False,
-) -> RunReport:
-    """One run of a sync. With ``sources``/``targets`` it is a one-direction run.
-
-    Raises :class:`~twoway.errors.AlreadyRunning` when another run holds the lease; any
-    other error is recorded in the run history and returned as a failed report.
-    """
-    started = time.perf_counter()
-    with _collector_paused():
-        report = _run_sync(definition, runtime, dry_run, full, sources, targets, allow_mass_change)
-    report.seconds = time.perf_counter() - started
-    return report
-
-
 @contextmanager
 def _collector_paused() -> Iterator[None]:
     """Pause Python's cyclic garbage collector for a run: a run holds millions of small
@@ -229,16 +158,176 @@ def _collector_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _run_sync(
+@dataclass
+class Run:
+    """One run as its steps share it: what it reads and writes, where it stages, what it
+    has done so far. :func:`opened_run` makes one; the steps fill in the reads."""
+
+    definition: Definition
+    rt: Runtime
+    store: StateStore
+    endpoints: dict[str, Endpoint]
+    report: RunReport
+    sources: set[str]
+    targets: set[str]
+    scope: str
+    full: bool
+    log: Any
+    #: link ids, time-ordered: appended at the end of the ID map's indexes
+    new_link: Callable[[], str]
+    staged: dict[str, StagedRead] = field(default_factory=dict)
+    reads: dict[str, ReadSummary] = field(default_factory=dict)
+    due: list[dict[str, Any]] = field(default_factory=list)
+    decided: list[dict[str, Any]] = field(default_factory=list)
+    intents: list[Intent] = field(default_factory=list)
+    pending: set[str] = field(default_factory=set)
+    done: StateChanges = field(default_factory=StateChanges)  # what the chunks committed
+
+    def jobs(self) -> list[tuple[str, str | None, list[str]]]:
+        """Per source system: its cursor (None for a full read) and the keys to read again
+        whatever their cursor (records parked before they were linked: ambiguous matches)."""
+        sync = self.definition.name
+        out = []
+        for system in sorted(self.sources):
+            cursor = None if self.full else self.store.cursor(sync, system, self.scope)
+            reread = [
+                d["external_id"]
+                for d in self.due
+                if d["link_id"] is None and d["external_id"] and d["system"] == system
+            ]
+            out.append((system, cursor, reread))
+        return out
+
+    def read(self, reads: dict[str, ReadSummary]) -> None:
+        """The sources are read: count them, and gather what the chunks are planned from."""
+        self.reads = reads
+        for system, read in reads.items():
+            counts = self.report.systems[system]
+            counts["extracted"] = read.extracted
+            counts["echo_skipped"] = read.echo_skipped
+            counts["reread"] = read.reread
+        self.decided = self.store.decided_conflicts(self.definition.name)
+        self.pending = {d["link_id"] for d in self.due if d["link_id"]} | {
+            c["link_id"] for c in self.decided
+        }
+
+    def cursors(self) -> StateChanges:
+        """The cursors of every system read, as far as this run read them."""
+        return StateChanges(
+            cursors={(system, self.scope): read.cursor for system, read in self.reads.items()}
+        )
+
+    def planned(self, index: int, total: int, plan: Plan) -> None:
+        """A chunk is planned: its conflicts and planned writes go into the report."""
+        report = self.report
+        report.conflicts += len(plan.conflicts)
+        report.conflict_list.extend(plan.conflicts)
+        for system, ops in plan.ops.items():
+            report.planned[system] = report.planned.get(system, 0) + len(ops)
+        self.rt.observer.chunk(index, total, sum(len(ops) for ops in plan.ops.values()))
+        self.log.debug(
+            "%s: chunk %d of %d: planned %s",
+            self.definition.name,
+            index + 1,
+            total,
+            ", ".join(f"{s}: {len(ops)} writes" for s, ops in sorted(plan.ops.items())),
+        )
+
+    def planned_only(self, plan: Plan) -> None:
+        """A dry run's chunk: what it would write counts as written in the report."""
+        report = self.report
+        _note_changes(report, plan, set())
+        for system, ops in plan.ops.items():
+            counts = report.systems[system]
+            for p in ops:
+                kind = (
+                    "deleted"
+                    if isinstance(p.op, Delete)
+                    else "updated"
+                    if isinstance(p.op, Update)
+                    else "created"
+                )
+                counts[kind] += 1
+
+    def before_writes(self, mapping: Mapping, plan: Plan) -> None:
+        """The conflict log and the creates' intents, written before any write goes out: a
+        run that dies after overwriting a conflict's loser must not lose the record of it,
+        nor make a create again that it made."""
+        sync, store = self.definition.name, self.store
+        if plan.conflicts:
+            store.commit(sync, StateChanges(conflicts=plan.conflicts), self.report.run_id)
+        fresh = [m for link in mapping.new_links for m in mapping.members.get(link, [])]
+        # a record found by its intent joins the ID map now, by key: a write to it that a
+        # crash leaves uncommitted changes its values, and the intent's would no longer find it
+        recovered = {(s, link) for s, link in mapping.recovered if link not in mapping.new_links}
+        fresh += [
+            m
+            for s, link in recovered
+            for m in mapping.members.get(link, [])
+            if m.system == s and m.seen is None
+        ]
+        store.record_intents(
+            sync, self.report.run_id, _intents(self.definition, mapping, plan), fresh
+        )
+
+    def settled(
+        self,
+        mapping: Mapping,
+        plan: Plan,
+        changes: StateChanges,
+        counts: dict[str, dict[str, int]],
+        final: bool,
+    ) -> None:
+        """A chunk's writes are settled into ``changes``: the cursors go with the last
+        chunk; its counts, failures and field changes go into the report."""
+        definition, report = self.definition, self.report
+        changes.cursors = self.cursors().cursors if final else {}
+        for system, c in counts.items():
+            for kind, n in c.items():
+                report.systems[system][kind] += n
+        for letter in mapping.parked:  # parked before any write: failures of their system
+            report.systems[letter["system"]]["failed"] += 1
+        failures = [
+            {
+                **{k: v for k, v in letter.items() if k != "payload"},
+                "match": _match_value(definition, letter.get("payload")),
+            }
+            for letter in changes.dead_letters
+        ]
+        report.failures.extend(failures)
+        _note_changes(report, plan, refused_writes(failures))
+
+    def committed(self, changes: StateChanges) -> None:
+        """A chunk's state is committed: the decisions it applied count for the report."""
+        self.done.resolved_conflicts.extend(changes.resolved_conflicts)
+        self.done.resolved_dead_letters.extend(changes.resolved_dead_letters)
+
+    def finish(self) -> None:
+        """Every chunk is done: the decisions applied and the counts, in the report and log."""
+        sync, report = self.definition.name, self.report
+        report.decisions = applied_decisions(self.decided, self.due, self.done)
+        for decision in report.decisions:
+            self.log.info("%s: %s", sync, decision_line(decision))
+        self.log.info("%s: %s; %d conflicts", sync, counts_line(report.systems), report.conflicts)
+
+
+def hold_run(
     definition: Definition,
-    runtime: Runtime | None,
-    dry_run: bool,
-    full: bool,
-    sources: set[str] | None,
-    targets: set[str] | None,
-    allow_mass_change: bool,
+    runtime: Runtime,
+    steps: Callable[[Run], None],
+    *,
+    dry_run: bool = False,
+    full: bool = False,
+    sources: set[str] | None = None,
+    targets: set[str] | None = None,
 ) -> RunReport:
-    rt = runtime or Runtime()
+    """Run ``steps`` on an open run and return its report: the state store and the systems
+    opened, the lease held and the run's start and outcome recorded (not for a dry run), a
+    staging file per source; all closed after, however the steps end. An error fails the
+    run (one line in the report and the log) and is not raised;
+    :class:`~twoway.errors.AlreadyRunning` is: another run holds the lease. Python's
+    cyclic collector is paused meanwhile (:func:`_collector_paused`)."""
+    rt = runtime
     log = rt.logger or logging.getLogger("twoway")
     run_id = uuid.UUID(int=rt.rng.getrandbits(128)).hex
     store = rt.store
@@ -252,54 +341,67 @@ def _run_sync(
     scope = SCOPE_ALL if not one_way else "->" + ",".join(sorted(targets))
     report = RunReport(sync=definition.name, run_id=run_id, dry_run=dry_run)
     report.systems = {s: dict.fromkeys(COUNT_COLUMNS, 0) for s in definition.systems}
-    try:
-        # a store or a system that cannot be opened (a saved block that does not exist)
-        # fails the run like any other known error: one line, a report
-        store = store or open_store(definition, rt.clock)
-        store.migrate()
-        if owns_endpoints:
-            for system in definition.systems:
-                endpoints[system] = open_endpoint(definition, system)
-        for endpoint in endpoints.values():
-            if hasattr(endpoint, "use_clock"):
-                endpoint.use_clock(rt.clock)
-        work = functools.partial(
-            _run,
-            definition,
-            rt,
-            store,
-            endpoints,
-            report,
-            sources,
-            targets,
-            scope,
-            full,
-            allow_mass_change,
-            log,
-        )
-        if dry_run:
-            work()
-        else:
-            with _LeaseKeeper(store, definition.name, run_id, rt.lease_ttl):
-                store.start_run(run_id, definition.name, dry_run)
-                try:
-                    work()
-                except Exception as exc:
-                    _fail(report, exc, log)
-                    store.finish_run(run_id, "failed", report.as_json(), report.error)
-                else:
-                    store.finish_run(run_id, "completed", report.as_json())
-    except AlreadyRunning:
-        raise
-    except Exception as exc:  # the state store or a dry run failed
-        _fail(report, exc, log)
-    finally:
-        if owns_endpoints:
+    started = time.perf_counter()
+    with _collector_paused():
+        try:
+            # a store or a system that cannot be opened (a saved block that does not exist)
+            # fails the run like any other known error: one line, a report
+            store = store or open_store(definition, rt.clock)
+            store.migrate()
+            if owns_endpoints:
+                for system in definition.systems:
+                    endpoints[system] = open_endpoint(definition, system)
             for endpoint in endpoints.values():
-                endpoint.close()
-        if owns_store and store is not None:
-            store.close()
+                if hasattr(endpoint, "use_clock"):
+                    endpoint.use_clock(rt.clock)
+            new_link = TimeOrderedIds(rt.clock, rt.rng)
+            run = Run(
+                definition,
+                rt,
+                store,
+                endpoints,
+                report,
+                sources,
+                targets,
+                scope,
+                full,
+                log,
+                new_link,
+            )
+            with _staging(sources) as run.staged:
+                if dry_run:
+                    steps(_prepared(run))
+                else:
+                    with _LeaseKeeper(store, definition.name, run_id, rt.lease_ttl):
+                        store.start_run(run_id, definition.name, dry_run)
+                        try:
+                            steps(_prepared(run))
+                        except Exception as exc:
+                            _fail(report, exc, log)
+                            store.finish_run(run_id, "failed", report.as_json(), report.error)
+                        else:
+                            store.finish_run(run_id, "completed", report.as_json())
+        except AlreadyRunning:
+            raise
+        except Exception as exc:  # the state store or a dry run failed
+            _fail(report, exc, log)
+        finally:
+            if owns_endpoints:
+                for endpoint in endpoints.values():
+                    endpoint.close()
+            if owns_store and store is not None:
+                store.close()
+    report.seconds = time.perf_counter() - started
     return report
+
+
+def _prepared(run: Run) -> Run:
+    """The run with what it needs before its reads: the due dead letters and the open
+    intents of crashed runs."""
+    sync = run.definition.name
+    run.due = run.store.due_dead_letters(sync)
+    run.intents = run.store.open_intents(sync)
+    return run
 
 
 def _fail(report: RunReport, exc: BaseException, log: Any) -> None:
@@ -337,315 +439,11 @@ def _staging(sources: set[str]) -> Iterator[dict[str, StagedRead]]:
                 read.close()
 
 
-def _run(
-    definition: Definition,
-    rt: Runtime,
-    store: StateStore,
-    endpoints: dict[str, Endpoint],
-    report: RunReport,
-    sources: set[str],
-    targets: set[str],
-    scope: str,
-    full: bool,
-    allow_mass_change: bool,
-    log: Any,
-) -> None:
-    """Read every source into its staging file, then work chunk by chunk: map IDs, compute
-    deltas, load, commit. Each chunk's state is committed in one transaction; the cursors
-    move with the last chunk, so a run that dies between chunks reads its changes again and
-    finds the committed ones settled (echoes or unchanged: a no-op)."""
-    with _staging(sources) as staged:
-        sync = definition.name
-        steps = rt.steps
-        due = store.due_dead_letters(sync)
-        intents = store.open_intents(sync)
-        jobs = []
-        for system in sorted(sources):
-            cursor = None if full else store.cursor(sync, system, scope)
-            # records parked before they were linked (ambiguous matches) are read again
-            reread = [
-                d["external_id"]
-                for d in due
-                if d["link_id"] is None and d["external_id"] and d["system"] == system
-            ]
-            jobs.append((system, cursor, reread))
-        reads: dict[str, ReadSummary] = {}
-        if full and len(jobs) > 1 and rt.read_apart:
-            # a full reconciliation reads every system whole: one process per system
-            for read in staged.values():
-                read.close()  # each process writes its own file; it is opened again after
-            calls = [
-                functools.partial(
-                    _call,
-                    rt,
-                    f"extract {s}",
-                    steps.extract_apart,
-                    definition,
-                    s,
-                    c,
-                    staged[s].path,
-                    rr,
-                    intents,
-                )
-                for s, c, rr in jobs
-            ]
-            reads.update(zip([s for s, _, _ in jobs], together(calls), strict=True))
-            for system in staged:
-                staged[system] = StagedRead(staged[system].path)
-        else:
-            for system, cursor, reread in jobs:
-                reads[system] = _call(
-                    rt,
-                    f"extract {system}",
-                    steps.extract,
-                    definition,
-                    system,
-                    endpoints[system],
-                    cursor,
-                    store.system_ids(sync, system),
-                    staged[system],
-                    reread,
-                    intents,
-                )
-        for system, read in reads.items():
-            counts = report.systems[system]
-            counts["extracted"] = read.extracted
-            counts["echo_skipped"] = read.echo_skipped
-            counts["reread"] = read.reread
-
-        decided = store.decided_conflicts(sync)
-        pending = {d["link_id"] for d in due if d["link_id"]} | {c["link_id"] for c in decided}
-        run = _Run(
-            definition,
-            rt,
-            store,
-            endpoints,
-            report,
-            sources,
-            targets,
-            scope,
-            staged,
-            reads,
-            due,
-            decided,
-            intents,
-            pending,
-            TimeOrderedIds(rt.clock, rt.rng),  # appended at the end of the ID map's indexes
-        )
-        sizes = [read.bucket_sizes() for read in staged.values()]
-        sizes.append(dict.fromkeys((bucket_of(link) for link in pending), 1))
-        merges = [m for read in reads.values() for m in read.merges]
-        plan_of = chunks_of(sizes, merges, rt.chunk_size or definition.chunk_size)
-        report.chunks = len(plan_of)
-        if not allow_mass_change and len(plan_of) > 1 and _could_trip(definition, store):
-            _guard_mass_change(definition, store, _measure(run, plan_of))
-        for index, buckets in enumerate(plan_of):
-            final = index == len(plan_of) - 1
-            _chunk(run, index, len(plan_of), buckets, final, allow_mass_change or len(plan_of) > 1)
-            if not final:
-                # the collector is paused for the run: what a chunk left in cycles (task runs,
-                # futures) goes now. Those are young; a pass over the young generations costs
-                # what the chunk allocated, where a full pass walks every object of the process
-                gc.collect(1)
-        if not plan_of and not report.dry_run:  # nothing to work on: the cursors still move
-            _call(rt, "commit state", steps.commit, store, sync, _cursors(run), report.run_id)
-        report.decisions = applied_decisions(decided, due, run.done)
-        for decision in report.decisions:
-            log.info("%s: %s", sync, decision_line(decision))
-        log.info("%s: %s; %d conflicts", sync, counts_line(report.systems), report.conflicts)
-
-
-@dataclass
-class _Run:
-    """What every chunk of a run shares."""
-
-    definition: Definition
-    rt: Runtime
-    store: StateStore
-    endpoints: dict[str, Endpoint]
-    report: RunReport
-    sources: set[str]
-    targets: set[str]
-    scope: str
-    staged: dict[str, StagedRead]
-    reads: dict[str, ReadSummary]
-    due: list[dict[str, Any]]
-    decided: list[dict[str, Any]]
-    intents: list[Intent]
-    pending: set[str]
-    new_link: Callable[[], str]
-    done: StateChanges = field(default_factory=StateChanges)  # what the chunks committed
-
-
-def _cursors(run: _Run) -> StateChanges:
-    return StateChanges(
-        cursors={(system, run.scope): read.cursor for system, read in run.reads.items()}
-    )
-
-
-def _plan_chunk(
-    run: _Run, buckets: list[int], new_link: Callable[[], str]
-) -> tuple[dict[str, Any], Any, Plan]:
-    """Map IDs and compute deltas for the records of ``buckets``."""
-    rt, store, sync = run.rt, run.store, run.definition.name
-    inside = set(buckets)
-    filtered = {s: read.filtered(s, buckets) for s, read in run.staged.items()}
-    known = {s: f.members for s, f in filtered.items()}
-    pending = {link for link in run.pending if bucket_of(link) in inside}
-    intents = [i for i in run.intents if bucket_of(i.link_id) in inside]
-    mapping = _call(
-        rt,
-        "map IDs",
-        rt.steps.map_ids,
-        run.definition,
-        filtered,
-        known,
-        store,
-        new_link,
-        pending,
-        intents,
-    )
-    for batch in filtered.values():  # records no key identifies wait as dead letters
-        mapping.parked.extend(batch.parked)
-    open_conflicts = {
-        (c["link_id"], c["field"]) for c in store.open_conflicts(sync, mapping.observed.keys())
-    }
-    decided = [c for c in run.decided if bucket_of(c["link_id"]) in inside]
-    plan = _call(
-        rt,
-        "compute field deltas",
-        rt.steps.compute_deltas,
-        run.definition,
-        mapping,
-        sources=run.sources,
-        targets=run.targets,
-        open_conflicts=open_conflicts,
-        decisions={(c["link_id"], c["field"]): (c["id"], c["chosen"]) for c in decided},
-    )
-    return filtered, mapping, plan
-
-
-def _could_trip(definition: Definition, store: StateStore) -> bool:
+def could_trip(definition: Definition, store: StateStore) -> bool:
     """Whether the mass-change guard can refuse this run at all: only a system with at
     least :data:`GUARD_FLOOR` linked records can trip it (a first sync never does)."""
     linked = store.counts(definition.name)["linked"]
     return any(linked.get(system, 0) >= GUARD_FLOOR for system in definition.systems)
-
-
-def _measure(run: _Run, plan_of: list[list[int]]) -> dict[str, list[int]]:
-    """What the whole run would delete and overwrite, planned chunk by chunk before any
-    write (link ids drawn here are thrown away): the mass-change guard judges the run."""
-    throwaway = TimeOrderedIds(run.rt.clock, random.Random(0))
-    quiet = dataclasses.replace(run.rt, observer=Observer())
-    probe = dataclasses.replace(run, rt=quiet)
-    total: dict[str, list[int]] = {}
-    for buckets in plan_of:
-        _, _, plan = _plan_chunk(probe, buckets, throwaway)
-        for system, size in _sizes(run.definition, plan).items():
-            total[system] = [a + b for a, b in zip(total.get(system, [0, 0, 0]), size, strict=True)]
-    return total
-
-
-def _chunk(
-    run: _Run, index: int, total: int, buckets: list[int], final: bool, guarded: bool
-) -> None:
-    """One chunk: plan it, write it, commit its state (the cursors with the last chunk)."""
-    definition, rt, store, report = run.definition, run.rt, run.store, run.report
-    sync = definition.name
-    filtered, mapping, plan = _plan_chunk(run, buckets, run.new_link)
-    report.conflicts += len(plan.conflicts)
-    report.conflict_list.extend(plan.conflicts)
-    for system, planned in plan.ops.items():
-        report.planned[system] = report.planned.get(system, 0) + len(planned)
-    if not guarded:
-        _guard_mass_change(definition, store, _sizes(definition, plan))
-    rt.observer.chunk(index, total, sum(len(ops) for ops in plan.ops.values()))
-    log = rt.logger or logging.getLogger("twoway")
-    log.debug(
-        "%s: chunk %d of %d: planned %s",
-        sync,
-        index + 1,
-        total,
-        ", ".join(f"{s}: {len(ops)} writes" for s, ops in sorted(plan.ops.items())),
-    )
-    if report.dry_run:
-        _note_changes(report, plan, set())
-        for system, planned in plan.ops.items():
-            counts = report.systems[system]
-            for p in planned:
-                kind = (
-                    "deleted"
-                    if isinstance(p.op, Delete)
-                    else "updated"
-                    if isinstance(p.op, Update)
-                    else "created"
-                )
-                counts[kind] += 1
-        return
-
-    # the conflict log and the intents are written before any write goes out: a run that
-    # dies after overwriting a conflict's loser must not lose the record of it
-    if plan.conflicts:
-        store.commit(sync, StateChanges(conflicts=plan.conflicts), report.run_id)
-    fresh = [m for link in mapping.new_links for m in mapping.members.get(link, [])]
-    # a record found by its intent joins the ID map now, by key: a write to it that a crash
-    # leaves uncommitted changes its values, and the intent's would no longer find it
-    recovered = {(s, link) for s, link in mapping.recovered if link not in mapping.new_links}
-    fresh += [
-        m
-        for s, link in recovered
-        for m in mapping.members.get(link, [])
-        if m.system == s and m.seen is None
-    ]
-    store.record_intents(sync, report.run_id, _intents(definition, mapping, plan), fresh)
-    results = {}
-    for system, planned in plan.ops.items():
-        if not planned:
-            continue
-        count = len(planned)
-        results[system] = _call(
-            rt,
-            f"load {system}",
-            rt.steps.load,
-            run.endpoints[system],
-            planned,
-            RetryPolicy(attempts=definition.systems[system].retry_attempts),
-            rt.sleep,
-            rt.rng,
-            lambda done, s=system, t=count: rt.observer.wrote(s, done, t),
-            definition.systems[system].batch_size,
-        )
-        if system in run.reads:
-            results[system] = confirm_unknown_creates(
-                definition,
-                system,
-                run.endpoints[system],
-                run.reads[system].cursor,
-                planned,
-                results[system],
-                lambda keys, system=system: set(store.members_by_key(sync, system, keys)),
-            )
-    changes, counts = settle(
-        definition, mapping, plan, results, filtered, run.due, run.scope, store.now()
-    )
-    changes.cursors = _cursors(run).cursors if final else {}
-    for system, c in counts.items():
-        for kind, n in c.items():
-            report.systems[system][kind] += n
-    for letter in mapping.parked:  # records parked before any write: failures of their system
-        report.systems[letter["system"]]["failed"] += 1
-    failures = [
-        {
-            **{k: v for k, v in letter.items() if k != "payload"},
-            "match": _match_value(definition, letter.get("payload")),
-        }
-        for letter in changes.dead_letters
-    ]
-    report.failures.extend(failures)
-    _note_changes(report, plan, refused_writes(failures))
-    _call(rt, "commit state", rt.steps.commit, store, sync, changes, report.run_id)
-    run.done.resolved_conflicts.extend(changes.resolved_conflicts)
-    run.done.resolved_dead_letters.extend(changes.resolved_dead_letters)
 
 
 def _note_changes(report: RunReport, plan: Plan, refused: set[tuple[str, str]]) -> None:
@@ -691,7 +489,7 @@ def _intents(definition: Definition, mapping: Any, plan: Plan) -> list[Intent]:
     return out
 
 
-def _sizes(definition: Definition, plan: Plan) -> dict[str, list[int]]:
+def sizes_of(definition: Definition, plan: Plan) -> dict[str, list[int]]:
     """Per system: records found deleted, deletions planned, values of converged records
     planned to be overwritten (first-time links do not count)."""
     out = {}
@@ -710,7 +508,7 @@ def _sizes(definition: Definition, plan: Plan) -> dict[str, list[int]]:
     return out
 
 
-def _guard_mass_change(
+def guard_mass_change(
     definition: Definition, store: StateStore, sizes: dict[str, list[int]]
 ) -> None:
     """Refuse a run that would delete or overwrite too much of a system before it writes.
@@ -720,7 +518,7 @@ def _guard_mass_change(
     the records we know (an empty extract: a wrong table, a filter, an outage answering
     "nothing"), more than ``mass_change_limit`` of its records would be deleted, or more
     than that share of its converged records would have values overwritten. ``sizes`` is
-    what :func:`_sizes` counts over the whole run. ``--allow-mass-change`` skips the guard.
+    what :func:`sizes_of` counts over the whole run. ``--allow-mass-change`` skips the guard.
     """
     floor = GUARD_FLOOR
     limit = definition.mass_change_limit

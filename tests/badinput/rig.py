@@ -13,8 +13,9 @@ from typing import Any
 import sqlalchemy as sa
 import yaml
 
+from flows.steps import run_sync
 from twoway.definition import Definition, load_definition
-from twoway.engine import Runtime, run_sync
+from twoway.engine import Runtime
 from twoway.report import RunReport
 
 REPO = Path(__file__).resolve().parents[2]

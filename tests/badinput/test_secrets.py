@@ -9,11 +9,12 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
+from flows.steps import run_sync
 from flows.twoway_flows import _store_details, report_markdown, summary_line
 from tests.badinput.rig import Pair
 from tests.sqlrig import POSTGRES_URL, server_url
 from twoway import cli
-from twoway.engine import Runtime, run_sync
+from twoway.engine import Runtime
 from twoway.errors import redact
 
 PASSWORD = "pw-Zq81-leak-canary"

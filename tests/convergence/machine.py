@@ -28,9 +28,10 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant
 from hypothesis.stateful import initialize as hypothesis_initialize
 from hypothesis.stateful import rule as hypothesis_rule
 
+from flows.steps import run_sync
 from tests.convergence.world import FIELDS, Faults, PostgresSide, Side, SqlSide, World
 from tests.crash import Crash, CrashAt
-from twoway.engine import Runtime, run_sync
+from twoway.engine import Runtime
 from twoway.errors import AlreadyRunning
 from twoway.report import RunReport
 from twoway.state import conflicts

@@ -25,7 +25,7 @@ from hypothesis.stateful import get_state_machine_test
 
 import twoway.engine as engine
 from blocks.sql import SqlTable
-from tasks import delta, echo, extract
+from tasks import delta, echo, extract, load
 from tests.convergence.machine import OneWayRuns, SyncMachine
 from twoway.contract import ChangeSet
 from twoway.errors import Retriable
@@ -202,14 +202,16 @@ MUTANTS: dict[str, Mutant] = {
     # a create sent again: two copies, or one left after a person deleted its twin, or a
     # copy that leaves the systems apart before a second copy shows
     "create without idempotency": Mutant(
-        lambda: mock.patch.object(engine.PLAIN, "load", _resend_on_timeout(engine.load_changes)),
+        lambda: mock.patch.object(
+            load.load_changes_task, "fn", _resend_on_timeout(load.load_changes)
+        ),
         (DUPLICATE, RESURRECTED, APART),
     ),
     # the newest record overwrites the other whole: the other side's fields are written back
     # as they are (no-op writes), or its edit of another field is lost
     "newest wins on the whole record": Mutant(
         lambda: mock.patch.object(
-            engine.PLAIN, "compute_deltas", _newest_record_wins(engine.compute_deltas)
+            delta.compute_deltas_task, "fn", _newest_record_wins(delta.compute_deltas)
         ),
         (NO_OP, LOST, APART),
     ),
@@ -219,7 +221,7 @@ MUTANTS: dict[str, Mutant] = {
     # the cursor passes changes a crashed run never applied: they are never read again
     "cursor committed before the load": Mutant(
         lambda: mock.patch.object(
-            engine.PLAIN, "extract", _cursor_before_load(engine.extract_changes)
+            extract.extract_changes_task, "fn", _cursor_before_load(extract.extract_changes)
         ),
         (UNREAD, LOST, APART, NEVER_SYNCED),
     ),
@@ -234,13 +236,13 @@ MUTANTS: dict[str, Mutant] = {
     ),
     "deleted record re-created": Mutant(
         lambda: mock.patch.object(
-            engine.PLAIN, "compute_deltas", _before_deltas(_recreate_what_is_missing)
+            delta.compute_deltas_task, "fn", _before_deltas(_recreate_what_is_missing)
         ),
         (RESURRECTED, DUPLICATE),  # re-created run after run: copies of it, too
     ),
     "conflict loser dropped": Mutant(
         lambda: mock.patch.object(
-            engine.PLAIN, "compute_deltas", _after_deltas(_drop_conflict_log)
+            delta.compute_deltas_task, "fn", _after_deltas(_drop_conflict_log)
         ),
         (LOST,),
     ),
@@ -249,7 +251,7 @@ MUTANTS: dict[str, Mutant] = {
     # holds the record, which then comes back
     "one-way run settles all systems": Mutant(
         lambda: mock.patch.object(
-            engine.PLAIN, "compute_deltas", _after_deltas(_forget_left_behind)
+            delta.compute_deltas_task, "fn", _after_deltas(_forget_left_behind)
         ),
         (LOST, APART, RESURRECTED),
         OneWayRuns,

@@ -190,15 +190,15 @@ def test_an_unexpected_error_keeps_its_traceback_with_secrets_masked(tmp_path, m
     """A bug is not a known failure: its traceback stays in the run's log, redacted."""
     from prefect import task
 
-    from flows import twoway_flows
+    from flows import steps
+    from tasks.common import TASK_OPTIONS
 
     def broken(*args, **kwargs):
         raise RuntimeError("lost postgresql://svc:hunter2@db.internal/crm")
 
-    from tasks.common import TASK_OPTIONS
-
-    step = twoway_flows._as_task(task(broken, name="commit state", **TASK_OPTIONS))
-    monkeypatch.setattr(twoway_flows.TASKS, "commit", step)
+    monkeypatch.setattr(
+        steps, "commit_state_task", task(broken, name="commit state", **TASK_OPTIONS)
+    )
     path = _definition(tmp_path, "http://127.0.0.1:9")
     doc = yaml.safe_load(path.read_text())
     del doc["systems"]["sharepoint"]  # two SQL tables: no service to reach

@@ -13,13 +13,7 @@ from collections import Counter
 import pytest
 import sqlalchemy as sa
 
-from tests.flows.runs import task_runs
-from tests.syncrig import sync_rig
-from twoway.contract import Create, Endpoint, Update, WriteResult
-from twoway.errors import Fatal
-from twoway.records import PlannedOp
-from twoway.retry import RetryPolicy
-from twoway.shards import (
+from tasks.shards import (
     ApiQuota,
     ShardedLoad,
     ensure_limit,
@@ -29,6 +23,12 @@ from twoway.shards import (
     shard_of,
     split,
 )
+from tests.flows.runs import task_runs
+from tests.syncrig import sync_rig
+from twoway.contract import Create, Endpoint, Update, WriteResult
+from twoway.errors import Fatal
+from twoway.records import PlannedOp
+from twoway.retry import RetryPolicy
 from twoway.state import StateStore
 
 
@@ -96,7 +96,7 @@ def fake_endpoints(monkeypatch):
     _FakeEndpoint.opened = []
     _FakeEndpoint.delays = {}
     _FakeEndpoint.refuse = frozenset()
-    monkeypatch.setattr("twoway.shards.open_endpoint", lambda definition, system: _FakeEndpoint())
+    monkeypatch.setattr("tasks.shards.open_endpoint", lambda definition, system: _FakeEndpoint())
     return _FakeEndpoint
 
 

@@ -8,6 +8,7 @@ from contextlib import ExitStack
 
 import pytest
 
+from flows.steps import run_sync
 from tests.integration.test_saas_sync import (
     CANONICAL,
     GRAPH_CLIENT,
@@ -24,7 +25,7 @@ from tests.integration.test_saas_sync import (
 )
 from twoway.connectors import open_endpoint
 from twoway.definition import parse_definition
-from twoway.engine import Runtime, run_sync
+from twoway.engine import Runtime
 from twoway.report import RunReport
 from twoway.simulators.faults import FaultPlan
 

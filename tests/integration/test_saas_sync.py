@@ -20,11 +20,12 @@ import pytest
 import sqlalchemy as sa
 import yaml
 
+from flows.steps import run_sync
 from tests.sqlrig import SqlPerson, fresh_table, server_url
 from twoway import sfid
 from twoway.connectors import open_endpoint
 from twoway.definition import Definition, parse_definition
-from twoway.engine import Runtime, run_sync
+from twoway.engine import Runtime
 from twoway.report import RunReport
 from twoway.simulators.faults import FaultPlan
 from twoway.simulators.graph import GraphState

@@ -22,10 +22,10 @@ import pytest
 import sqlalchemy as sa
 import yaml
 
+from flows.steps import run_sync
 from tests.sqlrig import POSTGRES_URL, fresh_table, server_url
 from twoway.cli import main
 from twoway.definition import load_definition
-from twoway.engine import run_sync
 from twoway.errors import DefinitionError
 from twoway.simulators.graph import GraphState
 from twoway.simulators.graph import create_app as graph_app
