@@ -23,9 +23,9 @@ from prefect.utilities.annotations import quote
 
 from tasks.commit import commit_state_task, settle
 from tasks.common import Whole
-from tasks.delta import Plan, compute_deltas_task
+from tasks.delta import compute_deltas_task
 from tasks.extract import extract_apart_task, extract_changes_task
-from tasks.idmap import Mapping, map_ids_task
+from tasks.idmap import map_ids_task
 from tasks.load import confirm_unknown_creates, load_changes_task
 from twoway.contract import WriteResult
 from twoway.definition import Definition
@@ -40,7 +40,7 @@ from twoway.engine import (
     together,
 )
 from twoway.errors import SyncError
-from twoway.records import Filtered, PlannedOp
+from twoway.records import Filtered, Mapping, Plan, PlannedOp
 from twoway.report import RunReport
 from twoway.retry import RetryPolicy
 from twoway.staging import ReadSummary, StagedRead, bucket_of, chunks_of

@@ -14,12 +14,10 @@ from typing import Any
 from prefect import task
 
 from tasks.common import TASK_OPTIONS, whole
-from tasks.delta import Plan
-from tasks.idmap import Mapping
 from twoway.contract import Create, Delete, Update, WriteResult
 from twoway.definition import Definition
 from twoway.errors import PreconditionFailed, Retriable
-from twoway.records import Filtered, PlannedOp
+from twoway.records import Filtered, Mapping, Plan, PlannedOp
 from twoway.state import Link, Member, StateChanges, StateStore
 from twoway.values import canonical, values_hash
 

@@ -11,7 +11,6 @@ differs and the field's direction allows it; the plan is a pure function of its 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
@@ -19,48 +18,14 @@ from typing import Any
 from prefect import task
 
 from tasks.common import PURE_TASK_OPTIONS, whole
-from tasks.idmap import Mapping, match_key
+from tasks.idmap import match_key
 from twoway.contract import Create, Delete, Update
 from twoway.definition import Definition
-from twoway.records import Observed, PlannedOp
+from twoway.records import LinkPlan, Mapping, Observed, Plan, PlannedOp
 from twoway.values import canonical
 
 _MISSING = object()
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-@dataclass
-class LinkPlan:
-    """What a run intends for one link; settled into state once the writes are done."""
-
-    link_id: str
-    base: dict[str, Any]  # the merge base before this run
-    proposed: dict[str, Any]  # field -> value the base moves to when its writes succeed
-    needs: dict[str, frozenset[str]]  # field -> systems that must accept a write first
-    current: dict[str, dict[str, Any]]  # system -> values it holds now (read or last seen)
-    observed: dict[str, Observed]  # records read this run
-    deleted_now: set[str]  # systems whose record was deleted this run
-    delete_link: bool = False
-    match_key: str | None = None
-    # fields whose base stays: a system this run does not write to must still take the value
-    # (the empty set is shared: a run plans 100,000s of links)
-    left_behind: frozenset[str] = frozenset()
-    # (system, key) of records the systems lost: their ID-map rows go, the link creates them
-    # there again
-    lost: tuple[tuple[str, str], ...] = ()
-
-
-@dataclass
-class Plan:
-    """Every write a run intends, the conflicts it found, and what each link moves to."""
-
-    ops: dict[str, list[PlannedOp]] = field(default_factory=dict)
-    links: dict[str, LinkPlan] = field(default_factory=dict)
-    conflicts: list[dict[str, Any]] = field(default_factory=list)
-    decided: dict[str, list[int]] = field(default_factory=dict)  # link -> conflicts applied
-
-    def count(self, system: str, kind: type) -> int:
-        return sum(isinstance(p.op, kind) for p in self.ops.get(system, []))
 
 
 _SCALARS = (str, int, bool, type(None))

@@ -8,39 +8,16 @@ match key link nothing: they are parked as ambiguous and reported.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 from prefect import task
 
 from tasks.common import TASK_OPTIONS, whole
 from twoway.definition import Definition
-from twoway.records import Filtered, Observed
-from twoway.state import Intent, Link, Member, StateStore
+from twoway.records import Filtered, Mapping, Observed
+from twoway.state import Intent, Member, StateStore
 from twoway.values import values_hash
-
-
-@dataclass
-class Mapping:
-    """The links a run touches, with what each system reported for them."""
-
-    observed: dict[str, dict[str, Observed]] = field(
-        default_factory=dict
-    )  # link -> system -> record
-    deleted: dict[str, set[str]] = field(default_factory=dict)  # link -> systems that deleted it
-    # link -> system -> key of the record the system lost (it is created there again)
-    lost: dict[str, dict[str, str]] = field(default_factory=dict)
-    members: dict[str, list[Member]] = field(default_factory=dict)  # link -> id_map rows
-    links: dict[str, Link] = field(default_factory=dict)  # existing merge bases
-    new_links: set[str] = field(default_factory=set)
-    parked: list[dict[str, Any]] = field(default_factory=list)  # ambiguous matches
-    # intents whose created record was found (system, link)
-    recovered: list[tuple[str, str]] = field(default_factory=list)
-    # tombstones whose key a new record took
-    reused: list[Member] = field(default_factory=list)
-    # link -> systems with an open intent whose created record this run did not find (it
-    # may exist unread: a run that does not read the system must not create it again)
-    unsettled: dict[str, set[str]] = field(default_factory=dict)
 
 
 def match_key(definition: Definition, values: dict[str, Any]) -> str | None:

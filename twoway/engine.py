@@ -22,12 +22,13 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from twoway.connectors import open_endpoint
 from twoway.contract import Create, Delete, Endpoint, Update, WriteResult
 from twoway.definition import Definition
 from twoway.errors import AlreadyRunning, MassChangeRefused, SyncError, TwowayError, redact
+from twoway.records import Mapping, Plan
 from twoway.report import (
     COUNT_COLUMNS,
     TABLE_CAP,
@@ -41,10 +42,6 @@ from twoway.staging import ReadSummary, StagedRead
 from twoway.state import Intent, StateChanges, StateStore
 from twoway.uuid7 import TimeOrderedIds
 from twoway.values import values_hash
-
-if TYPE_CHECKING:
-    from tasks.delta import Plan
-    from tasks.idmap import Mapping
 
 SCOPE_ALL = "*"
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from twoway.contract import Create, Delete, Update
 
 if TYPE_CHECKING:
-    from tasks.delta import Plan
+    from twoway.records import Plan
 
 COUNT_COLUMNS = (
     "extracted",
