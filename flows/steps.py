@@ -85,14 +85,7 @@ def sync_steps(run: Run, allow_mass_change: bool = False) -> None:
         guard_mass_change(definition, run.store, measure(run, plan_of))
     for index, buckets in enumerate(plan_of):
         final = index == len(plan_of) - 1
-        filtered, mapping, plan = plan_chunk(run, buckets, run.new_link)
-        run.planned(index, len(plan_of), plan)
-        if not guarded:
-            guard_mass_change(definition, run.store, sizes_of(definition, plan))
-        if run.report.dry_run:
-            run.planned_only(plan)
-        else:
-            write_chunk(run, filtered, mapping, plan, final)
+        chunk(run, index, len(plan_of), buckets, guarded, final)
         if not final:
             # the collector is paused for the run: what a chunk left in cycles (task runs,
             # futures) goes now. Those are young; a pass over the young generations costs
@@ -101,6 +94,19 @@ def sync_steps(run: Run, allow_mass_change: bool = False) -> None:
     if not plan_of and not run.report.dry_run:  # nothing to work on: the cursors still move
         commit(run, run.cursors())
     run.finish()
+
+
+def chunk(run: Run, index: int, total: int, buckets: list[int], guarded: bool, final: bool) -> None:
+    """One chunk: map IDs and compute its deltas, then write it and commit its state (a dry
+    run only counts what it would write). What a chunk holds goes when it is done."""
+    filtered, mapping, plan = plan_chunk(run, buckets, run.new_link)
+    run.planned(index, total, plan)
+    if not guarded:  # a run of one chunk is judged on that chunk's plan
+        guard_mass_change(run.definition, run.store, sizes_of(run.definition, plan))
+    if run.report.dry_run:
+        run.planned_only(plan)
+    else:
+        write_chunk(run, filtered, mapping, plan, final)
 
 
 def step(rt: Runtime, name: str, task: Task, *args: Any, **kwargs: Any) -> Any:

@@ -13,6 +13,7 @@ from blocks.sql import SqlTable
 from tasks.extract import extract_changes, extract_changes_task
 from tests.syncrig import sync_rig
 from twoway.engine import Observer, Runtime, open_store
+from twoway.records import Mapping, Plan
 
 BACKENDS = ["sqlite", "postgres", "mariadb", "directus"]
 
@@ -390,6 +391,24 @@ def test_the_definitions_chunk_size_sets_the_runs_checkpoints(tmp_path):
         # the runtime's own size wins over the definition's: one chunk for all of them
         rig.add("s0", "late@example.com")
         assert rig.run(runtime=Runtime(chunk_size=50_000)).chunks == 1
+
+
+def test_a_run_holds_one_chunk_at_a_time(tmp_path):
+    """When a chunk's planning starts, the chunk before it (its records, links, plan) is
+    gone: memory is one chunk's, whatever the number of chunks."""
+    plans: list[int] = []
+
+    class Counting(Observer):
+        def step(self, name, ended):
+            if name == "map IDs" and not ended:
+                plans.append(sum(isinstance(o, (Plan, Mapping)) for o in gc.get_objects()))
+
+    with sync_rig(tmp_path, chunk_size=2) as rig:
+        for i in range(9):
+            rig.add("s0", f"k{i}@example.com")
+        report = rig.run(runtime=Runtime(observer=Counting()))
+    assert report.status == "completed" and report.chunks >= 3
+    assert plans == [0] * report.chunks
 
 
 def test_a_run_pauses_the_garbage_collector_and_restores_it(tmp_path):
