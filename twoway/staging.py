@@ -64,7 +64,8 @@ class StagedRead:
     before the run opens it again), which holds it in exclusive mode: SQLite then keeps
     its page cache from one page's insert to the next instead of reading the file again
     (4x faster to stage a page). Rows keep a rowid: their payloads (a record, its ID-map
-    row) are too large for a table clustered on its key."""
+    row) are too large for a table clustered on its key. Sorts go to temporary files: the
+    bucket index of a 10M-record read, sorted in memory, held about 450 MiB after it."""
 
     def __init__(self, path: str | Path):
         self.path = str(path)
@@ -73,7 +74,7 @@ class StagedRead:
             """
             PRAGMA journal_mode = OFF;
             PRAGMA synchronous = OFF;
-            PRAGMA temp_store = MEMORY;
+            PRAGMA temp_store = FILE;
             PRAGMA locking_mode = EXCLUSIVE;
             CREATE TABLE IF NOT EXISTS staged (
                 key TEXT PRIMARY KEY, status INTEGER NOT NULL, bucket INTEGER NOT NULL,

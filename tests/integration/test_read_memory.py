@@ -77,3 +77,16 @@ def _answer_of(obj: object, base_url: str) -> bool:
         return str(obj.request.url).startswith(base_url)
     except RuntimeError:  # an answer built without a request
         return False
+
+
+def test_a_staged_read_sorts_on_disk(tmp_path):
+    """The bucket index of a staged read is built when its chunks are planned: sorted in
+    memory, the index of a 10M-record read left about 450 MiB behind it, so its sorts go
+    to temporary files (and its page cache stays SQLite's small default)."""
+    staged = StagedRead(tmp_path / "read.sqlite")
+    try:
+        staged.put([(f"k{i}", 0, i % 7, 0, 1, {"i": i}) for i in range(100)])
+        assert staged.bucket_sizes() == {b: len(range(b, 100, 7)) for b in range(7)}
+        assert staged.db.execute("PRAGMA temp_store").fetchone()[0] == 1  # FILE
+    finally:
+        staged.close()
