@@ -14,7 +14,7 @@ from typing import Any
 from prefect import task
 
 from tasks.common import TASK_OPTIONS, whole
-from twoway.contract import Create, Delete, Update, WriteResult
+from twoway.contract import Create, Delete, WriteResult, write_kind
 from twoway.definition import Definition
 from twoway.errors import PreconditionFailed, Retriable
 from twoway.records import Filtered, Mapping, Plan, PlannedOp
@@ -70,13 +70,7 @@ def settle(
                 system, record.key, link_id, seen, seen_hash, record.version, None
             )
         for p, r in outcome.get(link_id, []):
-            kind = (
-                "created"
-                if isinstance(p.op, Create)
-                else "updated"
-                if isinstance(p.op, Update)
-                else "deleted"
-            )
+            kind = write_kind(p.op)
             if not r.ok:
                 failed.add(p.system)
                 deferred = isinstance(r.error, PreconditionFailed)

@@ -173,6 +173,13 @@ class Delete:
 Op = Create | Update | Delete
 
 
+def write_kind(op: Op) -> str:
+    """The report's column for a write: ``created``, ``updated`` or ``deleted``."""
+    return (
+        "created" if isinstance(op, Create) else "updated" if isinstance(op, Update) else "deleted"
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class WriteResult:
     """The outcome of one operation of a batch, in the batch's order."""

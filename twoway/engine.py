@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from twoway.connectors import open_endpoint
-from twoway.contract import Create, Delete, Endpoint, Update, WriteResult
+from twoway.contract import Create, Delete, Endpoint, Update, WriteResult, write_kind
 from twoway.definition import Definition
 from twoway.errors import AlreadyRunning, MassChangeRefused, SyncError, TwowayError, redact
 from twoway.records import Mapping, Plan
@@ -237,14 +237,7 @@ class Run:
         for system, ops in plan.ops.items():
             counts = report.systems[system]
             for p in ops:
-                kind = (
-                    "deleted"
-                    if isinstance(p.op, Delete)
-                    else "updated"
-                    if isinstance(p.op, Update)
-                    else "created"
-                )
-                counts[kind] += 1
+                counts[write_kind(p.op)] += 1
 
     def before_writes(self, mapping: Mapping, plan: Plan) -> None:
         """The conflict log and the creates' intents, written before any write goes out: a
