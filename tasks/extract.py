@@ -159,6 +159,12 @@ class _Read:
             ties = list(self.by_hash.get(record.hash, ()))
             if member is not None and member.deleted_at is None:
                 route = member.link_id
+                if member.seen_hash is None and self.definition.match_on:
+                    # a link a crashed run announced: the store holds no match key for it
+                    # yet, so a record another system holds by that key must meet it here
+                    match = match_key(self.definition, record.values)
+                    if match is not None:
+                        self.staged.merge(route, f"m:{match}")
             else:
                 if member is not None:
                     ties.append(member.link_id)

@@ -118,7 +118,13 @@ def map_ids(
 
     loners += _rejoin_marked(store, sync, marked, out, rejoined)
     existing = store.links_by_match_key(sync, unlinked) if unlinked else {}
+    # links a crashed run started hold no match key in the store yet: their records read
+    # now give it, so a copy that run created and a person edited still joins its link
+    for key, link_ids in _uncommitted_by_match_key(definition, out, known).items():
+        if key in unlinked and key not in existing:
+            existing[key] = sorted(link_ids)
     candidates_members = store.members_of(sync, {lid for ids in existing.values() for lid in ids})
+    open_intent = {(i.system, i.link_id) for i in intents or []}
     joined: list[Member] = []
     for key, by_system in unlinked.items():
         links = existing.get(key, [])
@@ -146,6 +152,8 @@ def map_ids(
                 continue
             out.observed.setdefault(link_id, {})[system] = record
             joined.append(_new_member(record, link_id))
+            if (system, link_id) in open_intent:  # the create that intent announced, edited
+                out.recovered.append((system, link_id))
     for record in loners:
         link_id = new_link_id()
         out.new_links.add(link_id)
@@ -176,6 +184,25 @@ def map_ids(
         if (intent.system, intent.link_id) not in found:
             out.unsettled.setdefault(intent.link_id, set()).add(intent.system)
     return out
+
+
+def _uncommitted_by_match_key(
+    definition: Definition, out: Mapping, known: dict[str, dict[str, Member]]
+) -> dict[str, set[str]]:
+    """Match keys of the links whose records the ID map holds with no values seen (links a
+    run announced and no commit settled), from the records read now."""
+    if not definition.match_on:
+        return {}
+    found: dict[str, set[str]] = {}
+    for link_id, records in out.observed.items():
+        for system, record in records.items():
+            member = known[system].get(record.key)
+            if member is None or member.seen_hash is not None or member.link_id != link_id:
+                continue
+            key = match_key(definition, record.values)
+            if key is not None:
+                found.setdefault(key, set()).add(link_id)
+    return found
 
 
 def _rejoin_marked(

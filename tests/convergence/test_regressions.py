@@ -633,6 +633,64 @@ UNCHANGED_RECORD_WITH_A_NEW_VERSION_KEEPS_ITS_VALUES = (
 )
 
 
+# (found by the soak)
+PARKED_RECORD_READ_AGAIN_NEVER_SYNCS = (
+    MatchOnEmail,
+    """
+    start(records=6, seed=6094)
+    crash_run(after=False, step='load s1')
+    person_edits(field='first_name', pick=10, side=0)
+    person_edits(field='last_name', pick=50, side=1)
+    person_creates(side=2)
+    person_edits(field='last_name', pick=22, side=0)
+    person_edits(field='first_name', pick=50, side=2)
+    crash_run(after=True, step='load s0')
+    person_creates(side=0)
+    person_creates(side=1)
+    crash_run(after=True, step='extract s1')
+    person_edits(field='email', pick=40, side=1)
+    person_creates(side=0)
+    crash_run(after=True, step='load s0')
+    crash_run(after=False, step='load s1')
+    person_edits(field='last_name', pick=25, side=2)
+    person_creates(side=0)
+    crash_run(after=True, step='extract s1')
+    crash_run(after=True, step='extract s1')
+    person_edits(field='first_name', pick=9, side=1)
+    crash_run(after=False, step='compute field deltas')
+    crash_run(after=False, step='compute field deltas')
+    person_creates(side=1)
+    person_edits(field='first_name', pick=42, side=2)
+    person_creates(side=1)
+    crash_run(after=True, step='compute field deltas')
+    person_creates(side=0)
+    person_creates(side=0)
+    crash_run(after=True, step='compute field deltas')
+    person_creates(side=2)
+    crash_run(after=True, step='compute field deltas')
+    person_edits(field='first_name', pick=47, side=0)
+    person_edits(field='last_name', pick=44, side=1)
+    crash_run(after=False, step='load s1')
+    person_edits(field='first_name', pick=37, side=2)
+    person_creates(side=2)
+    crash_run(after=True, step='map IDs')
+    person_edits(field='email', pick=48, side=2)
+    person_edits(field='email', pick=34, side=2)
+    crash_run(after=True, step='load s0')
+    crash_run(after=True, step='extract s1')
+    person_creates(side=2)
+    person_creates(side=1)
+    person_edits(field='last_name', pick=8, side=1)
+    person_creates(side=2)
+    crash_run(after=True, step='compute field deltas')
+    crash_run(after=False, step='compute field deltas')
+    person_edits(field='email', pick=22, side=1)
+    person_creates(side=1)
+    crash_run(after=True, step='load s1')
+    """,
+)
+
+
 @pytest.mark.parametrize(
     "case",
     [
@@ -662,6 +720,7 @@ UNCHANGED_RECORD_WITH_A_NEW_VERSION_KEEPS_ITS_VALUES = (
         CRASH_BEFORE_A_CHUNKS_COMMIT,
         ONE_WAY_RUN_WRITES_OVER_A_CHANGE_IT_DOES_NOT_READ,
         UNCHANGED_RECORD_WITH_A_NEW_VERSION_KEEPS_ITS_VALUES,
+        PARKED_RECORD_READ_AGAIN_NEVER_SYNCS,
     ],
     ids=[
         "key-reused-after-delete",
@@ -690,6 +749,7 @@ UNCHANGED_RECORD_WITH_A_NEW_VERSION_KEEPS_ITS_VALUES = (
         "crash-before-a-chunks-commit",
         "one-way-run-writes-over-a-change-it-does-not-read",
         "unchanged-record-with-a-new-version-keeps-its-values",
+        "parked-record-read-again-never-syncs",
     ],
 )
 def test_replay(case, caplog):
