@@ -120,7 +120,8 @@ def map_ids(
     existing = store.links_by_match_key(sync, unlinked) if unlinked else {}
     # links a crashed run started hold no match key in the store yet: their records read
     # now give it, so a copy that run created and a person edited still joins its link
-    for key, link_ids in _uncommitted_by_match_key(definition, out, known).items():
+    uncommitted = _uncommitted_by_match_key(definition, out, known) if unlinked else {}
+    for key, link_ids in uncommitted.items():
         if key in unlinked and key not in existing:
             existing[key] = sorted(link_ids)
     candidates_members = store.members_of(sync, {lid for ids in existing.values() for lid in ids})
@@ -191,8 +192,6 @@ def _uncommitted_by_match_key(
 ) -> dict[str, set[str]]:
     """Match keys of the links whose records the ID map holds with no values seen (links a
     run announced and no commit settled), from the records read now."""
-    if not definition.match_on:
-        return {}
     found: dict[str, set[str]] = {}
     for link_id, records in out.observed.items():
         for system, record in records.items():
