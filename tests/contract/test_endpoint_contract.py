@@ -67,6 +67,33 @@ def test_create_stamps_integration_account_and_returns_keys(rig):
     assert isinstance(checked[1].error, PreconditionFailed)
 
 
+def test_a_batch_of_updates_defers_only_its_stale_record(rig):
+    """Updates of different fields in one batch, one of a record a person edited since it
+    was read and one of a record deleted since: the others are applied, the edited record
+    keeps the person's value and its update is deferred, the deleted one is refused."""
+    first, last = rig.columns["first"], rig.columns["last"]
+    keys = [
+        rig.person.create(rig.values(f"{_unique('b')}@example.com", f"P{i}", "Orig"))
+        for i in range(6)
+    ]
+    read = _by_key(rig.endpoint.read(keys))
+    rig.person.update(keys[2], {first: "Person"})
+    rig.person.delete(keys[4])
+    ops = [
+        Update(key=k, values={first if i % 2 else last: f"Sync{i}"}, version=read[k].version)
+        for i, k in enumerate(keys)
+    ]
+    results = rig.endpoint.write(ops)
+    assert isinstance(results[2].error, PreconditionFailed)
+    assert isinstance(results[4].error, Skippable | PreconditionFailed)
+    assert all(results[i].ok for i in (0, 1, 3, 5)), [r.error for r in results]
+    now = _by_key(rig.endpoint.read(keys))
+    assert now[keys[2]].values[first] == "Person" and now[keys[2]].values[last] == "Orig"
+    for i in (0, 1, 3, 5):
+        assert now[keys[i]].values[first if i % 2 else last] == f"Sync{i}"
+        assert results[i].version == now[keys[i]].version
+
+
 def test_incremental_read_sees_a_persons_edit_and_not_before(rig):
     key = rig.person.create(rig.values(f"{_unique('i')}@example.com", "Cy", "Old"))
     first = rig.endpoint.read_changes(None)

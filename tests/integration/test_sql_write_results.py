@@ -20,7 +20,8 @@ import sqlalchemy as sa
 from pydantic import SecretStr
 
 from blocks.sql import SqlTable
-from twoway.contract import Create
+from twoway.contract import Create, Update
+from twoway.errors import PreconditionFailed
 
 COLUMNS = ["t", "i", "r", "b", "d", "n"]
 
@@ -242,3 +243,43 @@ def test_a_uuid_key_the_sync_makes_is_the_key_a_read_returns(backend, tmp_path):
         read = [r.key for page in endpoint.read_pages(None) for r in page.records]
         assert sorted(read) == sorted(r.key for r in results)
         assert sorted(r.key for r in endpoint.read([r.key for r in results])) == sorted(read)
+
+
+def test_updates_go_in_one_statement_per_set_of_columns(tmp_path):
+    """A batch's updates are one executemany per set of columns written, not a statement
+    per record; a batch in which a record changed since it was read is applied again row by
+    row, and only that record's update is deferred."""
+    engine, endpoint = _table(tmp_path / "t.db")
+    with endpoint:
+        created = endpoint.write([Create(ref=f"l{n}", values=CASES[0]) for n in range(6)])
+        statements: list[tuple[str, bool]] = []
+
+        def record(_conn, _cursor, statement, _params, _context, executemany):
+            if statement.lstrip().upper().startswith("UPDATE"):
+                statements.append((statement, executemany))
+
+        sa.event.listen(endpoint.engine(), "before_cursor_execute", record)
+        ops = [
+            Update(key=r.key, values={"t": f"t{n}"} if n % 2 else {"i": n}, version=r.version)
+            for n, r in enumerate(created)
+        ]
+        results = endpoint.write(ops)
+        assert all(r.ok for r in results)
+        assert len(statements) == 2 and all(many for _, many in statements)
+
+        with engine.begin() as conn:  # a person edits the record of the fourth update
+            conn.exec_driver_sql(
+                "UPDATE items SET t = 'person', updated_at = '2030-01-01' WHERE id = ?",
+                (created[3].key,),
+            )
+        statements.clear()
+        again = endpoint.write(
+            [Update(key=r.key, values={"t": "again"}, version=r.version) for r in results]
+        )
+        reads = {r.key: r for r in endpoint.read([r.key for r in created])}
+    assert [r.ok for r in again] == [True, True, True, False, True, True]
+    assert isinstance(again[3].error, PreconditionFailed)
+    assert reads[created[3].key].values["t"] == "person"
+    assert all(reads[r.key].values["t"] == "again" for n, r in enumerate(created) if n != 3)
+    # the bulk statement, then the six updates one by one
+    assert [many for _, many in statements] == [True] + [False] * 6
