@@ -391,11 +391,15 @@ class StateStore:
         with self.engine.connect() as conn:
             return set(conn.execute(query).scalars())
 
-    def live_count(self, sync: str, system: str) -> int:
-        """How many of a system's records are not known to be deleted."""
-        query = sa.select(sa.func.count()).where(
+    def live_count(self, sync: str, system: str, at_most: int | None = None) -> int:
+        """How many of a system's records are not known to be deleted; with ``at_most``,
+        counted no further than that (a 2M-row ID map's full count takes 0.15 s)."""
+        live = sa.select(sa.literal(1)).where(
             id_map.c.sync == sync, id_map.c.system == system, id_map.c.deleted_at.is_(None)
         )
+        if at_most is not None:
+            live = live.limit(at_most)
+        query = sa.select(sa.func.count()).select_from(live.subquery())
         with self.engine.connect() as conn:
             return int(conn.execute(query).scalar() or 0)
 
@@ -654,7 +658,7 @@ class StateStore:
                             "deleted_at": m.deleted_at,
                         }
                     )
-                upsert_rows(conn, id_map, member_rows)
+                upsert_rows(conn, id_map, member_rows, indexed=("link_id", "deleted_at"))
             moved = [(s, k, v) for (s, k), v in changes.versions.items() if (s, k) not in by_key]
             for part in chunks(moved, 5000):
                 _set_column(conn, sync, "version", part)
@@ -671,7 +675,7 @@ class StateStore:
                             "updated_at": now,
                         }
                     )
-                upsert_rows(conn, shadow, link_rows)
+                upsert_rows(conn, shadow, link_rows, indexed=("match_key",))
             for (system, scope), value in changes.cursors.items():
                 conn.execute(
                     cursors.delete().where(

@@ -167,3 +167,48 @@ def test_sync_with_state_on_a_server(tmp_path, backend):
         rig.edit("s1", "srv@example.com", first_name="Changed")
         assert rig.run().systems["s0"]["updated"] == 1
         assert rig.row("s0", "srv@example.com")["first_name"] == "Changed"
+
+
+def test_a_commit_moves_a_record_to_another_link_and_back_to_life(store):
+    """Records committed again take every value the commit carries: a new link (a key a
+    system reused), a tombstone and its removal, a changed match key, new values; rows
+    whose indexed columns did not change keep them."""
+    sync = f"s{uuid.uuid4().hex[:6]}"
+    gone = datetime(2026, 3, 1)
+    store.commit(
+        sync,
+        StateChanges(
+            members=[Member("a", str(n), f"L{n}", {"x": n}, f"h{n}", "v1", None) for n in range(4)],
+            links=[Link(f"L{n}", {"x": n}, f"m{n}", None) for n in range(4)],
+        ),
+    )
+    store.commit(
+        sync,
+        StateChanges(
+            members=[
+                Member("a", "0", "L0", {"x": 10}, "h10", "v2", None),  # new values only
+                Member("a", "1", "L9", {"x": 1}, "h1", "v2", None),  # another link
+                Member("a", "2", "L2", {"x": 2}, "h2", "v2", gone),  # deleted
+                Member("a", "4", "L4", {"x": 4}, "h4", "v1", None),  # new
+            ],
+            links=[Link("L0", {"x": 10}, "m0", None), Link("L2", {"x": 2}, "m2x", gone)],
+        ),
+    )
+    store.commit(sync, StateChanges(members=[Member("a", "2", "L2", {"x": 2}, "h2", "v3", None)]))
+    got = store.members_by_key(sync, "a", [str(n) for n in range(5)])
+    assert {k: (m.link_id, m.seen_hash, m.version, m.deleted_at) for k, m in got.items()} == {
+        "0": ("L0", "h10", "v2", None),
+        "1": ("L9", "h1", "v2", None),
+        "2": ("L2", "h2", "v3", None),
+        "3": ("L3", "h3", "v1", None),
+        "4": ("L4", "h4", "v1", None),
+    }
+    links = store.links(sync, ["L0", "L2", "L3"])
+    assert {k: (v.base, v.match_key, v.deleted_at) for k, v in links.items()} == {
+        "L0": ({"x": 10}, "m0", None),
+        "L2": ({"x": 2}, "m2x", gone),
+        "L3": ({"x": 3}, "m3", None),
+    }
+    assert store.links_by_match_key(sync, ["m2", "m2x", "m3"]) == {"m3": ["L3"]}
+    assert sorted(m.external_id for m in store.members_of(sync, ["L9"])["L9"]) == ["1"]
+    assert store.live_count(sync, "a") == 5
