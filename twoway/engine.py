@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextvars
 import gc
 import logging
+import math
 import os
 import random
 import tempfile
@@ -432,8 +433,11 @@ def _staging(sources: set[str]) -> Iterator[dict[str, StagedRead]]:
 def could_trip(definition: Definition, store: StateStore) -> bool:
     """Whether the mass-change guard can refuse this run at all: only a system with at
     least :data:`GUARD_FLOOR` linked records can trip it (a first sync never does)."""
-    linked = store.counts(definition.name)["linked"]
-    return any(linked.get(system, 0) >= GUARD_FLOOR for system in definition.systems)
+    sync = definition.name
+    return any(
+        store.live_count(sync, system, at_most=GUARD_FLOOR) >= GUARD_FLOOR
+        for system in definition.systems
+    )
 
 
 def _note_changes(report: RunReport, plan: Plan, refused: set[tuple[str, str]]) -> None:
@@ -498,6 +502,17 @@ def sizes_of(definition: Definition, plan: Plan) -> dict[str, list[int]]:
     return out
 
 
+def _live_at_least(definition: Definition, store: StateStore, system: str, *sizes: int) -> int:
+    """The system's linked records, counted only as far as the guard needs: past the
+    count at which none of ``sizes`` (vanished, deletes, overwrites) could trip it the
+    count stops, so a run's guard costs what it changes, not what the state holds."""
+    limit = definition.mass_change_limit
+    if limit <= 0:
+        return store.live_count(definition.name, system)
+    enough = max(GUARD_FLOOR, sizes[0] + 1, *(math.floor(n / limit) + 1 for n in sizes[1:]))
+    return store.live_count(definition.name, system, at_most=enough)
+
+
 def guard_mass_change(
     definition: Definition, store: StateStore, sizes: dict[str, list[int]]
 ) -> None:
@@ -515,9 +530,8 @@ def guard_mass_change(
     override = "If that is intended, run again with --allow-mass-change"
     if all(max(size) < floor for size in sizes.values()):
         return  # below the floor nothing can trip the guard: skip counting the linked records
-    linked = store.counts(definition.name)["linked"]
     for system, (vanished, deletes, overwrites) in sizes.items():
-        live = linked.get(system, 0)
+        live = _live_at_least(definition, store, system, vanished, deletes, overwrites)
         if live < floor:
             continue
         if vanished >= live:

@@ -9,6 +9,7 @@ import sqlalchemy as sa
 from tests.syncrig import sync_rig
 from twoway import cli
 from twoway.engine import Runtime
+from twoway.state import StateStore
 
 N = 12
 
@@ -90,3 +91,26 @@ def test_the_limit_is_configurable(tmp_path):
         for i in range(10):
             rig.delete("s0", f"p{i}@example.com")
         assert rig.run().systems["s1"]["deleted"] == 10  # 10 of 12 < 90 %
+
+
+def test_the_guard_judges_the_share_exactly_at_its_edge(tmp_path):
+    """The guard counts a system's linked records only as far as the run's changes need
+    (a bounded count); at the edge of the share it still judges as the full count would:
+    12 of 60 is 20 % (allowed), 13 of 60 is more (refused, naming all 60)."""
+    with sync_rig(tmp_path) as rig:
+        for i in range(60):
+            rig.add("s0", f"p{i}@example.com", f"First{i}", "Lee")
+        assert rig.run().systems["s1"]["created"] == 60
+        for i in range(12):
+            rig.edit("s0", f"p{i}@example.com", last_name="Edge")
+        assert rig.run().systems["s1"]["updated"] == 12
+        for i in range(13):
+            rig.edit("s0", f"p{i}@example.com", last_name="Past")
+        report = rig.run()
+        assert report.status == "failed"
+        assert "would overwrite values of 13 of 60 records in s1" in report.error
+    store = StateStore(f"sqlite:///{tmp_path / 'state.db'}")
+    name = rig.definition.name
+    counts = [store.live_count(name, "s1", at_most=k) for k in (None, 10, 60, 61)]
+    store.close()
+    assert counts == [60, 10, 60, 60]
