@@ -11,6 +11,7 @@ operations the API refused for a transient reason (423, 429, 503, 504), honourin
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -67,6 +68,12 @@ def dig(document: Any, path: str) -> Any:
                 return found
         start = dot + 1
     return None
+
+
+#: a path whose characters URLs carry as they are: its call's safe URL is the base's safe
+#: form followed by it (RFC 3986 path characters; no query, no fragment)
+_PLAIN_PATH = re.compile(r"[A-Za-z0-9\-._~%!$&'()*+,;=:@/]*")
+_PROBE = "/twoway-probe"
 
 
 @dataclass
@@ -129,6 +136,7 @@ class RestCollection(HttpEndpointBlock):
     )
 
     _retriable = RETRIABLE_STATUSES | {409}  # a conflicting lock, for in-house APIs
+    _safe_base: tuple[str, str | None] | None = None  # base_url, its safe form (_where)
 
     @classmethod
     def _own_settings(cls, system: RestSystem) -> dict[str, Any]:
@@ -156,6 +164,18 @@ class RestCollection(HttpEndpointBlock):
         base = self._base()
         prefix = base.raw_path.split(b"?", 1)[0].rstrip(b"/")
         return base.copy_with(raw_path=prefix + path.encode("ascii"))
+
+    def _where(self, method: str, path: str) -> str:
+        """``METHOD url`` of a call, as messages name it (:func:`safe_url`). The base's safe
+        form is made once per base: a write of 10,000 records parsed 30,000 URLs for it."""
+        base = self.base_url or ""
+        if self._safe_base is None or self._safe_base[0] != base:
+            probe = safe_url(self._url(_PROBE))
+            self._safe_base = (base, probe[: -len(_PROBE)] if probe.endswith(_PROBE) else None)
+        prefix = self._safe_base[1]
+        if prefix is None or not _PLAIN_PATH.fullmatch(path):
+            return f"{method} {safe_url(self._url(path))}"
+        return f"{method} {prefix}{path}"
 
     def _item_path(self, key: str) -> str:
         if "{id}" not in self.item:
@@ -293,7 +313,7 @@ class RestCollection(HttpEndpointBlock):
         calls = [_Call("GET", self._item_path(k)) for k in wanted]
         out: list[RawRecord] = []
         for call, outcome in zip(calls, self._run(calls), strict=True):
-            where = f"GET {safe_url(self._url(call.path))}"
+            where = self._where("GET", call.path)
             if isinstance(outcome, SyncError):
                 raise outcome
             if outcome.status in (404, 410):
@@ -344,7 +364,7 @@ class RestCollection(HttpEndpointBlock):
         calls = [self._call_for(op) for op in ops]
         results = []
         for op, call, outcome in zip(ops, calls, self._run(calls), strict=True):
-            where = f"{call.method} {safe_url(self._url(call.path))}"
+            where = self._where(call.method, call.path)
             if isinstance(outcome, SyncError):
                 results.append(WriteResult(op=op, key=_op_key(op), error=outcome))
             else:
@@ -387,7 +407,7 @@ class RestCollection(HttpEndpointBlock):
         def send(pending: list[int]) -> dict[int, Retriable]:
             failed: dict[int, Retriable] = {}
             for index, outcome in self._send_calls([(i, calls[i]) for i in pending]):
-                where = f"{calls[index].method} {safe_url(self._url(calls[index].path))}"
+                where = self._where(calls[index].method, calls[index].path)
                 if isinstance(outcome, Reply) and outcome.status in (401, 403):
                     raise Fatal(
                         f"{where}: the integration account was refused "

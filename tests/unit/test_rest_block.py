@@ -7,6 +7,7 @@ import pickle
 import random
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -442,3 +443,25 @@ def test_the_definition_form_builds_a_working_block(tmp_path):
             later = endpoint.read_changes(first.cursor)
             assert {r.values["name"] for r in later.records} == {"from alice", "from db"}
             assert endpoint.list_keys() is None
+
+
+@pytest.mark.parametrize(
+    "base",
+    [
+        "http://127.0.0.1:8080",
+        "http://127.0.0.1:8080/",
+        "http://u:secret@h.example/api/v1/",
+        "https://h.example/api?token=abc&x=1",
+        "http://h/a%20b",
+        "http://[::1]:9/x",
+    ],
+)
+def test_messages_name_each_call_as_its_safe_url(base):
+    """A call's ``METHOD url`` in messages, made from the base's safe form once, is what
+    safe_url says of the call's whole URL (no user info, secrets masked), for every path."""
+    rest = RestCollection(base_url=base, collection="/items")
+    keys = ["r1", "a b", "ü/?#", "x%y"]
+    paths = ["/items/" + quote(k, safe="") for k in keys] + ["/$batch", "/items?x=1", "/it ems"]
+    for path in paths:
+        assert rest._where("PATCH", path) == f"PATCH {safe_url(rest._url(path))}"
+    assert "secret" not in rest._where("GET", "/items")
