@@ -8,6 +8,7 @@ from collections.abc import Iterator, Sequence
 import pytest
 
 from tasks.extract import canonicalise, extract_changes
+from twoway import staging
 from twoway.contract import ChangeSet, Endpoint, RawRecord, fold_pages, read_ahead
 from twoway.definition import load_definition
 from twoway.errors import Retriable
@@ -244,3 +245,25 @@ def test_a_read_left_early_closes_its_pages_once_the_page_on_its_way_arrived():
             break
     assert closed == [True]
     assert fetched == [0, 1, 2]  # one page ahead, never more
+
+
+def test_a_chunk_reads_back_only_the_rows_it_works_on_through_their_own_index():
+    """Echoes and unchanged records stay out of the bucket index: counting the buckets and
+    reading a chunk back visit the rows a chunk works on, not every row the read staged."""
+    staged = StagedRead(":memory:")
+    member = Member("a", "u1", "link-1", None, "h", "v2", None)
+    staged.put(
+        [(f"e{i}", staging.ECHO, i % 4, 0, 0, None) for i in range(40)]
+        + [(f"c{i}", staging.CHANGED, i % 4, 0, 1, (record(f"c{i}", "x"), None)) for i in range(8)]
+        + [("d1", staging.DELETED, 1, 0, 0, None), ("u1", staging.UNCHANGED, 2, 0, 0, member)]
+    )
+    assert staged.bucket_sizes() == {0: 2, 1: 3, 2: 3, 3: 2}
+    chunk = staged.filtered("a", [1, 2])
+    assert sorted(r.key for r in chunk.changed) == ["c1", "c2", "c5", "c6"]
+    assert chunk.deleted == {"d1"} and set(chunk.refreshed) == {"u1"}
+    for query in (
+        f"SELECT bucket, count(*) FROM staged WHERE {staging._WORK} GROUP BY bucket",
+        f"SELECT key FROM staged WHERE {staging._WORK} AND bucket IN (1, 2)",
+    ):
+        plan = " ".join(row[-1] for row in staged.db.execute("EXPLAIN QUERY PLAN " + query))
+        assert "ix_work" in plan, plan
