@@ -618,43 +618,46 @@ class SqlTable(EndpointBlock):
     def _update(
         self, conn: sa.Connection, op: Update, stamps: dict[str, Any]
     ) -> tuple[str | None, Exception | None]:
-        table = self.sa_table()
-        key = table.c[self.key]
-        key_value = self._key_param(op.key)
-        cond = key == key_value
-        if op.version is not None and self.modified_at:
-            cond = sa.and_(cond, table.c[self.modified_at] == self._version_param(op.version))
-        result = conn.execute(
-            table.update().where(cond).values({**self._native(op.values), **stamps})
-        )
-        if result.rowcount == 1:
+        compared, params = self._update_params(op, stamps)
+        if conn.execute(self._update_statement(compared), params).rowcount == 1:
             return op.key, None
-        return op.key, self._why_not(conn, key_value, op.key)
+        return op.key, self._why_not(conn, params[_KEY_PARAM], op.key)
 
     def _update_many(self, conn: sa.Connection, ops: list[Update], stamps: dict[str, Any]) -> None:
         """Apply updates with one executemany per set of columns written (and whether the
         version is compared), not a statement built per record (at 10,000 updates that took
         most of the load); raise _ShortBatch when a row count falls short of its batch."""
-        table = self.sa_table()
-        cond = table.c[self.key] == sa.bindparam(_KEY_PARAM)
-        checked = (
-            sa.and_(cond, table.c[self.modified_at] == sa.bindparam(_VERSION_PARAM))
-            if self.modified_at
-            else cond
-        )
         kinds = self._converted_columns()
         groups: dict[tuple[tuple[str, ...], bool], list[dict[str, Any]]] = {}
         for op in ops:
-            values = {**self._native(op.values, kinds), **stamps}
-            params = {**values, _KEY_PARAM: self._key_param(op.key)}
-            compared = op.version is not None and bool(self.modified_at)
-            if compared:
-                params[_VERSION_PARAM] = self._version_param(op.version)  # type: ignore[arg-type]
-            groups.setdefault((tuple(sorted(values)), compared), []).append(params)
+            compared, params = self._update_params(op, stamps, kinds)
+            groups.setdefault((tuple(sorted(params)), compared), []).append(params)
         for (_, compared), batch in groups.items():
-            statement = table.update().where(checked if compared else cond)
-            if conn.execute(statement, batch).rowcount != len(batch):
+            if conn.execute(self._update_statement(compared), batch).rowcount != len(batch):
                 raise _ShortBatch
+
+    def _update_statement(self, compared: bool) -> sa.Update:
+        """An UPDATE of the row with the bound key (and, when ``compared``, the bound version);
+        the columns it sets are those its parameters name."""
+        table = self.sa_table()
+        cond = table.c[self.key] == sa.bindparam(_KEY_PARAM)
+        if compared:
+            cond = sa.and_(cond, table.c[self.modified_at] == sa.bindparam(_VERSION_PARAM))  # type: ignore[index]
+        return table.update().where(cond)
+
+    def _update_params(
+        self,
+        op: Update,
+        stamps: dict[str, Any],
+        kinds: dict[str, sa.types.TypeEngine] | None = None,
+    ) -> tuple[bool, dict[str, Any]]:
+        """Whether the update compares the record's version, and its parameters: the values
+        in their columns' types, the stamps, the key and the version."""
+        params = {**self._native(op.values, kinds), **stamps, _KEY_PARAM: self._key_param(op.key)}
+        compared = op.version is not None and bool(self.modified_at)
+        if compared:
+            params[_VERSION_PARAM] = self._version_param(op.version)  # type: ignore[arg-type]
+        return compared, params
 
     def _delete(self, conn: sa.Connection, op: Delete) -> tuple[str | None, Exception | None]:
         table = self.sa_table()
