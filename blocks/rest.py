@@ -49,8 +49,6 @@ from twoway.definition import RestSystem
 from twoway.errors import Fatal, Retriable, SyncError
 from twoway.values import as_utc, canonical, parse_timestamp
 
-#: statuses worth another try: conflict/lock, throttling, server trouble, gateway timeouts
-
 
 def dig(document: Any, path: str) -> Any:
     """The value at a dotted ``path`` of a JSON document; a key holding dots (``@odata.nextLink``)
