@@ -190,7 +190,15 @@ def settle(
             if (system, k) not in written
         )
     _move_tombstones_off_reused_keys(changes.members)
-    linked_now = {(m.system, m.external_id) for m in changes.members} | changes.versions.keys()
+    # links whose rows, all read by this chunk's mapping, are all written now
+    rows = {(m.system, m.external_id) for m in changes.members}
+    changes.complete = {
+        link.link_id
+        for link in changes.links
+        if link.link_id in members_by_link
+        and all((m.system, m.external_id) in rows for m in members_by_link[link.link_id])
+    }
+    linked_now = rows | changes.versions.keys()
     parked_now = {(p["system"], p["external_id"]) for p in mapping.parked}
     for letter in due_letters:
         if letter["link_id"]:

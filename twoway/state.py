@@ -281,6 +281,9 @@ class StateChanges:
     versions: dict[tuple[str, str], str | None] = field(default_factory=dict)
     #: (system, external_id) of ID-map rows to remove: records their system lost
     dropped: list[tuple[str, str]] = field(default_factory=list)
+    #: links every ID-map row of which is among ``members``: none of their rows can be left
+    #: referring to a base that moves, so the commit need not look for such rows
+    complete: set[str] = field(default_factory=set)
 
 
 class StateStore:
@@ -601,7 +604,10 @@ class StateStore:
         with self.engine.begin() as conn:
             # a record stored as "its link's base" and not written by this commit keeps the
             # values it has now when the base moves without it
-            for part in chunks([link.link_id for link in links if not link.first], 500):
+            rebased = [
+                k.link_id for k in links if not k.first and k.link_id not in changes.complete
+            ]
+            for part in chunks(rebased, 500):
                 referring = conn.execute(
                     sa.select(id_map.c.system, id_map.c.external_id, id_map.c.seen, shadow.c.base)
                     .select_from(_WITH_BASE)
