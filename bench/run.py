@@ -16,8 +16,11 @@ exit (wall, user+system CPU, peak RSS from ``wait4``):
 - ``incremental-1pct``: after 1% of the records changed on the API (and, for twoway, another
   1% in the SQLite table: two-way), the next run of each tool; API page reads are counted
   by the server;
-- ``no-change``: the next run after that with nothing changed by people (twoway reads its own
-  writes of the previous run back from the changes feed and must write nothing).
+- ``incremental-readback``: twoway's next run, which reads the incremental run's writes back
+  from the change feeds (echoes) and must write nothing;
+- ``no-change``: the next run after that with nothing changed by people or by twoway (for
+  the peers, the run after their incremental one): what a scheduled run of a quiet sync
+  costs.
 
 - ``full-reconciliation``: right after the initial run and its echo read-back, ``twoway run
   --full``: both sides read whole and compared with the merge base; nothing may be written.
@@ -44,9 +47,10 @@ the memory curve (twoway's initial load at each ``--curve`` size), the initial l
 
 Once per invocation it also times ``initial-cold``: ``twoway run`` with no Prefect server
 configured, which pays for Prefect's temporary server. ``--workloads`` picks among
-``sync`` (initial, incremental-1pct, no-change), ``full``, ``writes`` and ``cold``. Peers run
-in their own virtual environment, ``bench/.venv-peers`` (created on first use with pip;
-git-ignored), never in twoway's. Results: ``bench/results/latest.json`` (see BENCHMARKS.md).
+``sync`` (initial, echo-readback, incremental-1pct, incremental-readback, no-change),
+``full``, ``writes`` and ``cold``. Peers run in their own virtual environment,
+``bench/.venv-peers`` (created on first use with pip; git-ignored), never in twoway's.
+Results: ``bench/results/latest.json`` (see BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -613,7 +617,7 @@ def repetition(
                 f"  {workload + suffix:22} {'twoway':20} {sample.wall_s:8.2f} s wall "
                 f"{sample.cpu_s:8.2f} s cpu  {sample.extra['systems']}  api {sample.extra['api']}"
             )
-            quiet = ("no-change", "full-reconciliation", "echo-readback")
+            quiet = ("no-change", "full-reconciliation", "echo-readback", "incremental-readback")
             if workload in quiet and sample.extra["written"]:
                 log(f"  WARNING: {workload + suffix} wrote {sample.extra['written']} record(s)")
 
@@ -641,6 +645,7 @@ def repetition(
         if "twoway" in tools:
             edit_table(target, 0.01, rng, {int(k[1:]) for k in edited})
             ours("incremental-1pct", definition)
+            ours("incremental-readback", definition)
             ours("no-change", definition)
         if PREFECT_ONLY in tools and target.kind == "sqlite":
             # what the no-change run would cost if twoway did nothing but Prefect's part
@@ -943,6 +948,7 @@ ORDER = [
     "echo-readback",
     "full-reconciliation",
     "incremental-1pct",
+    "incremental-readback",
     "no-change",
 ]
 
@@ -1353,7 +1359,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--workloads",
         default=None,
-        help="comma-separated: sync (initial, echo-readback, incremental-1pct, no-change), "
+        help="comma-separated: sync (initial, echo-readback, incremental-1pct, "
+        "incremental-readback, no-change), "
         "full (full-reconciliation), writes (writes-sharepoint, writes-salesforce), cold, "
         "initial10m (initial-10m: one --n10m initial load), memory-curve (twoway's initial "
         "load at each --curve size), initial100k (initial at --n-small: twoway, floor, "
