@@ -126,8 +126,7 @@ class StagedRead:
 
     def present_keys(self) -> Iterator[str]:
         """The keys the read returned as records (not as deletions or lost ones), in one
-        pass over the file: a whole read's hard-delete check looked each live key up, six
-        times as long for a million keys."""
+        pass over the file: what a whole read's hard-delete check takes from the live keys."""
         for (key,) in self.db.execute(f"SELECT key FROM staged WHERE status < {DELETED}"):
             yield key
 

@@ -605,7 +605,9 @@ class StateStore:
             # a record stored as "its link's base" and not written by this commit keeps the
             # values it has now when the base moves without it
             rebased = [
-                k.link_id for k in links if not k.first and k.link_id not in changes.complete
+                link.link_id
+                for link in links
+                if not link.first and link.link_id not in changes.complete
             ]
             for part in chunks(rebased, 500):
                 referring = conn.execute(
