@@ -252,11 +252,8 @@ def extract_changes(
     listed = None if whole or read.accounts_for(endpoint) else endpoint.list_keys()
     if whole or listed is not None:
         live = ids.live_keys()
-        if whole:
-            live.difference_update(staged.present_keys())
-            missing = list(live)
-        else:
-            missing = [k for k in live if k not in listed]  # type: ignore[operator]
+        present = staged.present_of(live) if whole else listed
+        missing = [k for k in live if k not in present]  # type: ignore[operator]
         if missing and last.absent_lost:
             log.warning(
                 "%s may have lost records: linked records missing from it, created there again: %d",

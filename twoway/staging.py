@@ -124,11 +124,14 @@ class StagedRead:
             out.update(k for (k,) in rows)
         return out
 
-    def present_keys(self) -> Iterator[str]:
-        """The keys the read returned as records (not as deletions or lost ones), in one
-        pass over the file: what a whole read's hard-delete check takes from the live keys."""
-        for (key,) in self.db.execute(f"SELECT key FROM staged WHERE status < {DELETED}"):
-            yield key
+    def present_of(self, keys: Iterable[str]) -> set[str]:
+        """Which of ``keys`` the read returned as records (not as deletions or lost ones)."""
+        out: set[str] = set()
+        for part in _parts(list(keys)):
+            marks = ",".join("?" * len(part))
+            query = f"SELECT key FROM staged WHERE status < {DELETED} AND key IN ({marks})"
+            out.update(k for (k,) in self.db.execute(query, part))
+        return out
 
     def deleted_keys(self) -> set[str]:
         return {k for (k,) in self.db.execute(f"SELECT key FROM staged WHERE status={DELETED}")}

@@ -267,15 +267,3 @@ def test_a_chunk_reads_back_only_the_rows_it_works_on_through_their_own_index():
     ):
         plan = " ".join(row[-1] for row in staged.db.execute("EXPLAIN QUERY PLAN " + query))
         assert "ix_work" in plan, plan
-
-
-def test_a_whole_read_counts_as_present_every_key_it_returned_as_a_record():
-    """The hard-delete check of a whole read: a parked or unchanged record is there, a key
-    the read reported deleted or lost is not, and a later page's word on a key stands."""
-    staged = StagedRead(":memory:")
-    kinds = (staging.CHANGED, staging.ECHO, staging.UNCHANGED, staging.PARKED)
-    staged.put([(f"k{kind}", kind, 0, 0, 0, None) for kind in kinds])
-    staged.put([("gone", staging.DELETED, 0, 0, 0, None), ("lost", staging.LOST, 0, 0, 0, None)])
-    staged.put([("back", staging.DELETED, 0, 0, 0, None), ("k1", staging.DELETED, 0, 0, 0, None)])
-    staged.put([("back", staging.UNCHANGED, 0, 0, 0, None)])
-    assert sorted(staged.present_keys()) == ["back", "k0", "k2", "k3"]
